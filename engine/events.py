@@ -1,0 +1,117 @@
+"""Telemetry events the engine emits and the platform stores and streams.
+
+Every event is a small pydantic model with a `kind` tag, serialisable to JSON as is.
+The engine hands events to an EventSink; the worker's sink writes them to the database
+and the channel layer, the CLI's sink prints them.
+"""
+
+import time
+from typing import Annotated, Literal, Protocol, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+
+def now() -> float:
+    return time.time()
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    wall_time: float = Field(default_factory=now, description="unix seconds when the event was made")
+
+
+class Metrics(_Event):
+    """Scalar metrics of one step, named as in docs/metrics.md (e.g. 'reward/mean')."""
+
+    kind: Literal["metrics"] = "metrics"
+    step: int
+    values: dict[str, float]
+
+
+class LengthHistogram(_Event):
+    """Response lengths (tokens) of one step's rollouts over the run's fixed bins."""
+
+    kind: Literal["length_histogram"] = "length_histogram"
+    step: int
+    bin_edges: list[int]
+    counts: list[int]
+
+
+class PromptResult(BaseModel):
+    prompt_id: str
+    difficulty: float
+    attempts: int
+    successes: int
+    mean_length: float
+
+
+class PromptResults(_Event):
+    """Per-prompt outcomes of one step (or of an evaluation when split == 'test')."""
+
+    kind: Literal["prompt_results"] = "prompt_results"
+    step: int
+    split: Literal["train", "test"] = "train"
+    results: list[PromptResult]
+
+
+class Span(_Event):
+    """A stretch of time one worker spent in one phase: the busy/idle timeline."""
+
+    kind: Literal["span"] = "span"
+    step: int
+    worker: str
+    phase: Literal["generate", "reward", "train", "sync", "eval", "idle"]
+    start: float
+    end: float
+
+
+class Heartbeat(_Event):
+    kind: Literal["heartbeat"] = "heartbeat"
+    step: int
+
+
+class Status(_Event):
+    kind: Literal["status"] = "status"
+    status: Literal["running", "succeeded", "failed", "cancelled"]
+    message: str = ""
+
+
+class Log(_Event):
+    kind: Literal["log"] = "log"
+    level: Literal["info", "warning", "error"] = "info"
+    message: str
+
+
+Event = Annotated[
+    Union[Metrics, LengthHistogram, PromptResults, Span, Heartbeat, Status, Log],
+    Field(discriminator="kind"),
+]
+_EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def event_from_dict(data: dict) -> Event:
+    return _EVENT_ADAPTER.validate_python(data)
+
+
+class EventSink(Protocol):
+    """Where a run's events go. `emit` must be cheap; `flush` makes them durable."""
+
+    def emit(self, event: Event) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class ListSink:
+    """Keeps events in memory (tests, benchmarks)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+
+    def flush(self) -> None:
+        pass
+
+    def of_kind(self, kind: str) -> list[Event]:
+        return [event for event in self.events if event.kind == kind]
