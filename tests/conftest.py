@@ -5,9 +5,17 @@ PostgreSQL and Redis in CI; unset, the embedded defaults (SQLite and an embedded
 started here) let the suite run on a machine with nothing installed but Python.
 """
 
-import pytest
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
 
-from devstack.services import ensure_redis
+import pytest
+from django.conf import settings
+
+from devstack.processes import free_port, start_web, start_worker, stack_env, stop, wait_for_http
+from devstack.services import VAR_DIR, ensure_redis, redis_url
+from workers.names import RUNS_QUEUE
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -18,3 +26,67 @@ def redis_server():
     if process is not None:
         process.terminate()
         process.wait(timeout=10)
+
+
+# A live stack for end-to-end and browser tests: Daphne and a Celery worker as real
+# processes, sharing the test database and Redis with the test process.
+
+
+@dataclass
+class LiveStack:
+    base_url: str
+    ws_url: str
+    worker_log: Path
+    web_log: Path
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-6000:]}" for log in (self.web_log, self.worker_log))
+
+
+def database_url_of_test_db() -> str:
+    """The URL of the database pytest-django created, for the processes we start."""
+    db = settings.DATABASES["default"]
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def purge_run_queue() -> None:
+    """Drop run messages a previous session left in a shared broker."""
+    from workers.celery_app import app
+
+    with app.connection_for_write() as connection:
+        connection.default_channel.queue_purge(RUNS_QUEUE)
+
+
+@pytest.fixture(scope="session")
+def live_stack(django_db_setup, django_db_blocker):
+    VAR_DIR.mkdir(exist_ok=True)
+    env = stack_env(DATABASE_URL=database_url_of_test_db(), REDIS_URL=redis_url())
+    web_log, worker_log = VAR_DIR / "test-web.log", VAR_DIR / "test-worker.log"
+    for log in (web_log, worker_log):
+        log.write_text("")
+    purge_run_queue()
+    port = free_port()
+    web = start_web(port, env, web_log)
+    worker = start_worker(env, worker_log)
+    stack = LiveStack(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", worker_log, web_log)
+    try:
+        wait_for_http(f"{stack.base_url}/accounts/login/", web)
+        yield stack
+    finally:
+        stop(web, worker)
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    """Debian's chromium. Missing, browser tests skip, except in CI
+    (ROLLYARD_REQUIRE_BROWSER=1), where .ci/run installs it and a skip would hide a gap."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        reason = "no chromium found (apt-get install chromium)"
+        if os.environ.get("ROLLYARD_REQUIRE_BROWSER"):
+            pytest.fail(reason + ", and ROLLYARD_REQUIRE_BROWSER is set")
+        pytest.skip(reason)
+    return path

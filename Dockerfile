@@ -1,0 +1,7 @@
+# One image for web, worker and Ray nodes (see compose.yaml). GPU nodes add the `gpu` extra.
+FROM python:3.11-slim
+WORKDIR /app
+COPY . .
+RUN pip install --no-cache-dir torch==2.13.0 && pip install --no-cache-dir -e .
+ENV PYTHONUNBUFFERED=1
+WORKDIR /app/platform

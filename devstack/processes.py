@@ -1,0 +1,100 @@
+"""Start the stack's long-running processes (web, worker) with one shared environment."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from devstack.services import REPO_ROOT
+
+PLATFORM_DIR = REPO_ROOT / "platform"
+
+
+def stack_env(**overrides: str) -> dict[str, str]:
+    """The environment every process of the stack gets: this one, plus settings module."""
+    env = dict(os.environ)
+    env.setdefault("DJANGO_SETTINGS_MODULE", "rollyard.settings")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(overrides)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_web(port: int, env: dict[str, str], log: Path | None = None) -> subprocess.Popen:
+    """Daphne serving the ASGI app (HTTP pages, REST API, websockets, static files)."""
+    return _spawn(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "rollyard.asgi:application"],
+        env,
+        log,
+    )
+
+
+def start_worker(env: dict[str, str], log: Path | None = None, pool: str = "prefork") -> subprocess.Popen:
+    """A Celery worker for run drivers and housekeeping. One run at a time per worker:
+    a run's engine already uses the machine's cores."""
+    return _spawn(
+        [
+            sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+            "--queues", "runs,celery", "--concurrency", "1", "--pool", pool,
+            "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+        ],
+        env,
+        log,
+    )
+
+
+def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[2]} exited with {process.returncode} before serving {url}")
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise RuntimeError(f"nothing served {url} within {timeout:.0f} s")
+
+
+def stop(*processes: subprocess.Popen | None, grace_s: float = 10.0) -> None:
+    """Stop processes and everything they started (each leads its own process group).
+
+    SIGTERM first (Celery's warm shutdown, Daphne's graceful close), SIGKILL after
+    `grace_s`: a worker mid-run would otherwise wait for the whole run to finish.
+    """
+    running = [p for p in processes if p is not None and p.poll() is None]
+    for process in running:
+        _signal_group(process, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for process in running:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        # Children (Celery's pool, Ray's raylet) may outlive their leader: sweep the group.
+        _signal_group(process, signal.SIGKILL)
+        process.wait()
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _spawn(argv: list[str], env: dict[str, str], log: Path | None) -> subprocess.Popen:
+    out = open(log, "ab") if log else None
+    # A new session so that stopping the stack also reaches the processes they start (Ray).
+    return subprocess.Popen(argv, env=env, cwd=PLATFORM_DIR, stdout=out, stderr=subprocess.STDOUT if out else None,
+                            start_new_session=True)
