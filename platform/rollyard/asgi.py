@@ -1,0 +1,22 @@
+"""The ASGI entry point (Daphne): HTTP pages, REST API and static files through Django;
+websockets through Channels, behind an origin check and session-or-token auth."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "rollyard.settings")
+# Set Django up before importing anything that touches models.
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+
+from rollyard.ws_auth import TokenOrSessionAuthMiddlewareStack, allowed_hosts_origin_validator  # noqa: E402
+from runs.routing import websocket_urlpatterns  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": allowed_hosts_origin_validator(TokenOrSessionAuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+    }
+)

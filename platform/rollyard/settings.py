@@ -1,0 +1,200 @@
+"""Settings of Rollyard's control plane, read from the environment.
+
+Unset, everything falls back to the embedded development stack: SQLite under var/ and the
+embedded Redis that devstack starts. Production and CI set DATABASE_URL, REDIS_URL,
+DJANGO_SECRET_KEY, DJANGO_DEBUG=0 and DJANGO_ALLOWED_HOSTS.
+"""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+import plotly
+
+from devstack.services import EMBEDDED_REDIS_URL, REPO_ROOT, VAR_DIR
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+FRONTEND_DIR = REPO_ROOT / "frontend"
+VAR_DIR.mkdir(exist_ok=True)
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-only-insecure-key-set-DJANGO_SECRET_KEY-in-production")
+DEBUG = _env_bool("DJANGO_DEBUG", True)
+ALLOWED_HOSTS = _env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+CSRF_TRUSTED_ORIGINS = _env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
+
+INSTALLED_APPS = [
+    # daphne first: its runserver replaces Django's with an ASGI one (websockets work).
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "runs",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    # Straight after security: Daphne serves static files through it, no collectstatic.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "rollyard.urls"
+ASGI_APPLICATION = "rollyard.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [FRONTEND_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- database -------------------------------------------------------------------------
+DATABASES = {
+    "default": dj_database_url.config(
+        default=f"sqlite:///{VAR_DIR / 'rollyard.sqlite3'}",
+        # Persistent connections misbehave under ASGI (each request may be a new thread).
+        conn_max_age=0,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["OPTIONS"] = {
+        # The web server, a worker and the tests write concurrently: WAL lets readers and
+        # one writer overlap; IMMEDIATE takes the write lock at BEGIN, so two writers wait
+        # for each other (up to `timeout`) instead of failing with "database is locked"
+        # half way through a transaction.
+        "timeout": 30,
+        "init_command": "PRAGMA journal_mode=WAL;",
+        "transaction_mode": "IMMEDIATE",
+    }
+    # A file, not Django's default in-memory test database, so that the web server and
+    # worker processes started by the end-to-end tests can share it.
+    DATABASES["default"]["TEST"] = {
+        "NAME": os.environ.get("ROLLYARD_TEST_SQLITE", str(VAR_DIR / "test-rollyard.sqlite3"))
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis: Celery broker, results, channel layer ------------------------------------------
+REDIS_URL = os.environ.get("REDIS_URL", EMBEDDED_REDIS_URL)
+
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = REDIS_URL
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+# Ray's workers need the real stdout/stderr file descriptors, not Celery's proxies.
+CELERY_WORKER_REDIRECT_STDOUTS = False
+# A run's message is acknowledged when its driver finishes, so a worker that dies before
+# it claims the run leaves the message for another one. Tasks are safe to run twice (the
+# queued → running transition refuses a second claim). A dead driver is not retried
+# blindly: the heartbeat reconciler decides what happens to its run.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = False
+# A driver holds its worker for the whole run; prefetching would strand messages behind it.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# With late acks, Redis redelivers a message unacknowledged for this long. Runs last
+# hours; the default hour would start a second driver of a still-running run.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 7 * 24 * 3600}
+CELERY_RESULT_EXPIRES = 7 * 24 * 3600
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {
+            "hosts": [REDIS_URL],
+            # Separate stacks sharing one Redis (tests of two checkouts) keep their groups apart.
+            "prefix": os.environ.get("ROLLYARD_CHANNEL_PREFIX", "rollyard"),
+            # A busy run pushes many batches; a slow browser tab should lag, not drop.
+            "capacity": 1000,
+        },
+    }
+}
+
+# --- auth ----------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "runs:list"
+LOGOUT_REDIRECT_URL = "login"
+
+# --- REST API --------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    # Token first: its WWW-Authenticate header turns a missing or bad credential into 401
+    # (with session authentication first, DRF answers 403).
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "rollyard.errors.api_exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Rollyard API",
+    "DESCRIPTION": "Launch, watch and manage RL training runs of reasoning LLMs.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# --- static files ------------------------------------------------------------------------
+STATIC_URL = "/static/"
+STATIC_ROOT = REPO_ROOT / "staticfiles"
+STATICFILES_DIRS = [
+    FRONTEND_DIR / "static",
+    # plotly.js straight from the installed plotly package: no vendored copy, no CDN
+    # (machines may be offline). Served at /static/vendor/plotly/plotly.min.js.
+    ("vendor/plotly", Path(plotly.__file__).resolve().parent / "package_data"),
+]
+# WhiteNoise finds files through the static finders, so Daphne serves them without a
+# collectstatic step (production may still collect into STATIC_ROOT).
+WHITENOISE_USE_FINDERS = True
+
+# --- i18n, time ---------------------------------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
+}

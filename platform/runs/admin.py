@@ -1,0 +1,82 @@
+"""Admin pages. Status and telemetry are read-only here: status changes go through the
+state machine (the cancel action calls the same service as the API and the run page)."""
+
+import json
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html
+
+from runs import services
+from runs.models import MetricPoint, Run, RunEvent, RunStatusChange
+
+
+class RunStatusChangeInline(admin.TabularInline):
+    model = RunStatusChange
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = ["at", "from_status", "to_status", "reason"]
+
+    def has_add_permission(self, request: HttpRequest, obj: Run | None = None) -> bool:
+        return False
+
+
+@admin.register(Run)
+class RunAdmin(admin.ModelAdmin):
+    list_display = ["id", "name", "owner", "status", "current_step", "total_steps", "created_at", "finished_at"]
+    list_filter = ["status"]
+    search_fields = ["name", "owner__username", "owner__email"]
+    list_select_related = ["owner"]
+    inlines = [RunStatusChangeInline]
+    actions = ["cancel_runs"]
+    fields = [
+        "name", "owner", "status", "status_reason", "cancel_requested",
+        "created_at", "started_at", "finished_at", "last_heartbeat_at",
+        "current_step", "total_steps", "summary", "resolved_spec",
+    ]  # fmt: skip
+    readonly_fields = [field for field in fields if field != "name"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # Runs are launched through create_run (UI or API), which validates and enqueues.
+        return False
+
+    @admin.display(description="resolved spec")
+    def resolved_spec(self, run: Run) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(run.spec, indent=2))
+
+    @admin.action(description="Cancel selected runs")
+    def cancel_runs(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+        for run in queryset:
+            try:
+                services.request_cancel(request.user, run)
+            except services.RunError as exc:
+                self.message_user(request, str(exc), messages.WARNING)
+
+
+class _ReadOnlyAdmin(admin.ModelAdmin):
+    """Telemetry is append-only: the engine writes it, nobody edits it."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+@admin.register(MetricPoint)
+class MetricPointAdmin(_ReadOnlyAdmin):
+    list_display = ["run", "name", "step", "value", "wall_time"]
+    # No list_filter on name: DISTINCT over millions of points would stall the page.
+    search_fields = ["=run__id", "name"]
+    list_select_related = ["run"]
+
+
+@admin.register(RunEvent)
+class RunEventAdmin(_ReadOnlyAdmin):
+    list_display = ["id", "run", "kind", "step", "wall_time"]
+    search_fields = ["=run__id", "=kind"]
+    list_select_related = ["run"]

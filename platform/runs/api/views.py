@@ -1,0 +1,99 @@
+"""REST endpoints: parse the request, call a selector or a service, shape the answer.
+Errors (bad spec, illegal transition) are mapped to HTTP in rollyard.errors."""
+
+from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from runs import selectors, services
+from runs.api.serializers import (
+    EventsQuerySerializer,
+    MetricsQuerySerializer,
+    RunCreateSerializer,
+    RunDetailSerializer,
+    RunSerializer,
+    event_json,
+)
+from runs.models import Run
+
+
+class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Runs the user may see, newest first. Another user's run answers 404."""
+
+    serializer_class = RunDetailSerializer
+
+    def get_queryset(self) -> QuerySet[Run]:
+        return selectors.visible_runs(self.request.user).order_by("-created_at", "-id")
+
+    def get_serializer_class(self):
+        return RunSerializer if self.action == "list" else RunDetailSerializer
+
+    @extend_schema(request=RunCreateSerializer, responses={201: RunDetailSerializer})
+    def create(self, request: Request) -> Response:
+        body = RunCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        run = services.create_run(request.user, body.validated_data["spec"], name=body.validated_data["name"])
+        return Response(RunDetailSerializer(run).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses={200: RunDetailSerializer})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str) -> Response:
+        """Cancel: a queued run at once, a running one between two steps (409 if finished)."""
+        run = services.request_cancel(request.user, self.get_object())
+        return Response(RunDetailSerializer(run).data)
+
+    @extend_schema(
+        parameters=[MetricsQuerySerializer],
+        responses={200: OpenApiTypes.OBJECT},
+        description='{"series": {name: {"steps": [...], "values": [...], "wall_times": [...], "total": n}}}. '
+        "No name: every metric of the run. Long series are downsampled keeping each bucket's "
+        "first, last, min and max point.",
+    )
+    @action(detail=True, methods=["get"])
+    def metrics(self, request: Request, pk: str) -> Response:
+        run = self.get_object()
+        query = MetricsQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        params = query.validated_data
+        names = params["name"] or selectors.metric_names(run)
+        series = selectors.metric_series(
+            run, names, params["max_points"], params.get("min_step"), params.get("max_step")
+        )
+        return Response({"series": series, "max_points": params["max_points"]})
+
+    @extend_schema(
+        parameters=[EventsQuerySerializer],
+        responses={200: OpenApiTypes.OBJECT},
+        description='{"events": [{"id": ..., "kind": ..., ...engine event...}], "last_id": ...}',
+    )
+    @action(detail=True, methods=["get"])
+    def events(self, request: Request, pk: str) -> Response:
+        run = self.get_object()
+        query = EventsQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        params = query.validated_data
+        if "latest" in params:
+            events = selectors.latest_events(run, params["kind"], params["latest"])
+        else:
+            events = selectors.run_events(run, params["kind"], params.get("after"), params["limit"])
+        last_id = events[-1].pk if events else params.get("after")
+        return Response({"events": [event_json(event) for event in events], "last_id": last_id})
+
+
+class SpecDefaultsView(APIView):
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    def get(self, request: Request) -> Response:
+        """A complete spec with the engine's defaults, and the registries' choices."""
+        return Response({"spec": selectors.spec_defaults(), "choices": selectors.spec_choices()})
+
+
+class SpecSchemaView(APIView):
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    def get(self, request: Request) -> Response:
+        """The run spec's JSON schema (from the engine), and the registries' choices."""
+        return Response({"schema": selectors.spec_schema(), "choices": selectors.spec_choices()})

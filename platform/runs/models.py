@@ -1,0 +1,129 @@
+"""Runs, their status history, and their telemetry.
+
+Only `runs.services` writes to these tables; everything else reads through
+`runs.selectors`. Metrics live apart from runs in a narrow append-only table; list pages
+read `Run.summary` instead.
+"""
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+from django.utils.functional import classproperty
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+    # classproperty, not a plain attribute: a plain frozenset would become an enum member.
+    @classproperty
+    def ACTIVE(cls) -> frozenset["RunStatus"]:  # noqa: N802 - reads like a constant
+        """Not finished yet: the run may still change."""
+        return frozenset({cls.QUEUED, cls.RUNNING})
+
+    @classproperty
+    def TERMINAL(cls) -> frozenset["RunStatus"]:  # noqa: N802
+        """Finished for good: nothing leaves these states."""
+        return frozenset({cls.SUCCEEDED, cls.FAILED, cls.CANCELLED})
+
+
+# The state machine: the only moves `services.transition` makes.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    RunStatus.QUEUED: frozenset({RunStatus.RUNNING, RunStatus.CANCELLED, RunStatus.FAILED}),
+    RunStatus.RUNNING: frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED}),
+    RunStatus.SUCCEEDED: frozenset(),
+    RunStatus.FAILED: frozenset(),
+    RunStatus.CANCELLED: frozenset(),
+}
+
+
+class Run(models.Model):
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="runs")
+    name = models.CharField(max_length=200)
+    # The fully resolved engine spec (every default filled in), so the run can be reproduced.
+    spec = models.JSONField()
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED, db_index=True)
+    status_reason = models.TextField(blank=True, default="")
+    # Set by a cancel request while running; the driver polls it between steps.
+    cancel_requested = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    last_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # The highest step reported so far; engine steps count from 1, so this is steps done.
+    current_step = models.PositiveIntegerField(default=0)
+    total_steps = models.PositiveIntegerField(default=0)
+    # Latest value of each metric (name → value or null when not finite), for list pages.
+    summary = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.name}"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in RunStatus.TERMINAL
+
+    @property
+    def progress(self) -> float:
+        """Fraction of steps done, 0..1 (a succeeded run counts as done)."""
+        if self.status == RunStatus.SUCCEEDED:
+            return 1.0
+        if not self.total_steps:
+            return 0.0
+        return min(1.0, self.current_step / self.total_steps)
+
+
+class RunStatusChange(models.Model):
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="status_changes")
+    # Empty for the row that records the run's creation.
+    from_status = models.CharField(max_length=16, choices=RunStatus.choices, blank=True)
+    to_status = models.CharField(max_length=16, choices=RunStatus.choices)
+    reason = models.TextField(blank=True, default="")
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.from_status or '∅'} → {self.to_status}"
+
+
+class MetricPoint(models.Model):
+    """One scalar of one step. Append-only; charts read it downsampled."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="metric_points")
+    name = models.CharField(max_length=200)
+    step = models.IntegerField()
+    wall_time = models.FloatField(help_text="unix seconds")
+    # NULL stands for a value that was not finite (NaN, ±inf): SQLite cannot store NaN and
+    # JSON cannot carry it; charts show a gap.
+    value = models.FloatField(null=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["run", "name", "step"], name="metricpoint_run_name_step")]
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.step}={self.value}"
+
+
+class RunEvent(models.Model):
+    """Every engine event that is not a scalar metric: histograms, per-prompt results,
+    spans, heartbeats, logs, status. `payload` is the engine event as JSON."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=32)
+    step = models.IntegerField(null=True, blank=True)
+    wall_time = models.FloatField(help_text="unix seconds")
+    payload = models.JSONField()
+
+    class Meta:
+        indexes = [models.Index(fields=["run", "kind", "id"], name="runevent_run_kind_id")]
+
+    def __str__(self) -> str:
+        return f"{self.kind}@{self.step}"

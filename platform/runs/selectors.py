@@ -1,0 +1,152 @@
+"""Reads of runs and their telemetry, always scoped to what the asking user may see."""
+
+from collections.abc import Iterable, Sequence
+from typing import TypedDict
+
+import numpy as np
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db.models import QuerySet
+from tsdownsample import M4Downsampler
+
+from engine.algorithms import ALGORITHMS
+from engine.assets import BUILTIN_MODELS, BUILTIN_PREFIX
+from engine.spec import RunSpec, parse_spec
+from engine.tasks import TASKS
+from runs.models import MetricPoint, Run, RunEvent, RunStatus
+
+User = AbstractBaseUser | AnonymousUser
+
+
+def visible_runs(user: User) -> QuerySet[Run]:
+    """Runs the user may see: their own; staff see all (teams come later)."""
+    runs = Run.objects.select_related("owner")
+    if not user.is_authenticated:
+        return runs.none()
+    if user.is_staff:
+        return runs
+    return runs.filter(owner=user)
+
+
+def get_visible_run(user: User, run_id: int) -> Run:
+    """The run if the user may see it; Run.DoesNotExist otherwise (the same answer for
+    "not yours" and "does not exist", so ids of other people's runs don't leak)."""
+    return visible_runs(user).get(pk=run_id)
+
+
+def cancel_requested(run_id: int) -> bool:
+    """Should the run's driver stop? True when a cancel was requested, and also when the
+    run is gone or already finished (e.g. failed by the heartbeat reconciler)."""
+    row = Run.objects.filter(pk=run_id).values_list("cancel_requested", "status").first()
+    if row is None:
+        return True
+    requested, status = row
+    return requested or status in RunStatus.TERMINAL
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+
+class Series(TypedDict):
+    steps: list[int]
+    values: list[float | None]
+    wall_times: list[float]
+    total: int  # points stored in the asked range, before downsampling
+
+
+def metric_names(run: Run) -> list[str]:
+    # The summary holds every name the run has reported; cheaper than DISTINCT over points.
+    return sorted(run.summary)
+
+
+def metric_series(
+    run: Run,
+    names: Iterable[str],
+    max_points: int = 1000,
+    min_step: int | None = None,
+    max_step: int | None = None,
+) -> dict[str, Series]:
+    """Each named metric's points in step order, at most about `max_points` of them.
+
+    Longer series are downsampled with M4: the steps are cut into max_points/4 equal
+    buckets and each bucket keeps its first, last, minimum and maximum point, so a chart
+    drawn from them looks like the full series and no spike vanishes. Points whose value
+    was not finite (stored as null) are dropped when downsampling.
+    """
+    series: dict[str, Series] = {}
+    for name in names:
+        points = MetricPoint.objects.filter(run=run, name=name)
+        if min_step is not None:
+            points = points.filter(step__gte=min_step)
+        if max_step is not None:
+            points = points.filter(step__lte=max_step)
+        rows = list(points.order_by("step", "id").values_list("step", "wall_time", "value"))
+        total = len(rows)
+        if total > max_points:
+            rows = _downsample_m4(rows, max_points)
+        series[name] = Series(
+            steps=[row[0] for row in rows],
+            values=[row[2] for row in rows],
+            wall_times=[row[1] for row in rows],
+            total=total,
+        )
+    return series
+
+
+def _downsample_m4(rows: Sequence[tuple[int, float, float | None]], max_points: int) -> list[tuple[int, float, float]]:
+    finite = [row for row in rows if row[2] is not None]
+    if len(finite) <= max_points:
+        return finite
+    steps = np.fromiter((row[0] for row in finite), dtype=np.int64, count=len(finite))
+    values = np.fromiter((row[2] for row in finite), dtype=np.float64, count=len(finite))
+    # M4 wants a multiple of 4 (four points per bucket).
+    n_out = max(4, max_points - max_points % 4)
+    keep = np.sort(M4Downsampler().downsample(steps, values, n_out=n_out))
+    return [finite[i] for i in keep]
+
+
+# --- events ----------------------------------------------------------------------------------
+
+
+def run_events(
+    run: Run,
+    kinds: Sequence[str] = (),
+    after: int | None = None,
+    limit: int = 500,
+) -> list[RunEvent]:
+    """Events of the given kinds (all if none) with id > `after`, oldest first."""
+    events = RunEvent.objects.filter(run=run)
+    if kinds:
+        events = events.filter(kind__in=kinds)
+    if after is not None:
+        events = events.filter(id__gt=after)
+    return list(events.order_by("id")[:limit])
+
+
+def latest_events(run: Run, kinds: Sequence[str] = (), count: int = 1) -> list[RunEvent]:
+    """The last `count` events of the given kinds, oldest first (for "latest histogram")."""
+    events = RunEvent.objects.filter(run=run)
+    if kinds:
+        events = events.filter(kind__in=kinds)
+    newest_first = list(events.order_by("-id")[:count])
+    return newest_first[::-1]
+
+
+# --- the spec contract, for forms and the API ----------------------------------------------
+
+
+def spec_defaults() -> dict:
+    """A complete spec with every default filled in (what an empty submission runs)."""
+    return parse_spec({}).model_dump(mode="json")
+
+
+def spec_schema() -> dict:
+    return RunSpec.model_json_schema()
+
+
+def spec_choices() -> dict[str, list[dict[str, str]]]:
+    """Named choices from the engine's registries: the UI never keeps a second list."""
+    return {
+        "algorithm": [{"name": name, "description": ALGORITHMS.get(name).description} for name in ALGORITHMS],
+        "dataset": [{"name": name} for name in TASKS],
+        "model": [{"name": f"{BUILTIN_PREFIX}{name}"} for name in BUILTIN_MODELS],
+    }

@@ -1,0 +1,122 @@
+"""Server-rendered pages: the runs list, the launch form and the live run page.
+
+Like the API, they only parse input and call selectors and services; the run page's
+charts load their data from the REST API and the run's websocket.
+"""
+
+from typing import Any
+
+import yaml
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import urlencode
+from django.views.decorators.http import require_POST
+
+from engine.spec import SpecError
+from runs import selectors, services
+from runs.api.serializers import RunDetailSerializer
+from runs.models import Run
+
+# What the run page charts, by chart id: the metric names of its lines (docs/metrics.md).
+LINE_CHARTS: dict[str, list[str]] = {
+    "chart-reward": ["reward/mean", "acc/mean", "val/acc/mean@1"],
+    "chart-length": ["rollout/response_length/p50", "rollout/response_length/p90", "rollout/response_length/max"],
+}
+# Event-backed charts: the event kinds they draw and how many recent events they load.
+EVENT_CHARTS: dict[str, tuple[list[str], int]] = {
+    "chart-histogram": (["length_histogram"], 200),
+    "chart-heatmap": (["length_histogram"], 200),
+    "chart-prompts": (["prompt_results"], 20),
+    "chart-timeline": (["span"], 1000),
+    "run-log": (["log", "status"], 200),
+}
+METRICS_MAX_POINTS = 1000
+
+
+def _visible_run_or_404(request: HttpRequest, run_id: int) -> Run:
+    try:
+        return selectors.get_visible_run(request.user, run_id)
+    except Run.DoesNotExist:
+        raise Http404("no such run") from None
+
+
+def _to_yaml(spec: dict[str, Any]) -> str:
+    return yaml.safe_dump(spec, sort_keys=False, default_flow_style=False)
+
+
+@login_required
+def run_list(request: HttpRequest) -> HttpResponse:
+    page = Paginator(selectors.visible_runs(request.user).order_by("-created_at", "-id"), 50).get_page(
+        request.GET.get("page")
+    )
+    return render(request, "runs/list.html", {"page": page})
+
+
+@login_required
+def run_new(request: HttpRequest) -> HttpResponse:
+    """Launch form: a YAML/JSON spec prefilled with the engine's defaults (or with an
+    earlier run's spec: ?from=<id>). On error nothing is created and every problem is
+    listed by field."""
+    problems: list[tuple[str, str]] = []
+    if request.method == "POST":
+        text = request.POST.get("spec", "")
+        try:
+            data = yaml.safe_load(text) or {}  # YAML is a superset of JSON
+        except yaml.YAMLError as exc:
+            problems = [("spec", f"not valid YAML or JSON: {exc}")]
+        else:
+            try:
+                run = services.create_run(request.user, data)
+            except SpecError as exc:
+                problems = exc.problems
+            else:
+                return redirect("runs:detail", run_id=run.pk)
+    elif source := request.GET.get("from", "").strip():
+        text = _to_yaml(_visible_run_or_404(request, int(source) if source.isdigit() else 0).spec)
+    else:
+        text = _to_yaml(selectors.spec_defaults())
+    context = {"spec_text": text, "problems": problems, "choices": selectors.spec_choices()}
+    return render(request, "runs/new.html", context, status=400 if problems else 200)
+
+
+@login_required
+def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
+    run = _visible_run_or_404(request, run_id)
+    metrics_url = reverse("api:run-metrics", args=[run.pk])
+    events_url = reverse("api:run-events", args=[run.pk])
+    # Keys with underscores: templates cannot look up "chart-reward".
+    raw_links = {
+        chart.replace("-", "_"): f"{metrics_url}?{urlencode({'name': names, 'max_points': METRICS_MAX_POINTS}, doseq=True)}"
+        for chart, names in LINE_CHARTS.items()
+    } | {
+        chart.replace("-", "_"): f"{events_url}?{urlencode({'kind': kinds, 'latest': count}, doseq=True)}"
+        for chart, (kinds, count) in EVENT_CHARTS.items()
+    }
+    config = {
+        "run": RunDetailSerializer(run).data,
+        "ws_path": f"/ws/runs/{run.pk}/",
+        "metrics_url": metrics_url,
+        "events_url": events_url,
+        "line_charts": LINE_CHARTS,
+        "event_charts": {chart: {"kinds": kinds, "latest": count} for chart, (kinds, count) in EVENT_CHARTS.items()},
+        "max_points": METRICS_MAX_POINTS,
+    }
+    context = {"run": run, "spec_yaml": _to_yaml(run.spec), "config": config, "raw": raw_links}
+    return render(request, "runs/detail.html", context)
+
+
+@login_required
+@require_POST
+def run_cancel(request: HttpRequest, run_id: int) -> HttpResponse:
+    run = _visible_run_or_404(request, run_id)
+    try:
+        run = services.request_cancel(request.user, run)
+    except services.RunError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.info(request, "cancelled" if run.is_terminal else "cancel requested; the run stops after its current step")
+    return redirect("runs:detail", run_id=run.pk)
