@@ -8,6 +8,8 @@ Domain errors from services are mapped here, so views stay thin: SpecError → 4
 
 from typing import Any
 
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -31,7 +33,12 @@ class Conflict(exceptions.APIException):
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    if isinstance(exc, SpecError):
+    # Django's own 404/403 become DRF's, so they carry a code like every other error.
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound(str(exc) or None)
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied(str(exc) or None)
+    elif isinstance(exc, SpecError):
         exc = InvalidSpec(exc)
     elif isinstance(exc, IllegalTransition):
         exc = Conflict(str(exc))

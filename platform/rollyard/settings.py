@@ -175,7 +175,9 @@ SPECTACULAR_SETTINGS = {
 
 # --- static files ------------------------------------------------------------------------
 STATIC_URL = "/static/"
-STATIC_ROOT = REPO_ROOT / "staticfiles"
+# Where collectstatic would put files; WhiteNoise warns when it does not exist.
+STATIC_ROOT = VAR_DIR / "staticfiles"
+STATIC_ROOT.mkdir(exist_ok=True)
 STATICFILES_DIRS = [
     FRONTEND_DIR / "static",
     # plotly.js straight from the installed plotly package: no vendored copy, no CDN
