@@ -18,6 +18,20 @@ from devstack.services import VAR_DIR, ensure_redis, redis_url
 from workers.names import RUNS_QUEUE
 
 
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked `gpu` where no CUDA device is visible, saying why."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    for item in gpu_items:
+        reason = item.get_closest_marker("gpu").kwargs.get("reason", "needs an NVIDIA GPU")
+        item.add_marker(pytest.mark.skip(reason=f"no CUDA device here; {reason}"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def redis_server():
     """A Redis that answers at settings' REDIS_URL for the whole session."""
