@@ -39,7 +39,8 @@
 
   // ---------------------------------------------------------------- status, progress, ETA
   function duration(seconds) {
-    const s = Math.max(0, Math.round(seconds));
+    if (seconds < 10) return `${Math.max(0, seconds).toFixed(1)}s`;
+    const s = Math.round(seconds);
     if (s < 60) return `${s}s`;
     if (s < 3600) return `${Math.floor(s / 60)}m ${s % 60}s`;
     return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
@@ -218,11 +219,13 @@
           type: "scatter", mode: "markers", name: `${split} · step ${event.step}`,
           x: event.results.map((r) => r.difficulty),
           y: event.results.map((r) => (r.attempts ? r.successes / r.attempts : null)),
-          text: event.results.map((r) => `${r.prompt_id}: ${r.successes}/${r.attempts}, mean length ${Math.round(r.mean_length)}`),
+          hovertext: event.results.map((r) => `${r.prompt_id}: ${r.successes}/${r.attempts}, mean length ${Math.round(r.mean_length)}`),
           hoverinfo: "text", marker: { size: 7, opacity: 0.7 },
         };
       });
-      const layout = baseLayout("difficulty", "pass rate (successes / attempts)", { yaxis: { range: [-0.05, 1.05], title: { text: "pass rate (successes / attempts)" } } });
+      const layout = baseLayout("difficulty", "pass rate (successes / attempts)", {
+        showlegend: true, yaxis: { range: [-0.05, 1.05], title: { text: "pass rate (successes / attempts)" } },
+      });
       Plotly.react(c.el, traces, layout, PLOT_CONFIG);
       setPoints(c, traces.reduce((sum, t) => sum + t.x.length, 0));
     });
@@ -238,7 +241,7 @@
         return {
           type: "bar", orientation: "h", name: phase, marker: { color: PHASE_COLORS[phase] || "#999" },
           y: mine.map((s) => s.worker), base: mine.map((s) => s.start - t0), x: mine.map((s) => s.end - s.start),
-          text: mine.map((s) => `${phase} · step ${s.step} · ${(s.end - s.start).toFixed(2)} s`), hoverinfo: "text",
+          hovertext: mine.map((s) => `${phase} · step ${s.step} · ${(s.end - s.start).toFixed(2)} s`), hoverinfo: "text",
         };
       });
       Plotly.react(c.el, traces, baseLayout("seconds since the first span shown", "worker", { barmode: "overlay" }), PLOT_CONFIG);
