@@ -1,6 +1,9 @@
 """The REST API through the test client, authenticated with real DRF tokens."""
 
+import os
+
 import pytest
+from django.core.management import call_command
 from rest_framework.test import APIClient
 
 from engine.events import LengthHistogram, Log, Metrics
@@ -275,6 +278,10 @@ def test_spec_defaults_and_schema_come_from_the_engine(api_alice):
     schema = api_alice.get("/api/spec/schema/").json()
     assert "rollout" in schema["schema"]["properties"]
     assert schema["choices"] == defaults["choices"]
+
+
+def test_the_openapi_schema_generates_without_warnings():
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", os.devnull)
 
 
 def test_the_openapi_schema_is_served(api_alice):

@@ -2,6 +2,10 @@
 routing) and the real Redis channel layer at REDIS_URL. transaction=True: the services'
 on_commit pushes must really fire."""
 
+import copy
+import os
+import uuid
+
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
@@ -18,6 +22,15 @@ from runs.models import Run, RunStatus
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 
 ORIGIN = (b"origin", b"http://localhost")
+
+
+@pytest.fixture(autouse=True)
+def own_channel_prefix(settings):
+    """Groups of this test process only: another test session on the same Redis may be
+    watching a run with the same id (ids restart in every test database)."""
+    layers = copy.deepcopy(settings.CHANNEL_LAYERS)
+    layers["default"]["CONFIG"]["prefix"] = f"test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    settings.CHANNEL_LAYERS = layers  # Channels drops its cached layer on this change
 
 
 @database_sync_to_async
