@@ -99,6 +99,9 @@ class TrainingSpec(_Strict):
     lr: float = Field(2e-4, gt=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
+    micro_batch_tokens: int = Field(
+        8192, ge=64, le=10_000_000, description="padded tokens per forward/backward pass; bounds memory"
+    )
     eval_every: int = Field(10, ge=0, description="steps between evaluations; 0 = only before and after")
 
 

@@ -15,7 +15,7 @@ def execute_run(run_id: int) -> str:
     """Drive one run: claim it, run the engine (locally on Ray or in-process), record its
     end. Cancellation arrives through the database, polled by the engine between steps."""
     # The engine pulls in torch; keep it out of the web tier and of Celery's start-up.
-    from engine.orchestration import run as run_engine
+    from engine.orchestration import describe, run as run_engine
     from engine.spec import parse_spec
     from runs.models import Run, RunStatus
     from runs.selectors import cancel_requested
@@ -39,7 +39,7 @@ def execute_run(run_id: int) -> str:
     except Exception as exc:
         logger.exception("run %s failed", run_id)
         sink.flush()
-        transition(run_id, RunStatus.FAILED, f"{type(exc).__name__}: {exc}")
+        transition(run_id, RunStatus.FAILED, describe(exc))
         return RunStatus.FAILED
     sink.flush()
     reason = "cancelled on request" if outcome == RunStatus.CANCELLED else "all steps done"

@@ -29,3 +29,6 @@ class Task(Protocol):
 
 
 TASKS: Registry[Task] = Registry("dataset")
+
+# Built-in tasks register themselves on import (kept last: they import TASKS from here).
+from engine.tasks import arith  # noqa: E402,F401

@@ -1,0 +1,71 @@
+"""`python -m engine run SPEC.yaml`: run the engine alone, printing a line per step.
+
+    python -m engine run engine/examples/arith-grpo.yaml
+    python -m engine run spec.yaml --executor inprocess --steps 5
+"""
+
+import argparse
+import sys
+
+from engine.events import Event
+from engine.spec import SpecError, load_spec_file
+
+
+class PrintSink:
+    """Prints one progress line per training step and per evaluation."""
+
+    def __init__(self, out=sys.stdout):
+        self.out = out
+
+    def emit(self, event: Event) -> None:
+        if event.kind == "metrics":
+            values = event.values
+            if "val/acc/mean@1" in values:
+                self._print(f"step {event.step:>5}  eval  val/acc/mean@1 {values['val/acc/mean@1']:.3f}")
+            else:
+                self._print(
+                    f"step {event.step:>5}  reward {values['reward/mean']:.3f}  acc {values['acc/mean']:.3f}  "
+                    f"len p50/p90/max {values['rollout/response_length/p50']:.0f}/"
+                    f"{values['rollout/response_length/p90']:.0f}/{values['rollout/response_length/max']:.0f}  "
+                    f"{values['timing_s/step']:.1f}s"
+                )
+        elif event.kind in ("status", "log"):
+            message = getattr(event, "message", "")
+            self._print(f"{getattr(event, 'status', event.kind)}{': ' + message if message else ''}")
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine", description="Rollyard's RL engine, without the platform")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run", help="run a spec file (YAML or JSON)")
+    run_parser.add_argument("spec", help="path of the spec file")
+    run_parser.add_argument("--executor", choices=["ray", "inprocess"], help="override resources.executor")
+    run_parser.add_argument("--steps", type=int, help="override training.steps")
+    args = parser.parse_args(argv)
+
+    from engine.orchestration import run
+    from engine.spec import parse_spec
+
+    try:
+        spec = load_spec_file(args.spec)
+        overrides = {}
+        if args.executor:
+            overrides["resources"] = {**spec.resources.model_dump(), "executor": args.executor}
+        if args.steps:
+            overrides["training"] = {**spec.training.model_dump(), "steps": args.steps}
+        spec = parse_spec({**spec.model_dump(), **overrides})
+    except SpecError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    outcome = run(spec, PrintSink())
+    return 0 if outcome == "succeeded" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
