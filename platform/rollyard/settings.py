@@ -131,7 +131,10 @@ CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            "hosts": [REDIS_URL],
+            # redis-py ≥ 8 times socket reads out after 5 s by default, exactly channels-redis's
+            # blocking-pop timeout: idle sockets then die with TimeoutError. Read timeout
+            # well above the pop's 5 s.
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
             # Separate stacks sharing one Redis (tests of two checkouts) keep their groups apart.
             "prefix": os.environ.get("ROLLYARD_CHANNEL_PREFIX", "rollyard"),
             # A busy run pushes many batches; a slow browser tab should lag, not drop.
