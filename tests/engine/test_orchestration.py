@@ -1,0 +1,95 @@
+"""The driver loop: evaluate, train, evaluate; a heartbeat closes every step; cancel is
+honoured between steps; a failure is reported as a status and re-raised."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from engine.assets import resolve_model_path
+from engine.events import ListSink
+from engine.orchestration import evaluates_after, run
+from engine.spec import parse_spec
+
+
+def tiny_spec(**overrides) -> dict:
+    spec = {
+        "dataset": {"eval_size": 8},
+        "rollout": {"prompts_per_step": 2, "n": 2, "max_new_tokens": 32},
+        "training": {"steps": 3, "eval_every": 2},
+        "resources": {"executor": "inprocess"},
+    }
+    return spec | overrides
+
+
+def test_evaluation_happens_every_eval_every_steps_and_after_the_last():
+    assert [s for s in range(1, 8) if evaluates_after(s, steps=7, eval_every=3)] == [3, 6, 7]
+    assert [s for s in range(1, 5) if evaluates_after(s, steps=4, eval_every=0)] == [4]
+
+
+def test_a_run_reports_status_evaluations_steps_and_heartbeats_in_order():
+    sink = ListSink()
+
+    assert run(parse_spec(tiny_spec()), sink) == "succeeded"
+
+    kinds = [event.kind for event in sink.events]
+    assert kinds[0] == "status" and sink.events[0].status == "running"
+    assert sink.events[-1].kind == "status" and sink.events[-1].status == "succeeded"
+    assert [h.step for h in sink.of_kind("heartbeat")] == [0, 1, 2, 3]
+    evaluated_at = [m.step for m in sink.of_kind("metrics") if "val/acc/mean@1" in m.values]
+    assert evaluated_at == [0, 2, 3]
+    trained_at = [m.step for m in sink.of_kind("metrics") if "reward/mean" in m.values]
+    assert trained_at == [1, 2, 3]
+    # Everything a step produced arrives before the heartbeat that closes it.
+    last_heartbeat = kinds.index("heartbeat", kinds.index("heartbeat") + 1)
+    assert {"metrics", "length_histogram", "prompt_results", "span"} <= set(kinds[:last_heartbeat])
+
+
+def test_should_stop_cancels_between_steps():
+    sink = ListSink()
+    steps_done = lambda: len([h for h in sink.of_kind("heartbeat") if h.step > 0])  # noqa: E731
+
+    outcome = run(parse_spec(tiny_spec(training={"steps": 50})), sink, should_stop=lambda: steps_done() >= 2)
+
+    assert outcome == "cancelled"
+    assert steps_done() == 2
+    assert sink.events[-1].status == "cancelled" and "before step 3" in sink.events[-1].message
+
+
+def test_a_failure_is_reported_as_a_status_and_raised(tmp_path):
+    # The built-in tokenizer beside a config naming no known architecture: a real failure.
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(resolve_model_path("builtin:arith-tiny") / name, tmp_path / name)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "no-such-architecture"}))
+    sink = ListSink()
+
+    with pytest.raises(Exception):
+        run(parse_spec(tiny_spec(model={"path": str(tmp_path)})), sink)
+
+    assert sink.events[-1].kind == "status" and sink.events[-1].status == "failed"
+    assert "no-such-architecture" in sink.events[-1].message
+
+
+@pytest.mark.timeout(300)
+def test_the_ray_executor_runs_the_trainer_in_an_actor():
+    sink = ListSink()
+
+    assert run(parse_spec(tiny_spec(resources={"executor": "ray"}, training={"steps": 1})), sink) == "succeeded"
+
+    spans = sink.of_kind("span")
+    assert spans and all(span.worker.startswith("ray-trainer") for span in spans)
+
+
+def test_python_m_engine_run_prints_progress_and_refuses_a_bad_spec(tmp_path):
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(tiny_spec(training={"steps": 2, "eval_every": 0})))
+    done = subprocess.run([sys.executable, "-m", "engine", "run", str(spec_file)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "step     1  reward" in done.stdout and done.stdout.strip().endswith("succeeded")
+
+    spec_file.write_text(json.dumps({"rollout": {"n": 0}}))
+    refused = subprocess.run([sys.executable, "-m", "engine", "run", str(spec_file)], capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert "rollout.n" in refused.stderr
