@@ -136,26 +136,3 @@ def load_policy(model_spec: ModelSpec) -> tuple[PreTrainedModel, PreTrainedToken
     model.train()
     return model, tokenizer
 
-
-def number_value(token: str) -> int | None:
-    """The numeric value of a word of the arith vocabulary ("17" → 17, "-4" → -4)."""
-    try:
-        return int(token)
-    except ValueError:
-        return None
-
-
-def init_number_embeddings(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, periods=(2, 3, 4, 5, 7, 10, 16, 25, 50, 100, 200)) -> None:
-    """Give every number token a 'number line' in its first 2·len(periods) embedding
-    dimensions: cos and sin of 2π·value/period."""
-    weight = model.get_input_embeddings().weight
-    scale = float(weight.std()) * 2.0
-    with torch.no_grad():
-        for token, index in tokenizer.get_vocab().items():
-            value = number_value(token)
-            if value is None:
-                continue
-            for j, period in enumerate(periods):
-                angle = 2 * torch.pi * value / period
-                weight[index, 2 * j] = scale * torch.cos(torch.tensor(angle))
-                weight[index, 2 * j + 1] = scale * torch.sin(torch.tensor(angle))

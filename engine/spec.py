@@ -99,6 +99,9 @@ class TrainingSpec(_Strict):
     lr: float = Field(2e-4, gt=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
+    warmup_steps: int = Field(
+        10, ge=0, le=1_000_000, description="linear learning-rate warm-up; keeps Adam's first, sign-like steps small"
+    )
     micro_batch_tokens: int = Field(
         8192, ge=64, le=10_000_000, description="padded tokens per forward/backward pass; bounds memory"
     )

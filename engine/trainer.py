@@ -84,6 +84,13 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=spec.training.lr, weight_decay=spec.training.weight_decay
         )
+        # Adam's first updates are ≈ lr·sign(gradient) for every weight, however noisy the
+        # gradient: on a small model that alone can wreck a good policy in one step, so
+        # the learning rate ramps up linearly over the first warmup_steps updates.
+        warmup = spec.training.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda done: min(1.0, (done + 1) / warmup) if warmup else 1.0
+        )
         self.reference = None
         if (self.algorithm.kl_coef or 0.0) > 0:
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -215,6 +222,7 @@ class Trainer:
             trained_tokens += int(input_ids.numel())
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), spec.training.grad_clip)
         self.optimizer.step()
+        self.scheduler.step()
         tokens = max(num_tokens, 1)
         stats = {
             "actor/pg_loss": sums["pg_loss"],

@@ -1,37 +1,48 @@
-"""The built-in task "arith": chained single-digit additions and subtractions.
+"""The built-in task "arith": chains of single-digit additions and subtractions.
 
-A problem is a chain of k operations on numbers in 0..99, e.g. ``7 + 5 - 3 + 8 =``;
-the reference solution rewrites the expression with the first operation done, one
-line at a time, until one number is left, then states the answer:
+A problem is a chain of k operations, e.g. ``7 +5 -3 +8``. The reference solution does
+one operation per line, writing the step ``v s = v'`` followed by the operations still
+to do, then states the answer after ``####``. Lines are right-aligned to a fixed width
+with the blank word ``.``:
 
-    prompt:    7 + 5 - 3 + 8 =\\n
-    solution:  12 - 3 + 8\\n9 + 8\\n17\\n#### 17
+    prompt     . . . . . . . . . . . 7 +5 -3 +8
+    solution   . . . . . . . . . 7 +5 = 12 -3 +8
+               . . . . . . . . . . 12 -3 = 9 +8
+               . . . . . . . . . . . 9 +8 = 17
+               #### 17
 
 Why this shape (docs/architecture.md, "the built-in tasks"):
 
-- Verifiable by a checker: `score` reads the final ``#### <int>`` and compares it.
-- Graded difficulty: difficulty = k, the number of operations. Each line needs one
-  local fact (``a ± d`` with a in 0..99, d in 0..9) plus copying the rest of the line
-  above, so a small model gets easy chains right and errs more often on long ones
-  (every token is one more chance to slip at temperature 1).
-- Long tail: line j holds 2(k − j) + 1 tokens, so a solution has k² + k + 3 tokens
-  (newlines, ``####``, the answer and EOS included) and length grows quadratically in k.
-  With k drawn from a power law P(k) ∝ k^-alpha on 1..max_ops, most chains are short
-  and a few are long: with the defaults, p50 is 9 tokens and p99 is 159 (ratio ≈ 18).
-- Reduction rather than "running total" steps: each line only needs the line just above
-  it (no lookup of the i-th operand far back), which a 2-layer model learns quickly.
-- Every number is one token (0..99) and every intermediate value stays in 0..99: when
-  ``a + d`` would pass 99 the sign is forced to ``-``, when ``a - d`` would go below 0 it
-  is forced to ``+``, otherwise it is a coin flip. The first number is drawn from 0..99,
-  so the k = 1 chains alone span about 1,500 distinct prompts.
+- Verifiable: `score` reads the last ``#### <int>`` of a response and compares it.
+- Graded difficulty: difficulty = k, the number of operations; every line is one more
+  chance to slip, so longer chains are harder for the same policy.
+- Long tail: a solution has (max_ops + 4)·k + 3 tokens (newlines, ``####``, the answer
+  and EOS included), and k follows a power law P(k) ∝ k^-alpha on 1..max_ops, so most
+  chains are short and a few are long: with the defaults p50 = 35 and p99 = 195 tokens
+  (p99/p50 ≈ 5.6; tested).
+- Learnable by a tiny model in a couple of minutes on 2 CPU cores, which decided the
+  details (each was measured on a 2-layer, d=128 Llama):
+  * The reduction is written step by step so the model needs no pointer into the
+    prompt: every line is built from the line just above it.
+  * The alignment makes every lookup a *fixed* offset: an operation still to do is in
+    the same column one line down (one line = max_ops + 4 tokens), and the step's
+    inputs ``v s`` are copied from two columns further right. Left-aligned reductions
+    ("12 - 3 + 8", "9 + 8", ...) need a copy offset that changes from line to line;
+    a tiny model had not learned that after 2,000 supervised steps.
+  * The arithmetic itself is local: ``v s = v'`` puts both inputs right before the
+    result. Numbers stay in 0..max_value = 19 and operands are one word (``+5``, ``-3``),
+    so the model learns a 20 × 18 table (about 500 steps) instead of a 100 × 18 one
+    (not learned in 1,500 steps). A sign is forced when the other one would leave the
+    range, otherwise it is a coin flip.
+  Every word is one token of the built-in tokenizer (engine.models.ARITH_WORDS).
 
-Splits: an expression belongs to the test split when a hash of its text falls in the
-first `test_share` of the hash range, so train and test can never share a prompt and the
-assignment does not depend on the seed or count. Within a split, problems are drawn
-i.i.d. from the law above with a seeded generator; the first `count` problems of a
-(split, seed) stream are the same whatever `count` is, and short chains can repeat
-(there are only ~300 test prompts with k = 1). A problem's id is a hash of its text,
-so a repeated prompt keeps its id, which is what a per-prompt difficulty store needs.
+Splits: a chain belongs to the test split when a hash of its text falls in the first
+`test_share` of the hash range, so train and test never share a prompt and the split
+depends on neither seed nor count. Within a split, problems are drawn i.i.d. from the
+law with a seeded generator; the first `count` problems of a (split, seed) stream are
+the same whatever `count` is. Short chains can repeat (there are only 270 one-step
+chains in all). A problem's id is a hash of its text, so a repeated prompt keeps its id,
+which is what a per-prompt difficulty store needs.
 """
 
 import hashlib
@@ -42,6 +53,7 @@ from dataclasses import dataclass
 from engine.tasks import TASKS, Problem, Split
 
 ANSWER_MARKER = "####"
+BLANK = "."
 _ANSWER_RE = re.compile(r"####\s*(-?\d+)")
 
 
@@ -49,16 +61,12 @@ def _digest(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
 
 
-BLANK = "."
-
-
 def chain_lines(first: int, ops: list[tuple[str, int]], width: int) -> list[str]:
     """The chain and each step of its reduction, right-aligned to `width` words.
 
-    Line 0 is the chain. Line j (j ≥ 1) shows the step just done, ``v s = v'``, followed
-    by the operations still to do. Left-padding with BLANK keeps every line `width`
-    words long, so an operation still to do sits in the same column on every line and
-    the step's inputs ``v s`` sit two columns left of where they were on the line above.
+    Line 0 is the chain. Line j (j ≥ 1) shows the step just done, ``v s = v'``, then the
+    operations still to do. Padding on the left with BLANK keeps every line `width`
+    words long (width ≥ len(ops) + 3).
     """
     op_words = [f"{sign}{operand}" for sign, operand in ops]
     lines = [[str(first)] + op_words]
@@ -77,18 +85,23 @@ class ArithTask:
     name: str = "arith"
     max_ops: int = 12
     alpha: float = 1.2  # P(k) ∝ k^-alpha
+    max_value: int = 19  # every number in a chain stays in 0..max_value (≤ 99: one token each)
     test_share: float = 0.2
-    max_value: int = 99  # every number in a chain stays in 0..max_value (≤ 99: one token each)
+
+    @property
+    def width(self) -> int:
+        """Words per line: the longest line is the first step of a max_ops chain."""
+        return self.max_ops + 3
 
     def ops_weights(self) -> list[float]:
         """Unnormalised P(k) for k = 1..max_ops."""
         return [k**-self.alpha for k in range(1, self.max_ops + 1)]
 
-    def split_of(self, expression: str) -> Split:
-        return "test" if _digest("split:" + expression) % 10_000 < self.test_share * 10_000 else "train"
+    def split_of(self, prompt: str) -> Split:
+        return "test" if _digest("split:" + prompt) % 10_000 < self.test_share * 10_000 else "train"
 
     def sample(self, rng: random.Random) -> Problem:
-        """One problem from the law (ignoring the split)."""
+        """One problem from the law, whichever split it falls in."""
         k = rng.choices(range(1, self.max_ops + 1), weights=self.ops_weights())[0]
         first = rng.randrange(self.max_value + 1)
         value, ops = first, []
@@ -102,7 +115,7 @@ class ArithTask:
                 sign = rng.choice("+-")
             value = value + operand if sign == "+" else value - operand
             ops.append((sign, operand))
-        lines = chain_lines(first, ops, width=self.max_ops + 3)
+        lines = chain_lines(first, ops, self.width)
         return Problem(
             id=f"arith-{_digest(lines[0]):016x}",
             prompt=lines[0] + "\n",
