@@ -44,13 +44,11 @@ def seed_everything(seed: int) -> None:
 
 
 def length_bin_edges(max_new_tokens: int, bins: int = LENGTH_BINS) -> list[int]:
-    """Fixed integer bin edges for a run's response lengths: equal widths over
-    [0, max_new_tokens], the last bin closed so a truncated response lands in it."""
+    """Fixed integer bin edges for a run's response lengths: `bins` equal widths from 0
+    to at least max_new_tokens (numpy closes the last bin, so a truncated response,
+    max_new_tokens long, lands in it)."""
     width = max(1, -(-max_new_tokens // bins))  # ceil
-    edges = list(range(0, max_new_tokens + 1, width))
-    if edges[-1] < max_new_tokens + 1:
-        edges.append(max_new_tokens + 1)
-    return edges
+    return list(range(0, max_new_tokens + width, width))
 
 
 @dataclass
@@ -221,6 +219,7 @@ class Trainer:
             sums["region"] += float((terms.out_of_region & (mask > 0)).sum())
             trained_tokens += int(input_ids.numel())
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), spec.training.grad_clip)
+        lr = float(self.optimizer.param_groups[0]["lr"])
         self.optimizer.step()
         self.scheduler.step()
         tokens = max(num_tokens, 1)
@@ -228,6 +227,7 @@ class Trainer:
             "actor/pg_loss": sums["pg_loss"],
             "actor/entropy": sums["entropy"] / tokens,
             "actor/grad_norm": float(grad_norm),
+            "actor/lr": lr,
             "actor/ppo_kl": sums["ppo_kl"] / tokens,
             "clip_ratio/low_mean": sums["low"] / tokens,
             "clip_ratio/high_mean": sums["high"] / tokens,
@@ -338,7 +338,6 @@ class Trainer:
             # the other runs; this is the waste asynchronous orchestration recovers.
             "rollout/idle_ratio": 1.0 - timings["gen"] / step_time,
             "trainer/idle_ratio": 1.0 - timings["update_actor"] / step_time,
-            "training/lr": float(self.optimizer.param_groups[0]["lr"]),
         }
         values.update({f"timing_s/{name}": seconds for name, seconds in timings.items()})
         values.update(update_stats)

@@ -1,0 +1,73 @@
+"""The run spec refuses what cannot run, naming the field and the reason."""
+
+import pytest
+
+from engine.spec import SpecError, load_spec_file, parse_spec
+
+
+def problems_of(data) -> dict[str, str]:
+    with pytest.raises(SpecError) as caught:
+        parse_spec(data)
+    return dict(caught.value.problems)
+
+
+def test_an_empty_spec_resolves_to_the_defaults_and_the_algorithms_settings():
+    spec = parse_spec({})
+    assert spec.model.path == "builtin:arith-tiny"
+    assert spec.dataset.name == "arith"
+    assert spec.algorithm.name == "grpo"
+    # Filled in from the algorithm registry, so a stored spec is complete.
+    assert spec.algorithm.advantage == "group_norm"
+    assert spec.algorithm.aggregation == "seq-mean-token-mean"
+    assert spec.algorithm.clip_eps_low == spec.algorithm.clip_eps_high == 0.2
+
+
+def test_an_unknown_algorithm_lists_the_known_ones():
+    problems = problems_of({"algorithm": {"name": "ppo-magic"}})
+    assert "unknown algorithm 'ppo-magic'" in problems["algorithm"]
+    assert "grpo" in problems["algorithm"]
+
+
+def test_an_unknown_dataset_lists_the_known_ones():
+    problems = problems_of({"dataset": {"name": "gsm8k"}})
+    assert "unknown dataset 'gsm8k'; choose one of: arith" in problems["dataset.name"]
+
+
+@pytest.mark.parametrize(
+    "data, field",
+    [
+        ({"rollout": {"n": 0}}, "rollout.n"),
+        ({"rollout": {"temperature": -1}}, "rollout.temperature"),
+        ({"rollout": {"top_p": 1.5}}, "rollout.top_p"),
+        ({"training": {"lr": 0}}, "training.lr"),
+        ({"training": {"steps": "many"}}, "training.steps"),
+        ({"dataset": {"eval_size": 0}}, "dataset.eval_size"),
+        ({"algorithm": {"clip_eps_low": -0.1}}, "algorithm.clip_eps_low"),
+    ],
+)
+def test_bad_numbers_name_their_field(data, field):
+    assert field in problems_of(data)
+
+
+def test_a_misspelt_key_is_refused_not_ignored():
+    problems = problems_of({"rollout": {"temprature": 0.7}})
+    assert problems == {"rollout.temprature": "Extra inputs are not permitted"}
+
+
+def test_a_missing_model_folder_is_refused(tmp_path):
+    problems = problems_of({"model": {"path": str(tmp_path / "nothing-here")}})
+    assert "no model folder with a config.json" in problems["model.path"]
+
+
+def test_the_example_spec_file_is_valid():
+    from pathlib import Path
+
+    import engine
+
+    spec = load_spec_file(Path(engine.__file__).parent / "examples" / "arith-grpo.yaml")
+    assert spec.dataset.name == "arith"
+
+
+def test_an_unreadable_file_is_a_spec_error(tmp_path):
+    with pytest.raises(SpecError, match="cannot read"):
+        load_spec_file(tmp_path / "missing.yaml")
