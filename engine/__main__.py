@@ -12,26 +12,41 @@ from engine.spec import SpecError, load_spec_file
 
 
 class PrintSink:
-    """Prints one progress line per training step and per evaluation."""
+    """Prints one progress line per step, when the step's heartbeat arrives: training
+    reward, accuracy, response lengths and step time, plus held-out accuracy when the
+    step ended with an evaluation (step 0 is the evaluation before training)."""
 
     def __init__(self, out=sys.stdout):
         self.out = out
+        self._train: dict[str, float] = {}
+        self._val: float | None = None
 
     def emit(self, event: Event) -> None:
         if event.kind == "metrics":
-            values = event.values
-            if "val/acc/mean@1" in values:
-                self._print(f"step {event.step:>5}  eval  val/acc/mean@1 {values['val/acc/mean@1']:.3f}")
+            if "val/acc/mean@1" in event.values:
+                self._val = event.values["val/acc/mean@1"]
             else:
-                self._print(
-                    f"step {event.step:>5}  reward {values['reward/mean']:.3f}  acc {values['acc/mean']:.3f}  "
-                    f"len p50/p90/max {values['rollout/response_length/p50']:.0f}/"
-                    f"{values['rollout/response_length/p90']:.0f}/{values['rollout/response_length/max']:.0f}  "
-                    f"{values['timing_s/step']:.1f}s"
-                )
+                self._train = event.values
+        elif event.kind == "heartbeat":
+            self._print(self._progress_line(event.step))
+            self._train, self._val = {}, None
         elif event.kind in ("status", "log"):
             message = getattr(event, "message", "")
             self._print(f"{getattr(event, 'status', event.kind)}{': ' + message if message else ''}")
+
+    def _progress_line(self, step: int) -> str:
+        line = f"step {step:>5}"
+        values = self._train
+        if values:
+            line += (
+                f"  reward {values['reward/mean']:.3f}  acc {values['acc/mean']:.3f}  "
+                f"len p50/p90/max {values['rollout/response_length/p50']:.0f}/"
+                f"{values['rollout/response_length/p90']:.0f}/{values['rollout/response_length/max']:.0f}  "
+                f"{values['timing_s/step']:.1f}s"
+            )
+        if self._val is not None:
+            line += f"  val/acc/mean@1 {self._val:.3f}"
+        return line
 
     def flush(self) -> None:
         self.out.flush()
