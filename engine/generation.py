@@ -169,9 +169,9 @@ def generate(
 
     Returns len(prompts) × n completions, prompt by prompt (those of prompt i are at
     i·n … i·n + n − 1). Prompts are decoded in batches of at most `params.max_batch`
-    rows, grouped by prompt length: on the built-in task a prompt's length tells its
-    difficulty, so long completions share a batch instead of holding up short ones.
-    `use_cache=False` recomputes the whole sequence at every step (tests only).
+    rows (all n samples of a prompt in the same batch), taken in order of prompt length
+    so that batches need little padding. `use_cache=False` recomputes the whole
+    sequence at every step (tests only).
     """
     was_training = model.training
     model.eval()

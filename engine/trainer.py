@@ -17,7 +17,6 @@ the driver process or inside a Ray actor (engine.orchestration).
 import copy
 import os
 import random
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,7 +96,8 @@ class Trainer:
         self.eval_problems = self.task.problems("test", spec.dataset.eval_size, seed=EVAL_SEED)
         self._order_rng = random.Random(spec.seed)
         self._order: list[int] = []
-        self._sampling_rng = torch.Generator().manual_seed(spec.seed)
+        # Generators live on the model's device: torch.multinomial on CUDA needs a CUDA one.
+        self._sampling_rng = torch.Generator(device=self.device).manual_seed(spec.seed)
         self.step_count = 0
         self.bin_edges = length_bin_edges(spec.rollout.max_new_tokens)
 
@@ -126,7 +126,7 @@ class Trainer:
     # ----------------------------------------------------------------- step
     def step(self) -> list[Event]:
         """One GRPO-family step; returns its events (see the module docstring)."""
-        spec, rollout = self.spec, self.spec.rollout
+        rollout = self.spec.rollout
         self.step_count += 1
         step = self.step_count
         t_start = now()
@@ -217,7 +217,7 @@ class Trainer:
             sums["low"] += float((terms.clipped_low & (mask > 0)).sum())
             sums["high"] += float((terms.clipped_high & (mask > 0)).sum())
             sums["region"] += float((terms.out_of_region & (mask > 0)).sum())
-            trained_tokens += int(input_ids.numel())
+            trained_tokens += sum(len(r.completion.prompt_ids) + len(r.completion.token_ids) for r in batch)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), spec.training.grad_clip)
         lr = float(self.optimizer.param_groups[0]["lr"])
         self.optimizer.step()
@@ -277,7 +277,7 @@ class Trainer:
         params = SamplingParams(
             n=1, temperature=rollout.temperature, top_p=rollout.top_p, max_new_tokens=rollout.max_new_tokens
         )
-        generator = torch.Generator().manual_seed(self.spec.seed + 1_000_003)
+        generator = torch.Generator(device=self.device).manual_seed(self.spec.seed + 1_000_003)
         rollouts, texts = self.sample(self.eval_problems, params, generator)
         for item, text in zip(rollouts, texts):
             item.reward = self.task.score(item.problem, text)

@@ -1,5 +1,8 @@
 """The run spec refuses what cannot run, naming the field and the reason."""
 
+import subprocess
+import sys
+
 import pytest
 
 from engine.spec import SpecError, load_spec_file, parse_spec
@@ -71,3 +74,15 @@ def test_the_example_spec_file_is_valid():
 def test_an_unreadable_file_is_a_spec_error(tmp_path):
     with pytest.raises(SpecError, match="cannot read"):
         load_spec_file(tmp_path / "missing.yaml")
+
+
+def test_the_contract_modules_do_not_import_torch():
+    # The web tier imports these at start-up; torch costs seconds and hundreds of MB.
+    code = (
+        "import sys, engine, engine.spec, engine.events, engine.algorithms, engine.tasks, engine.assets\n"
+        "engine.spec.parse_spec({})\n"
+        "heavy = [m for m in ('torch', 'transformers', 'ray', 'django') if m in sys.modules]\n"
+        "assert not heavy, heavy"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
