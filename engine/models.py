@@ -15,19 +15,19 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
-    LlamaConfig,
-    LlamaForCausalLM,
 )
 
 from engine.assets import resolve_model_path
 from engine.spec import ModelSpec
 
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
-# Every word of the arith task: newline, the blank ".", "=", the answer marker, 0..99 and the signed
-# operands +1..+9 and -1..-9.
+# Every word of the arith task: newline, the blank ".", "=", the answer marker, the
+# numbers 0..99 and the signed operands +1..+9 and -1..-9.
 ARITH_WORDS = (
     ["\n", ".", "=", "####"]
     + [str(number) for number in range(100)]
@@ -42,7 +42,7 @@ def build_tokenizer(words: list[str] = ARITH_WORDS) -> PreTrainedTokenizerFast:
     piece to an id (unknown pieces → <unk>) and prepends <bos>. Decoding joins tokens
     with single spaces, then removes the spaces next to newlines, so
     ``decode(encode(text)) == text`` for any text written with single spaces, e.g.
-    "7 + 5 =\\n12\\n#### 12". Saved with `save_pretrained`, it reloads offline through
+    ". 7 +5 = 12\\n#### 12". Saved with `save_pretrained`, it reloads offline through
     AutoTokenizer like any other fast tokenizer.
     """
     vocab = {word: index for index, word in enumerate(SPECIAL_TOKENS + words)}

@@ -91,3 +91,17 @@ def test_the_built_in_model_loads_offline():
 def test_auto_device_falls_back_to_the_cpu(device):
     expected = "cuda" if torch.cuda.is_available() and device == "auto" else "cpu"
     assert resolve_device(device).type == expected
+
+
+def test_the_warm_start_recipe_runs_and_saves_a_loadable_model(tmp_path):
+    from engine.warmstart import Recipe, train
+
+    recipe = Recipe(steps=3, batch_size=8, eval_size=8, shape=TinyModelConfig(layers=1, hidden=32, heads=2, kv_heads=2, intermediate=64))
+    model, tokenizer, report = train(recipe, log=lambda line: None)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+
+    assert set(report["held_out_accuracy"]) == {"temperature_1", "greedy"}
+    assert 0 <= report["held_out_accuracy"]["greedy"]["all"] <= 1
+    loaded, _ = load_policy(ModelSpec(path=str(tmp_path), device="cpu"))
+    assert loaded.config.num_hidden_layers == 1
