@@ -42,7 +42,7 @@ def main() -> None:
     n = spec.dataset.eval_size
     margin = 3 * math.sqrt(2 * max(start_acc * (1 - start_acc), 1 / n) / n)
     shown = next(((step, s, acc) for step, s, acc in sink.evaluations[1:] if acc > start_acc + margin), None)
-    steps = sink.of_kind("heartbeat")
+    steps = [heartbeat for heartbeat in sink.of_kind("heartbeat") if heartbeat.step > 0]
     metrics = {
         "steps": len(steps),
         "total_s": round(total_s, 1),
