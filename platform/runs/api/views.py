@@ -57,9 +57,7 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
     @action(detail=True, methods=["get"])
     def metrics(self, request: Request, pk: str) -> Response:
         run = self.get_object()
-        query = MetricsQuerySerializer(data=request.query_params)
-        query.is_valid(raise_exception=True)
-        params = query.validated_data
+        params = validated_query(MetricsQuerySerializer, request)
         names = params["name"] or selectors.metric_names(run)
         series = selectors.metric_series(
             run, names, params["max_points"], params.get("min_step"), params.get("max_step")
@@ -74,15 +72,20 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
     @action(detail=True, methods=["get"])
     def events(self, request: Request, pk: str) -> Response:
         run = self.get_object()
-        query = EventsQuerySerializer(data=request.query_params)
-        query.is_valid(raise_exception=True)
-        params = query.validated_data
+        params = validated_query(EventsQuerySerializer, request)
         if "latest" in params:
             events = selectors.latest_events(run, params["kind"], params["latest"])
         else:
             events = selectors.run_events(run, params["kind"], params.get("after"), params["limit"])
         last_id = events[-1].pk if events else params.get("after")
         return Response({"events": [event_json(event) for event in events], "last_id": last_id})
+
+
+def validated_query(serializer_class: type, request: Request) -> dict:
+    """The request's query parameters, validated (a 400 naming each bad one otherwise)."""
+    query = serializer_class(data=request.query_params)
+    query.is_valid(raise_exception=True)
+    return query.validated_data
 
 
 class SpecDefaultsView(APIView):
