@@ -21,6 +21,7 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
+from transformers.utils import logging as transformers_logging
 
 from engine.assets import resolve_model_path
 from engine.spec import ModelSpec
@@ -125,6 +126,8 @@ def load_policy(model_spec: ModelSpec) -> tuple[PreTrainedModel, PreTrainedToken
     folder = Path(resolve_model_path(model_spec.path))
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"no model at {folder} (run `python -m engine.warmstart` for the built-in one)")
+    # A tqdm bar per load only clutters worker logs and the CLI's progress lines.
+    transformers_logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
