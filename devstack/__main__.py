@@ -17,9 +17,9 @@ DEMO_USER = "demo"
 DEMO_PASSWORD = "demo"
 
 
-def prepare_database() -> tuple[str, int]:
+def prepare_database():
     """Migrate and make the demo user (a superuser, so the admin pages open too).
-    Returns the user's API token and the id of a freshly launched demo run."""
+    Returns the user's API token key and the user."""
     import django
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "rollyard.settings")

@@ -54,7 +54,9 @@ class LiveStack:
     web_log: Path
 
     def logs(self) -> str:
-        return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-6000:]}" for log in (self.web_log, self.worker_log))
+        """The tail of both processes' logs, for a failing test's message."""
+        tails = (f"--- {log.name}\n{log.read_text(errors='replace')[-6000:]}" for log in (self.web_log, self.worker_log))
+        return "\n".join(tails)
 
 
 def database_url_of_test_db() -> str:
