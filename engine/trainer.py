@@ -18,6 +18,7 @@ import copy
 import os
 import random
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -34,6 +35,8 @@ TRAIN_POOL_SIZE = 20_000
 # Seed of the held-out prompts: the same for every run, so runs compare on one test set.
 EVAL_SEED = 0
 LENGTH_BINS = 32
+
+T = TypeVar("T")
 
 
 def seed_everything(seed: int) -> None:
@@ -377,9 +380,16 @@ def micro_batches(rollouts: list[Rollout], max_tokens: int) -> list[list[Rollout
     """Split rollouts, sorted by total length, into batches whose padded size
     (rows × longest row) stays within max_tokens (a longer single row goes alone)."""
     ordered = sorted(rollouts, key=lambda r: len(r.completion.prompt_ids) + len(r.completion.token_ids))
-    batches: list[list[Rollout]] = [[]]
-    for item in ordered:
-        width = len(item.completion.prompt_ids) + len(item.completion.token_ids)
+    widths = [len(r.completion.prompt_ids) + len(r.completion.token_ids) for r in ordered]
+    return pack_by_token_budget(ordered, widths, max_tokens)
+
+
+def pack_by_token_budget(items: list[T], widths: list[int], max_tokens: int) -> list[list[T]]:
+    """Cut `items`, already sorted by ascending width, into consecutive batches whose
+    padded size (rows × widest row) stays within max_tokens; an item wider than the
+    budget goes alone. The sort is the caller's, so it decides what "width" orders by."""
+    batches: list[list[T]] = [[]]
+    for item, width in zip(items, widths, strict=True):
         if batches[-1] and width * (len(batches[-1]) + 1) > max_tokens:
             batches.append([])
         batches[-1].append(item)

@@ -48,6 +48,7 @@ from engine.assets import ASSETS_DIR
 from engine.generation import SamplingParams, generate
 from engine.models import TinyModelConfig, build_tiny_model, build_tokenizer
 from engine.tasks import TASKS, Problem
+from engine.trainer import pack_by_token_budget
 
 
 @dataclass(frozen=True)
@@ -90,13 +91,8 @@ def length_chunks(tokenizer, problems: list[Problem], tokens_per_chunk: int) -> 
     """Sort problems by length and cut them into chunks of at most ~tokens_per_chunk
     padded tokens, so rows of similar length share a forward pass."""
     ordered = sorted(problems, key=lambda problem: len(problem.solution))
-    chunks: list[list[Problem]] = [[]]
-    for problem in ordered:
-        width = len(tokenizer(problem.prompt + problem.solution)["input_ids"]) + 1
-        if chunks[-1] and width * (len(chunks[-1]) + 1) > tokens_per_chunk:
-            chunks.append([])
-        chunks[-1].append(problem)
-    return chunks
+    widths = [len(tokenizer(problem.prompt + problem.solution)["input_ids"]) + 1 for problem in ordered]
+    return pack_by_token_budget(ordered, widths, tokens_per_chunk)
 
 
 def accuracy_by_difficulty(model, tokenizer, problems: list[Problem], temperature: float, seed: int) -> dict[str, float]:
