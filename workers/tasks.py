@@ -28,6 +28,8 @@ def execute_run(run_id: int) -> str:
         return "missing"
     try:
         # A redelivered message, or a run cancelled while it queued, stops here.
+        if run.status == RunStatus.QUEUED:
+            transition(run_id, RunStatus.ADMITTED, "admitted: no quota applies")
         transition(run_id, RunStatus.RUNNING, f"picked up by worker {socket.gethostname()}")
     except IllegalTransition as exc:
         logger.info("run %s not started: %s", run_id, exc)

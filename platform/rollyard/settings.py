@@ -46,7 +46,10 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "accounts",
     "runs",
+    "catalog",
+    "quotas",
 ]
 
 MIDDLEWARE = [

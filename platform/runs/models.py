@@ -13,6 +13,8 @@ from django.utils.functional import classproperty
 
 class RunStatus(models.TextChoices):
     QUEUED = "queued", "Queued"
+    # Admission (quotas.admission) granted it capacity; a worker will pick it up.
+    ADMITTED = "admitted", "Admitted"
     RUNNING = "running", "Running"
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
@@ -22,7 +24,7 @@ class RunStatus(models.TextChoices):
     @classproperty
     def ACTIVE(cls) -> frozenset["RunStatus"]:  # noqa: N802 - reads like a constant
         """Not finished yet: the run may still change."""
-        return frozenset({cls.QUEUED, cls.RUNNING})
+        return frozenset({cls.QUEUED, cls.ADMITTED, cls.RUNNING})
 
     @classproperty
     def TERMINAL(cls) -> frozenset["RunStatus"]:  # noqa: N802
@@ -32,8 +34,11 @@ class RunStatus(models.TextChoices):
 
 # The state machine: the only moves `services.transition` makes.
 TRANSITIONS: dict[str, frozenset[str]] = {
-    RunStatus.QUEUED: frozenset({RunStatus.RUNNING, RunStatus.CANCELLED, RunStatus.FAILED}),
-    RunStatus.RUNNING: frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED}),
+    RunStatus.QUEUED: frozenset({RunStatus.ADMITTED, RunStatus.CANCELLED, RunStatus.FAILED}),
+    # admitted → queued: the admission was taken back (its worker never claimed it).
+    RunStatus.ADMITTED: frozenset({RunStatus.RUNNING, RunStatus.QUEUED, RunStatus.CANCELLED, RunStatus.FAILED}),
+    # running → queued: requeued after its worker vanished, to resume from a checkpoint.
+    RunStatus.RUNNING: frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.QUEUED}),
     RunStatus.SUCCEEDED: frozenset(),
     RunStatus.FAILED: frozenset(),
     RunStatus.CANCELLED: frozenset(),
@@ -42,6 +47,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 
 class Run(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="runs")
+    # Who may see and manage the run follows from roles in this team (accounts.permissions).
+    team = models.ForeignKey("accounts.Team", on_delete=models.PROTECT, related_name="runs")
     name = models.CharField(max_length=200)
     # The fully resolved engine spec (every default filled in), so the run can be reproduced.
     spec = models.JSONField()

@@ -15,6 +15,8 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.models import Team
+from accounts.services import default_team
 from engine.events import Event, Heartbeat, Metrics
 from engine.spec import parse_spec
 from runs import live
@@ -49,12 +51,13 @@ def check_can_manage(user: User, run: Run) -> None:
 # --- launching ----------------------------------------------------------------------------
 
 
-def create_run(user: AbstractBaseUser, spec_data: Mapping[str, Any], name: str = "") -> Run:
+def create_run(user: AbstractBaseUser, spec_data: Mapping[str, Any], name: str = "", team: Team | None = None) -> Run:
     """Validate a spec, store the queued run with its fully resolved spec, and enqueue its
     driver once the transaction commits.
 
     Raises engine.spec.SpecError (with .problems, one (field, reason) per problem) and
     creates nothing when the spec cannot run. `name`, when given, overrides the spec's.
+    `team` defaults to accounts.services.default_team(user).
     """
     data = dict(spec_data) if isinstance(spec_data, Mapping) else spec_data
     if name and isinstance(data, dict):
@@ -66,6 +69,7 @@ def create_run(user: AbstractBaseUser, spec_data: Mapping[str, Any], name: str =
     with transaction.atomic():
         run = Run.objects.create(
             owner=user,
+            team=team or default_team(user),
             name=spec.name,
             spec=spec.model_dump(mode="json"),
             status=RunStatus.QUEUED,

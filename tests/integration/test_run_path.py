@@ -74,7 +74,7 @@ def test_a_launched_run_trains_on_a_worker_and_streams_its_events_live(live_stac
     assert run.status == "succeeded"
     assert run.current_step == 3
     history = list(RunStatusChange.objects.filter(run=run).order_by("id").values_list("to_status", flat=True))
-    assert history == ["queued", "running", "succeeded"]
+    assert history == ["queued", "admitted", "running", "succeeded"]
     # Every step's metrics are in the database, not only what the socket carried.
     assert set(MetricPoint.objects.filter(run=run, name="reward/mean").values_list("step", flat=True)) == {1, 2, 3}
 

@@ -7,6 +7,7 @@ from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from accounts.services import default_team
 from runs.models import Run, RunStatus
 
 
@@ -55,6 +56,7 @@ def make_run(db) -> Callable[..., Run]:
     """A run stored directly (no service call), in any status, for read-side tests."""
 
     def make(owner, name: str = "run", status: str = RunStatus.QUEUED, total_steps: int = 10, **fields) -> Run:
+        fields.setdefault("team", default_team(owner))
         return Run.objects.create(
             owner=owner, name=name, spec={"name": name}, status=status, total_steps=total_steps, **fields
         )

@@ -171,6 +171,7 @@ def test_cancelling_a_queued_run_cancels_it_at_once(api_alice, alice):
 
 def test_cancelling_a_running_run_asks_its_driver(api_alice, alice):
     run = services.create_run(alice, SMALL_SPEC)
+    services.transition(run.id, RunStatus.ADMITTED, "no quota applies")
     services.transition(run.id, RunStatus.RUNNING, "picked up")
 
     body = api_alice.post(f"/api/runs/{run.id}/cancel/").json()

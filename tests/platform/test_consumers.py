@@ -17,6 +17,7 @@ from rest_framework.authtoken.models import Token
 from engine.events import LengthHistogram, Metrics
 from rollyard.asgi import application
 from runs import services
+from accounts.services import default_team
 from runs.models import Run, RunStatus
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
@@ -42,7 +43,7 @@ def user_with_token(username: str, **fields) -> tuple:
 @database_sync_to_async
 def run_of(user, status: str = RunStatus.QUEUED) -> Run:
     # Stored directly: create_run would hand the run to the workers' broker on commit.
-    return Run.objects.create(owner=user, name="live", spec={}, status=status, total_steps=3)
+    return Run.objects.create(owner=user, team=default_team(user), name="live", spec={}, status=status, total_steps=3)
 
 
 @database_sync_to_async
@@ -124,6 +125,9 @@ async def test_recorded_events_and_status_changes_are_pushed_live():
     assert connected
     assert (await communicator.receive_json_from(timeout=10))["type"] == "hello"
 
+    await database_sync_to_async(services.transition)(run.id, RunStatus.ADMITTED, "no quota applies")
+    admitted = await communicator.receive_json_from(timeout=10)
+    assert (admitted["type"], admitted["status"]) == ("status", "admitted")
     await database_sync_to_async(services.transition)(run.id, RunStatus.RUNNING, "picked up")
     status = await communicator.receive_json_from(timeout=10)
     assert (status["type"], status["status"], status["reason"]) == ("status", "running", "picked up")

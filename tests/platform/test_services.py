@@ -58,18 +58,20 @@ def test_a_rolled_back_launch_enqueues_nothing(alice, enqueued, django_capture_o
 # --- the state machine --------------------------------------------------------------------------------
 
 
-def test_a_run_moves_queued_running_succeeded_with_history_and_timestamps(alice):
+def test_a_run_moves_queued_admitted_running_succeeded_with_history_and_timestamps(alice):
     run = services.create_run(alice, {})
     assert run.started_at is None and run.finished_at is None
 
+    services.transition(run.id, RunStatus.ADMITTED, "no quota applies")
     running = services.transition(run.id, RunStatus.RUNNING, "picked up by w1")
     assert running.started_at is not None and running.finished_at is None
     done = services.transition(run.id, "succeeded", "all steps done")
 
     assert done.status == "succeeded" and done.status_reason == "all steps done"
     assert done.finished_at >= done.started_at
-    assert history(run) == [("", "queued"), ("queued", "running"), ("running", "succeeded")]
+    assert history(run) == [("", "queued"), ("queued", "admitted"), ("admitted", "running"), ("running", "succeeded")]
     assert list(RunStatusChange.objects.filter(run=run).values_list("reason", flat=True))[1:] == [
+        "no quota applies",
         "picked up by w1",
         "all steps done",
     ]
@@ -79,11 +81,11 @@ def test_a_run_moves_queued_running_succeeded_with_history_and_timestamps(alice)
     ("path", "illegal"),
     [
         ([], RunStatus.SUCCEEDED),  # queued → succeeded skips running
-        ([RunStatus.RUNNING], RunStatus.QUEUED),  # no way back
-        ([RunStatus.RUNNING], RunStatus.RUNNING),  # a redelivered task cannot claim twice
-        ([RunStatus.CANCELLED], RunStatus.RUNNING),  # cancelled while queued: never starts
-        ([RunStatus.RUNNING, RunStatus.FAILED], RunStatus.SUCCEEDED),  # terminal stays terminal
-        ([RunStatus.RUNNING, RunStatus.SUCCEEDED], RunStatus.SUCCEEDED),
+        ([], RunStatus.RUNNING),  # queued → running skips admission
+        ([RunStatus.ADMITTED, RunStatus.RUNNING], RunStatus.RUNNING),  # a redelivered task cannot claim twice
+        ([RunStatus.CANCELLED], RunStatus.ADMITTED),  # cancelled while queued: never starts
+        ([RunStatus.ADMITTED, RunStatus.RUNNING, RunStatus.FAILED], RunStatus.SUCCEEDED),  # terminal stays terminal
+        ([RunStatus.ADMITTED, RunStatus.RUNNING, RunStatus.SUCCEEDED], RunStatus.SUCCEEDED),
     ],
 )
 def test_illegal_transitions_are_refused_and_change_nothing(alice, path, illegal):
@@ -124,6 +126,7 @@ def test_any_sequence_of_moves_follows_the_state_machine(alice, moves):
 
 def test_cancel_of_a_running_run_sets_the_flag_its_driver_polls(alice):
     run = services.create_run(alice, {})
+    services.transition(run.id, RunStatus.ADMITTED)
     services.transition(run.id, RunStatus.RUNNING)
     assert selectors.cancel_requested(run.id) is False
 
@@ -154,6 +157,7 @@ def test_only_the_owner_or_staff_may_cancel(alice, bob, staff):
 
 def test_a_driver_stops_when_its_run_is_gone_or_already_finished(alice):
     run = services.create_run(alice, {})
+    services.transition(run.id, RunStatus.ADMITTED)
     services.transition(run.id, RunStatus.RUNNING)
     services.transition(run.id, RunStatus.FAILED, "heartbeat lost")
     assert selectors.cancel_requested(run.id) is True
