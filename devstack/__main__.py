@@ -19,14 +19,16 @@ DEMO_PASSWORD = "demo"
 
 def prepare_database():
     """Migrate and make the demo user (a superuser, so the admin pages open too).
-    Returns the user's API token key and the user."""
+    Returns the secret of a new API token of the user (secrets are shown once and not
+    stored, so every start makes its own) and the user."""
     import django
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "rollyard.settings")
     django.setup()
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
-    from rest_framework.authtoken.models import Token
+
+    from accounts.services import create_token
 
     call_command("migrate", interactive=False, verbosity=0)
     user, created = get_user_model().objects.get_or_create(
@@ -35,8 +37,8 @@ def prepare_database():
     if created:
         user.set_password(DEMO_PASSWORD)
         user.save()
-    token, _ = Token.objects.get_or_create(user=user)
-    return token.key, user
+    _, secret = create_token(user, "demo")
+    return secret, user
 
 
 def launch_demo_run(user) -> int:

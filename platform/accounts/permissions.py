@@ -95,3 +95,17 @@ def visible_to(user: User, queryset: QuerySet[Model], team_field: str = "team") 
         return queryset
     member_of = Membership.objects.filter(user=user).values("team_id")
     return queryset.filter(**{f"{team_field}__in": member_of})
+
+
+def find_team(user: User, id_or_name: str) -> Team | None:
+    """The team with this id or name among the user's teams (staff: any team); None
+    when there is none, whether it does not exist or is another team's."""
+    id_or_name = id_or_name.strip()
+    teams = teams_of(user)
+    # Digits may still be a team's name; ids longer than 18 digits cannot exist (and
+    # would overflow SQLite's integers).
+    if id_or_name.isdigit() and len(id_or_name) <= 18:
+        team = teams.filter(pk=int(id_or_name)).first()
+        if team is not None:
+            return team
+    return teams.filter(name=id_or_name).first()

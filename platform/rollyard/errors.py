@@ -3,18 +3,24 @@
     {"error": {"code": "invalid_spec", "message": "...", "fields": {"rollout.n": ["..."]}}}
 
 Domain errors from services are mapped here, so views stay thin: SpecError → 400
-(fields are paths inside the run spec), IllegalTransition → 409, RunPermissionDenied → 403.
+(fields are paths inside the run spec), IllegalTransition and LastAdminError → 409,
+RunPermissionDenied and accounts.permissions.PermissionDenied → 403 (with the message that
+names the role needed), a body over Django's upload limit → 413. Every status (400, 401,
+403, 404, 405, 409, 413, 415, 429) carries the same body.
 """
 
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
+from accounts.services import LastAdminError
 from engine.spec import SpecError
+from quotas.services import RequestRefused
 from runs.services import IllegalTransition, RunPermissionDenied
 
 
@@ -27,9 +33,20 @@ class InvalidSpec(exceptions.APIException):
         super().__init__(str(error))
 
 
+class CannotFit(InvalidSpec):
+    """A launch its pool or quotas can never admit; fields name the limits at fault."""
+
+    default_code = "cannot_fit"
+
+
 class Conflict(exceptions.APIException):
     status_code = status.HTTP_409_CONFLICT
     default_code = "invalid_state"
+
+
+class PayloadTooLarge(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_code = "too_large"
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -40,8 +57,12 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         exc = exceptions.PermissionDenied(str(exc) or None)
     elif isinstance(exc, SpecError):
         exc = InvalidSpec(exc)
-    elif isinstance(exc, IllegalTransition):
+    elif isinstance(exc, RequestRefused):
+        exc = CannotFit(exc)
+    elif isinstance(exc, IllegalTransition | LastAdminError):
         exc = Conflict(str(exc))
+    elif isinstance(exc, RequestDataTooBig):
+        exc = PayloadTooLarge(f"request body too large: {exc}")
     elif isinstance(exc, RunPermissionDenied):
         exc = exceptions.PermissionDenied(str(exc))
 

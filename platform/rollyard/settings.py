@@ -44,7 +44,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "rest_framework",
-    "rest_framework.authtoken",
+    "django_filters",
     "drf_spectacular",
     "accounts",
     "runs",
@@ -159,15 +159,17 @@ LOGOUT_REDIRECT_URL = "login"
 
 # --- REST API --------------------------------------------------------------------------
 REST_FRAMEWORK = {
-    # Token first: its WWW-Authenticate header turns a missing or bad credential into 401
-    # (with session authentication first, DRF answers 403).
+    # Tokens first: their WWW-Authenticate header turns a missing or bad credential into
+    # 401 (with session authentication first, DRF answers 403).
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "accounts.auth.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    # One scheme for every list: ?limit=&offset=, answering {count, next, previous, results}.
+    "DEFAULT_PAGINATION_CLASS": "rollyard.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "rollyard.errors.api_exception_handler",
 }

@@ -12,18 +12,19 @@ from django.contrib.auth.models import AnonymousUser
 
 
 @database_sync_to_async
-def _user_for_token(key: str):
-    from rest_framework.authtoken.models import Token
+def _user_for_token(secret: str):
+    # The same lookup as the REST API's (accounts.auth): revoked, unknown or malformed
+    # tokens leave the socket anonymous, which the consumer closes with 4401.
+    from accounts.services import TokenRejected, authenticate_token
 
     try:
-        token = Token.objects.select_related("user").get(key=key)
-    except Token.DoesNotExist:
+        return authenticate_token(secret).user
+    except TokenRejected:
         return AnonymousUser()
-    return token.user if token.user.is_active else AnonymousUser()
 
 
 class QueryTokenAuthMiddleware(BaseMiddleware):
-    """`?token=<DRF token>` authenticates the socket (clients without a cookie).
+    """`?token=<API token secret>` authenticates the socket (clients without a cookie).
 
     A token, when given, decides alone: a forged one leaves the socket anonymous even
     with a session cookie, as a bad token gets 401 from the API."""

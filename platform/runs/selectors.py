@@ -8,6 +8,7 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import QuerySet
 from tsdownsample import M4Downsampler
 
+from accounts.permissions import visible_to
 from engine.algorithms import ALGORITHMS
 from engine.assets import BUILTIN_MODELS, BUILTIN_PREFIX
 from engine.spec import RunSpec, parse_spec
@@ -18,18 +19,14 @@ User = AbstractBaseUser | AnonymousUser
 
 
 def visible_runs(user: User) -> QuerySet[Run]:
-    """Runs the user may see: their own; staff see all (teams come later)."""
-    runs = Run.objects.select_related("owner")
-    if not user.is_authenticated:
-        return runs.none()
-    if user.is_staff:
-        return runs
-    return runs.filter(owner=user)
+    """Runs the user may see: those of every team they are in, whatever their role;
+    staff see all (accounts.permissions)."""
+    return visible_to(user, Run.objects.select_related("owner", "team"))
 
 
 def get_visible_run(user: User, run_id: int) -> Run:
     """The run if the user may see it; Run.DoesNotExist otherwise (the same answer for
-    "not yours" and "does not exist", so ids of other people's runs don't leak)."""
+    "another team's" and "does not exist", so ids of other teams' runs don't leak)."""
     return visible_runs(user).get(pk=run_id)
 
 

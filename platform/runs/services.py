@@ -15,7 +15,8 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.models import Team
+from accounts.models import Role, Team
+from accounts.permissions import PermissionDenied, require_owner_or_admin, require_role
 from accounts.services import default_team
 from engine.events import Event, Heartbeat, Metrics
 from engine.spec import parse_spec
@@ -43,9 +44,20 @@ class RunPermissionDenied(RunError):
 
 
 def check_can_manage(user: User, run: Run) -> None:
-    """Owners and staff may cancel a run (team roles come later)."""
-    if not (user.is_authenticated and (run.owner_id == user.pk or user.is_staff)):
-        raise RunPermissionDenied(f"{user} may not change run #{run.pk}")
+    """Members may cancel their own runs, team admins any run of the team, staff any run
+    (accounts.permissions)."""
+    try:
+        require_owner_or_admin(user, run.team, run.owner_id, f"change run #{run.pk}")
+    except PermissionDenied as denied:
+        raise RunPermissionDenied(str(denied)) from None
+
+
+def check_can_launch(user: User, team: Team) -> None:
+    """Launching needs the member role in the run's team (viewers only read)."""
+    try:
+        require_role(user, team, Role.MEMBER, "launch runs")
+    except PermissionDenied as denied:
+        raise RunPermissionDenied(str(denied)) from None
 
 
 # --- launching ----------------------------------------------------------------------------
@@ -59,6 +71,8 @@ def create_run(user: AbstractBaseUser, spec_data: Mapping[str, Any], name: str =
     creates nothing when the spec cannot run. `name`, when given, overrides the spec's.
     `team` defaults to accounts.services.default_team(user).
     """
+    team = team or default_team(user)
+    check_can_launch(user, team)
     data = dict(spec_data) if isinstance(spec_data, Mapping) else spec_data
     if name and isinstance(data, dict):
         data["name"] = name

@@ -73,6 +73,8 @@ def run_new(request: HttpRequest) -> HttpResponse:
                 run = services.create_run(request.user, data)
             except SpecError as exc:
                 problems = exc.problems
+            except services.RunPermissionDenied as exc:
+                problems = [("team", str(exc))]
             else:
                 return redirect("runs:detail", run_id=run.pk)
     elif source := request.GET.get("from", "").strip():

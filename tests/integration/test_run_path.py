@@ -8,9 +8,9 @@ import time
 import httpx
 import pytest
 from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
 from websockets.sync.client import connect
 
+from accounts.services import create_token
 from runs.models import MetricPoint, Run, RunStatusChange
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(600)]
@@ -26,7 +26,7 @@ SMALL_SPEC = {
 @pytest.fixture
 def token() -> str:
     user = get_user_model().objects.create_user("alice", password="pw")
-    return Token.objects.create(user=user).key
+    return create_token(user, "e2e")[1]
 
 
 def launch(stack, token: str, spec: dict) -> int:

@@ -1,13 +1,13 @@
-"""Fixtures for the platform's tests: users with real DRF tokens, API clients, runs."""
+"""Fixtures for the platform's tests: users with real API tokens, teams, API clients, runs."""
 
 from collections.abc import Callable
 
 import pytest
 from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from accounts.services import default_team
+from accounts.models import Role, Team
+from accounts.services import add_member, create_token, default_team
 from runs.models import Run, RunStatus
 
 
@@ -35,10 +35,33 @@ def staff(db):
     return get_user_model().objects.create_user("sam", password="sam-pw", is_staff=True, is_superuser=True)
 
 
+def token_for(user, name: str = "tests") -> str:
+    """The secret of a new, real API token of `user`."""
+    return create_token(user, name)[1]
+
+
 def client_for(user) -> APIClient:
+    """An API client authenticated the way scripts are: with a real token's secret."""
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token_for(user)}")
     return client
+
+
+def team_with(name: str, **members_by_role) -> Team:
+    """A team whose members hold the given roles: team_with("ml", admin=[a], viewer=[v])."""
+    team = Team.objects.create(name=name)
+    for role, users in members_by_role.items():
+        for user in users:
+            add_member(team, user, Role(role))
+    return team
+
+
+@pytest.fixture
+def make_user(db) -> Callable[..., object]:
+    def make(username: str, **fields):
+        return get_user_model().objects.create_user(username, password=f"{username}-pw", **fields)
+
+    return make
 
 
 @pytest.fixture

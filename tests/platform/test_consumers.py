@@ -12,12 +12,11 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.test import Client
-from rest_framework.authtoken.models import Token
-
+from accounts.models import ApiToken, Role
+from accounts.services import add_member, create_token, default_team, revoke_token
 from engine.events import LengthHistogram, Metrics
 from rollyard.asgi import application
 from runs import services
-from accounts.services import default_team
 from runs.models import Run, RunStatus
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
@@ -37,7 +36,7 @@ def own_channel_prefix(settings):
 @database_sync_to_async
 def user_with_token(username: str, **fields) -> tuple:
     user = get_user_model().objects.create_user(username, password="pw", **fields)
-    return user, Token.objects.create(user=user).key
+    return user, create_token(user, "socket")[1]
 
 
 @database_sync_to_async
@@ -80,12 +79,32 @@ async def test_a_forged_token_is_closed_with_4401_even_with_a_session():
     assert await closed_with(communicator) == 4401
 
 
-async def test_another_users_run_is_closed_with_4403():
+async def test_a_revoked_token_is_closed_with_4401():
+    alice, token = await user_with_token("alice")
+    run = await run_of(alice)
+    await database_sync_to_async(lambda: revoke_token(ApiToken.objects.get(user=alice)))()
+    assert await closed_with(socket(f"/ws/runs/{run.id}/?token={token}")) == 4401
+
+
+async def test_another_teams_run_is_closed_with_4403():
     alice, _ = await user_with_token("alice")
     _, bob_token = await user_with_token("bob")
     run = await run_of(alice)
     assert await closed_with(socket(f"/ws/runs/{run.id}/?token={bob_token}")) == 4403
     assert await closed_with(socket(f"/ws/runs/{run.id + 1000}/?token={bob_token}")) == 4403
+
+
+async def test_a_viewer_of_the_runs_team_may_watch_it():
+    alice, _ = await user_with_token("alice")
+    viewer, viewer_token = await user_with_token("victor")
+    run = await run_of(alice)
+    await database_sync_to_async(add_member)(run.team, viewer, Role.VIEWER)
+
+    communicator = socket(f"/ws/runs/{run.id}/?token={viewer_token}")
+    connected, _ = await communicator.connect(timeout=10)
+    assert connected
+    assert (await communicator.receive_json_from(timeout=10))["run"]["id"] == run.id
+    await communicator.disconnect()
 
 
 async def test_a_foreign_origin_is_refused():

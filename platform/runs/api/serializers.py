@@ -10,6 +10,7 @@ from runs.models import Run, RunEvent
 
 class RunSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.get_username", read_only=True)
+    team = serializers.CharField(source="team.name", read_only=True)
     progress = serializers.FloatField(read_only=True)
     url = serializers.SerializerMethodField(help_text="the run's page")
     api_url = serializers.SerializerMethodField()
@@ -17,7 +18,7 @@ class RunSerializer(serializers.ModelSerializer):
     class Meta:
         model = Run
         fields = [
-            "id", "name", "owner", "status", "status_reason", "cancel_requested",
+            "id", "name", "owner", "team", "team_id", "status", "status_reason", "cancel_requested",
             "created_at", "started_at", "finished_at", "last_heartbeat_at",
             "current_step", "total_steps", "progress", "summary", "url", "api_url",
         ]  # fmt: skip
@@ -39,6 +40,9 @@ class RunDetailSerializer(RunSerializer):
 class RunCreateSerializer(serializers.Serializer):
     spec = serializers.JSONField(help_text="a run spec (see /api/spec/schema/); omitted settings take defaults")
     name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    team = serializers.CharField(
+        max_length=100, required=False, help_text="the team's id or name (member role needed); default: your first team"
+    )
 
 
 class MetricsQuerySerializer(serializers.Serializer):

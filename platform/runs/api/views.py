@@ -6,11 +6,15 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.models import Team
+from accounts.permissions import find_team
 from runs import selectors, services
+from runs.api.filters import RunFilter
 from runs.api.serializers import (
     EventsQuerySerializer,
     MetricsQuerySerializer,
@@ -23,9 +27,10 @@ from runs.models import Run
 
 
 class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    """Runs the user may see, newest first. Another user's run answers 404."""
+    """Runs of the user's teams, newest first. Another team's run answers 404."""
 
     serializer_class = RunDetailSerializer
+    filterset_class = RunFilter
 
     def get_queryset(self) -> QuerySet[Run]:
         return selectors.visible_runs(self.request.user).order_by("-created_at", "-id")
@@ -33,11 +38,17 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
     def get_serializer_class(self):
         return RunSerializer if self.action == "list" else RunDetailSerializer
 
+    def filter_queryset(self, queryset: QuerySet[Run]) -> QuerySet[Run]:
+        # The list's filters only: a run's own endpoints have query parameters of their
+        # own (metrics' ?name=) that must not filter the run away.
+        return super().filter_queryset(queryset) if self.action == "list" else queryset
+
     @extend_schema(request=RunCreateSerializer, responses={201: RunDetailSerializer})
     def create(self, request: Request) -> Response:
         body = RunCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        run = services.create_run(request.user, body.validated_data["spec"], name=body.validated_data["name"])
+        team = launch_team(request.user, body.validated_data.get("team"))
+        run = services.create_run(request.user, body.validated_data["spec"], name=body.validated_data["name"], team=team)
         return Response(RunDetailSerializer(run).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses={200: RunDetailSerializer})
@@ -79,6 +90,17 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
             events = selectors.run_events(run, params["kind"], params.get("after"), params["limit"])
         last_id = events[-1].pk if events else params.get("after")
         return Response({"events": [event_json(event) for event in events], "last_id": last_id})
+
+
+def launch_team(user, id_or_name: str | None) -> Team | None:
+    """The team a launch asked for, among the user's teams (None: the default team).
+    Whether the user may launch there is the service's check (403 naming the role)."""
+    if id_or_name is None:
+        return None
+    team = find_team(user, id_or_name)
+    if team is None:
+        raise ValidationError({"team": [f"no team '{id_or_name}' among yours"]})
+    return team
 
 
 def validated_query(serializer_class: type, request: Request) -> dict:
