@@ -2,10 +2,13 @@
 
     python -m engine run engine/examples/arith-grpo.yaml
     python -m engine run spec.yaml --executor inprocess --steps 5
+    python -m engine run spec.yaml --run-dir runs/a           # checkpoints; rerun to resume
+    python -m engine run spec.yaml --run-dir runs/b --resume-from runs/a/checkpoints/step-000010
 """
 
 import argparse
 import sys
+from pathlib import Path
 
 from engine.events import Event
 from engine.spec import SpecError, load_spec_file
@@ -30,6 +33,8 @@ class PrintSink:
         elif event.kind == "heartbeat":
             self._print(self._progress_line(event.step))
             self._train, self._val = {}, None
+        elif event.kind == "checkpoint":
+            self._print(f"checkpoint: step {event.step} at {event.path}")
         elif event.kind in ("status", "log"):
             message = getattr(event, "message", "")
             self._print(f"{getattr(event, 'status', event.kind)}{': ' + message if message else ''}")
@@ -62,8 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("spec", help="path of the spec file")
     run_parser.add_argument("--executor", choices=["ray", "inprocess"], help="override resources.executor")
     run_parser.add_argument("--steps", type=int, help="override training.steps")
+    run_parser.add_argument(
+        "--run-dir", type=Path, help="where checkpoints go; a run started again with it resumes from its latest"
+    )
+    run_parser.add_argument("--resume-from", type=Path, help="a checkpoint folder to continue from (a fork)")
     args = parser.parse_args(argv)
 
+    from engine.checkpoint import read_info
     from engine.orchestration import run
     from engine.spec import parse_spec
 
@@ -75,10 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.steps:
             overrides["training"] = {**spec.training.model_dump(), "steps": args.steps}
         spec = parse_spec({**spec.model_dump(), **overrides})
-    except SpecError as exc:
+        if args.resume_from:
+            read_info(args.resume_from)
+    except (SpecError, FileNotFoundError) as exc:
         print(exc, file=sys.stderr)
         return 2
-    outcome = run(spec, PrintSink())
+    outcome = run(spec, PrintSink(), run_dir=args.run_dir, resume_from=args.resume_from)
     return 0 if outcome == "succeeded" else 1
 
 

@@ -1,4 +1,6 @@
-"""Built-in models shipped in engine/assets/ (made by `python -m engine.warmstart`)."""
+"""Model folders: the built-in ones shipped in engine/assets/ (made by
+`python -m engine.warmstart`) and the file check every model folder passes (torch-free,
+so spec validation can run it)."""
 
 from pathlib import Path
 
@@ -16,3 +18,32 @@ def resolve_model_path(path: str) -> Path:
     if path.startswith(BUILTIN_PREFIX):
         return BUILTIN_MODELS.get(path.removeprefix(BUILTIN_PREFIX))
     return Path(path)
+
+
+def missing_model_files(folder: Path) -> list[str]:
+    """What a Hugging Face causal-LM folder lacks, one phrase per missing part (empty
+    when complete): a config.json, safetensors weights (one file or a sharded index),
+    and a tokenizer (tokenizer.json, or a SentencePiece tokenizer.model)."""
+    missing = []
+    if not (folder / "config.json").is_file():
+        missing.append("config.json")
+    if not any(folder.glob("*.safetensors")):
+        missing.append("weights (model.safetensors, or shards with model.safetensors.index.json)")
+    if not ((folder / "tokenizer.json").is_file() or (folder / "tokenizer.model").is_file()):
+        missing.append("a tokenizer (tokenizer.json or tokenizer.model)")
+    return missing
+
+
+def check_model_folder(path: str) -> Path:
+    """The local folder of a spec's model path, or ValueError naming what is missing."""
+    if path.startswith(BUILTIN_PREFIX):
+        name = path.removeprefix(BUILTIN_PREFIX)
+        if name not in BUILTIN_MODELS:
+            raise ValueError(BUILTIN_MODELS.unknown_message(name))
+    folder = resolve_model_path(path)
+    if not folder.is_dir():
+        raise ValueError(f"no model folder at {str(folder)!r}")
+    missing = missing_model_files(folder)
+    if missing:
+        raise ValueError(f"the model folder {str(folder)!r} lacks " + ", ".join(missing))
+    return folder

@@ -82,8 +82,19 @@ class Log(_Event):
     message: str
 
 
+class Checkpoint(_Event):
+    """A complete checkpoint was written (engine.checkpoint): `path` is its folder, and
+    `metrics` the run's latest held-out metrics at that step (what keep-best retention
+    ranks checkpoints by; empty before the first evaluation)."""
+
+    kind: Literal["checkpoint"] = "checkpoint"
+    step: int
+    path: str
+    metrics: dict[str, float]
+
+
 Event = Annotated[
-    Union[Metrics, LengthHistogram, PromptResults, Span, Heartbeat, Status, Log],
+    Union[Metrics, LengthHistogram, PromptResults, Span, Heartbeat, Status, Log, Checkpoint],
     Field(discriminator="kind"),
 ]
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)

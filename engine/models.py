@@ -1,14 +1,16 @@
 """Policy models and tokenizers: load any local Hugging Face causal LM, build the tiny one.
 
 `load_policy` is the one path every model takes, the built-in `builtin:arith-tiny` and
-a user's Qwen or Llama folder alike: AutoModelForCausalLM + AutoTokenizer from a local
-folder, never from a hub. `build_tokenizer` and `build_tiny_model` make the built-in
+a user's Qwen or Llama folder alike: AutoModelForCausalLM and the saved tokenizer from a
+local folder, never from a hub. `encode_prompts` is the one prompt formatting (chat
+template or plain text) and `stop_token_ids` the end tokens sampling stops on. `build_tokenizer` and `build_tiny_model` make the built-in
 model's parts (used by `engine.warmstart` and the tests); once saved, nothing about
 them is special.
 """
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
@@ -23,8 +25,10 @@ from transformers import (
 )
 from transformers.utils import logging as transformers_logging
 
-from engine.assets import resolve_model_path
+from engine.assets import BUILTIN_PREFIX, check_model_folder
 from engine.spec import ModelSpec
+
+ChatTemplateMode = Literal["auto", "on", "off"]
 
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 # Every word of the arith task: newline, the blank ".", "=", the answer marker, the
@@ -117,25 +121,102 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_policy(model_spec: ModelSpec) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer from a local folder ('builtin:<name>' or a path).
+    """Load the policy named by the spec and its tokenizer: see `load_model`, `load_tokenizer`."""
+    return load_model(model_spec.path, model_spec), load_tokenizer(model_spec.path)
 
-    The model comes back in train mode on the spec's device and dtype. The tokenizer is
-    set to pad on the left (generation needs it) and gets a pad token if it has none
-    (EOS doubles as pad, the usual choice for Llama-style checkpoints).
-    """
-    folder = Path(resolve_model_path(model_spec.path))
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"no model at {folder} (run `python -m engine.warmstart` for the built-in one)")
+
+def load_model(path: str, model_spec: ModelSpec) -> PreTrainedModel:
+    """A causal LM from a local folder ('builtin:<name>' or a path; never a hub), in the
+    spec's dtype, on the spec's device, in train mode. The policy and a KL reference
+    (`model.reference`) both come through here."""
+    folder = _complete_model_folder(path)
     # A tqdm bar per load only clutters worker logs and the CLI's progress lines.
     transformers_logging.disable_progress_bar()
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=getattr(torch, model_spec.dtype))
+    model.to(resolve_device(model_spec.device))
+    model.train()
+    return model
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in a model folder, exactly as saved.
+
+    A folder with a tokenizer.json loads it as a plain fast tokenizer
+    (PreTrainedTokenizerFast), whatever `tokenizer_class` its tokenizer_config.json
+    names: transformers 5's AutoTokenizer picks the class from the model type and, for a
+    `qwen2` config, rebuilds Qwen's own BPE pipeline instead of the saved one (our word-
+    level tokenizer came back splitting numbers into digits). tokenizer.json is the
+    complete pipeline, so reading it directly serves a user's Qwen or Llama checkpoint
+    and ours alike, chat template and special tokens included. A folder with only a
+    SentencePiece tokenizer.model goes through AutoTokenizer.
+
+    Padding is on the left (generation needs it); a tokenizer without a pad token pads
+    with EOS, the usual choice for Llama-style checkpoints.
+    """
+    folder = _complete_model_folder(path)
+    if (folder / "tokenizer.json").is_file():
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, local_files_only=True, dtype=getattr(torch, model_spec.dtype)
-    )
-    model.to(resolve_device(model_spec.device))
-    model.train()
-    return model, tokenizer
+    return tokenizer
 
+
+def _complete_model_folder(path: str) -> Path:
+    """The folder of a model path, or FileNotFoundError naming what it lacks (the spec
+    checked it when the run was made; files can go missing since)."""
+    try:
+        return check_model_folder(path)
+    except ValueError as exc:
+        hint = " (run `python -m engine.warmstart` for the built-in one)" if path.startswith(BUILTIN_PREFIX) else ""
+        raise FileNotFoundError(f"{exc}{hint}") from None
+
+
+def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every token that ends a completion: the generation config's `eos_token_id` (an int
+    or a list; chat models list several, e.g. Qwen's <|im_end|> and <|endoftext|>) and the
+    tokenizer's EOS, in that order, without repeats."""
+    configured = model.generation_config.eos_token_id if model.generation_config is not None else None
+    if configured is None:
+        configured = []
+    elif isinstance(configured, int):
+        configured = [configured]
+    candidates = [*configured, tokenizer.eos_token_id]
+    return list(dict.fromkeys(int(token) for token in candidates if token is not None))
+
+
+def uses_chat_template(tokenizer: PreTrainedTokenizerBase, mode: ChatTemplateMode) -> bool:
+    """Whether prompts go through the tokenizer's chat template (see ModelSpec.chat_template)."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if mode == "on" and not has_template:
+        raise ValueError("model.chat_template is 'on' but the model's tokenizer has no chat template")
+    return has_template and mode != "off"
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], mode: ChatTemplateMode) -> list[list[int]]:
+    """The one way a task's prompt text becomes the model's input ids, for training and
+    evaluation alike. With a chat template, each prompt is one user message followed by
+    the assistant's opening (the template writes its own BOS, if any, so no special
+    tokens are added on top); without, the plain text with the tokenizer's special tokens."""
+    if uses_chat_template(tokenizer, mode):
+        return [
+            list(
+                tokenizer.apply_chat_template(
+                    [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=True
+                )["input_ids"]
+            )
+            for prompt in prompts
+        ]
+    return tokenizer(prompts, add_special_tokens=True)["input_ids"]
+
+
+def load_model_weights(model: PreTrainedModel, folder: Path) -> None:
+    """Copy the weights saved in a model folder (a checkpoint's `model/`) into `model`,
+    which keeps its dtype, device and identity (the optimiser holds its parameters).
+    Loading through from_pretrained undoes exactly what save_pretrained did (tied
+    weights, shards, renamed keys)."""
+    transformers_logging.disable_progress_bar()
+    saved = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=model.dtype)
+    model.load_state_dict(saved.state_dict())

@@ -1,18 +1,29 @@
 """Drive one run: evaluate, train `training.steps` steps, evaluate, reporting every event.
 
-    run(spec, sink, should_stop) -> "succeeded" | "cancelled"   (raises on failure)
+    run(spec, sink, should_stop, run_dir=None, resume_from=None)
+        -> "succeeded" | "cancelled"   (raises on failure)
 
 The trainer lives where `resources.executor` says: in this process ('inprocess') or in
 a Ray actor ('ray': local Ray started on first use, or the cluster at RAY_ADDRESS). Either
 way the driver owns the loop, so cancellation is checked here, between steps, and the
 trainer never needs to know who is watching.
+
+Checkpoints (engine.checkpoint) need a run directory. With one, the run writes a
+checkpoint every `training.checkpoint_every` steps, after its last step, and after the
+last step it finished when cancelled, each announced by a Checkpoint event. A run
+starts from a checkpoint when its run directory already holds one (the latest: a
+requeued run picks up where its lost worker stopped), else from `resume_from` when
+given (a fork: the new run continues another's checkpoint under its own spec), and
+trains from the restored step on to `training.steps`.
 """
 
 import os
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Literal
 
-from engine.events import Event, EventSink, Heartbeat, Status
+from engine.checkpoint import CheckpointInfo, latest_checkpoint, read_info
+from engine.events import Checkpoint, Event, EventSink, Heartbeat, Log, Metrics, Status
 from engine.spec import RunSpec
 
 Outcome = Literal["succeeded", "cancelled"]
@@ -31,6 +42,12 @@ class LocalTrainer:
 
     def evaluate(self, step: int) -> list[Event]:
         return self._trainer.evaluate(step)
+
+    def save_checkpoint(self, run_dir: Path, step: int, metrics: dict[str, float]) -> Path:
+        return Path(self._trainer.save_checkpoint(str(run_dir), step, metrics))
+
+    def load_checkpoint(self, folder: Path) -> CheckpointInfo:
+        return self._trainer.load_checkpoint(str(folder))
 
     def close(self) -> None:
         pass
@@ -62,6 +79,14 @@ class RayTrainer:
     def evaluate(self, step: int) -> list[Event]:
         return self._ray.get(self._actor.evaluate.remote(step))
 
+    def save_checkpoint(self, run_dir: Path, step: int, metrics: dict[str, float]) -> Path:
+        """Written by the actor, which holds the model: the run directory must be on a
+        filesystem it shares with the driver (always so for a local Ray)."""
+        return Path(self._ray.get(self._actor.save_checkpoint.remote(str(run_dir), step, metrics)))
+
+    def load_checkpoint(self, folder: Path) -> CheckpointInfo:
+        return self._ray.get(self._actor.load_checkpoint.remote(str(folder)))
+
     def close(self) -> None:
         self._ray.kill(self._actor)
 
@@ -74,26 +99,56 @@ def evaluates_after(step: int, steps: int, eval_every: int) -> bool:
     return step == steps or (eval_every > 0 and step % eval_every == 0)
 
 
-def run(spec: RunSpec, sink: EventSink, should_stop: Callable[[], bool] = lambda: False) -> Outcome:
+def run(
+    spec: RunSpec,
+    sink: EventSink,
+    should_stop: Callable[[], bool] = lambda: False,
+    run_dir: Path | None = None,
+    resume_from: Path | None = None,
+) -> Outcome:
     """Run `spec` to its end or until `should_stop()` is true between two steps.
 
     Every event goes to `sink`; a Heartbeat closes each step (and the evaluation before
     the first), which is when a batching sink writes. On an exception the sink gets a
-    Status('failed') naming it, and the exception propagates to the caller.
+    Status('failed') naming it, and the exception propagates to the caller. See the
+    module docstring for checkpoints, `run_dir` and `resume_from`.
     """
     sink.emit(Status(status="running"))
     trainer = None
     try:
+        own_checkpoint = latest_checkpoint(run_dir) if run_dir is not None else None
+        if resume_from is not None:
+            read_info(resume_from)  # refuse a bad fork source before building anything
+        start = own_checkpoint or resume_from
         trainer = EXECUTORS[spec.resources.executor](spec)
-        _forward(sink, trainer.evaluate(0))
-        sink.emit(Heartbeat(step=0))
-        for step in range(1, spec.training.steps + 1):
+        first_step, latest_val = 0, {}
+        if start is not None:
+            restored = trainer.load_checkpoint(Path(start))
+            first_step, latest_val = restored.step, dict(restored.metrics)
+            sink.emit(Log(message=f"resumed at step {first_step} from {start}: {RESTORED}"))
+        # A fresh run and a fork measure where they start; a run resuming its own
+        # checkpoint reported that evaluation before it was interrupted.
+        if own_checkpoint is None:
+            latest_val.update(_forward(sink, trainer.evaluate(first_step)))
+        sink.emit(Heartbeat(step=first_step))
+        saved_step = first_step
+
+        def checkpoint(step: int) -> None:
+            folder = trainer.save_checkpoint(run_dir, step, latest_val)
+            sink.emit(Checkpoint(step=step, path=str(folder), metrics=dict(latest_val)))
+
+        for step in range(first_step + 1, spec.training.steps + 1):
             if should_stop():
+                if run_dir is not None and step - 1 > saved_step:
+                    checkpoint(step - 1)
                 sink.emit(Status(status="cancelled", message=f"cancelled on request before step {step}"))
                 return "cancelled"
             _forward(sink, trainer.step())
             if evaluates_after(step, spec.training.steps, spec.training.eval_every):
-                _forward(sink, trainer.evaluate(step))
+                latest_val.update(_forward(sink, trainer.evaluate(step)))
+            if run_dir is not None and checkpoints_after(step, spec.training.steps, spec.training.checkpoint_every):
+                checkpoint(step)
+                saved_step = step
             sink.emit(Heartbeat(step=step))
         sink.emit(Status(status="succeeded"))
         return "succeeded"
@@ -106,6 +161,14 @@ def run(spec: RunSpec, sink: EventSink, should_stop: Callable[[], bool] = lambda
         sink.flush()
 
 
+RESTORED = "model weights, optimiser, LR scheduler, random generators, prompt order and step counter"
+
+
+def checkpoints_after(step: int, steps: int, checkpoint_every: int) -> bool:
+    """Checkpoint after every `checkpoint_every`-th step and after the last one."""
+    return step == steps or (checkpoint_every > 0 and step % checkpoint_every == 0)
+
+
 def describe(exc: BaseException) -> str:
     """A one-line reason: for an error raised inside a Ray actor, the original error."""
     cause = getattr(exc, "cause", None)
@@ -114,6 +177,11 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _forward(sink: EventSink, events: Iterable[Event]) -> None:
+def _forward(sink: EventSink, events: Iterable[Event]) -> dict[str, float]:
+    """Emit events; return the held-out ('val/...') metrics among them."""
+    held_out: dict[str, float] = {}
     for event in events:
         sink.emit(event)
+        if isinstance(event, Metrics):
+            held_out.update({name: value for name, value in event.values.items() if name.startswith("val/")})
+    return held_out

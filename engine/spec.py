@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from engine.algorithms import ALGORITHMS, Advantage, Aggregation
-from engine.assets import BUILTIN_MODELS, BUILTIN_PREFIX
+from engine.algorithms import ALGORITHMS, Advantage, Aggregation, KLEstimator, KLPlacement, RatioLevel
+from engine.assets import BUILTIN_PREFIX, check_model_folder
 from engine.tasks import TASKS
 
 
@@ -31,20 +31,25 @@ class _Strict(BaseModel):
 class ModelSpec(_Strict):
     path: str = Field(
         f"{BUILTIN_PREFIX}arith-tiny",
-        description="'builtin:<name>' or a local folder holding a Hugging Face causal LM",
+        description="'builtin:<name>' or a local folder holding a Hugging Face causal LM "
+        "(config.json, safetensors weights, tokenizer); never fetched from a hub",
     )
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    reference: str | None = Field(
+        None, description="the frozen reference model for a KL term, same forms as path; unset = the policy's start"
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    chat_template: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="wrap each prompt in the tokenizer's chat template as a user message: "
+        "'auto' when the tokenizer has one, 'on' always (an error without one), 'off' never",
+    )
 
-    @field_validator("path")
+    @field_validator("path", "reference")
     @classmethod
-    def _model_exists(cls, path: str) -> str:
-        if path.startswith(BUILTIN_PREFIX):
-            name = path.removeprefix(BUILTIN_PREFIX)
-            if name not in BUILTIN_MODELS:
-                raise ValueError(BUILTIN_MODELS.unknown_message(name))
-        elif not (Path(path) / "config.json").is_file():
-            raise ValueError(f"no model folder with a config.json at {path!r}")
+    def _model_folder_is_complete(cls, path: str | None) -> str | None:
+        if path is not None:
+            check_model_folder(path)
         return path
 
 
@@ -64,12 +69,39 @@ class AlgorithmSpec(_Strict):
     """Unset fields take the named algorithm's defaults when the spec is parsed."""
 
     name: str = "grpo"
-    advantage: Advantage | None = None
-    aggregation: Aggregation | None = None
-    clip_eps_low: float | None = Field(None, ge=0, le=10)
-    clip_eps_high: float | None = Field(None, ge=0, le=10)
-    kl_coef: float | None = Field(None, ge=0)
-    entropy_coef: float | None = Field(None, ge=0)
+    advantage: Advantage | None = Field(
+        None, description="group_norm (R − mean)/std, group_mean R − mean, leave_one_out R − mean of the others"
+    )
+    aggregation: Aggregation | None = Field(
+        None, description="how per-token losses reduce to one number (seq-mean-token-sum-norm divides by max_new_tokens)"
+    )
+    ratio_level: RatioLevel | None = Field(
+        None, description="importance ratio per token (PPO) or per sequence, length-normalised (GSPO)"
+    )
+    clip_eps_low: float | None = Field(None, ge=0, le=10, description="PPO clip: ratio floor 1 − eps_low")
+    clip_eps_high: float | None = Field(None, ge=0, le=10, description="PPO clip: ratio ceiling 1 + eps_high")
+    dual_clip_c: float | None = Field(
+        None, ge=0, description="cap a negative-advantage token's loss at c·|A| (c > 1); 0 = off"
+    )
+    kl_placement: KLPlacement | None = Field(
+        None, description="KL to the reference model: in the loss, subtracted from the reward, or off"
+    )
+    kl_estimator: KLEstimator | None = Field(None, description="per-token KL estimate: k1, k2, k3 or low_var_kl")
+    kl_coef: float | None = Field(None, ge=0, description="β; must be > 0 exactly when kl_placement is not off")
+    entropy_coef: float | None = Field(None, ge=0, description="entropy bonus subtracted from the loss")
+    dynamic_sampling: bool | None = Field(
+        None, description="DAPO: keep only prompt groups whose rewards differ, generating more rounds to fill the batch"
+    )
+    oversample: float | None = Field(
+        None, ge=1, le=100, description="dynamic sampling: groups generated per round, as a multiple of those missing"
+    )
+    max_gen_rounds: int | None = Field(None, ge=1, le=1000, description="dynamic sampling: generation rounds at most")
+    overlong_buffer_fraction: float | None = Field(
+        None, ge=0, lt=1, description="DAPO overlong shaping: the last fraction of max_new_tokens is penalised; 0 = off"
+    )
+    overlong_penalty_factor: float | None = Field(
+        None, ge=0, description="DAPO overlong shaping: the penalty at max_new_tokens"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -85,13 +117,32 @@ class AlgorithmSpec(_Strict):
         resolved.update({key: value for key, value in data.items() if value is not None})
         return resolved
 
+    @field_validator("kl_coef")
+    @classmethod
+    def _kl_coef_matches_placement(cls, kl_coef: float, info: ValidationInfo) -> float:
+        placement = info.data.get("kl_placement")
+        if placement == "off" and kl_coef:
+            raise ValueError(f"{kl_coef} has no effect with kl_placement 'off': set kl_placement to loss or reward")
+        if placement in ("loss", "reward") and not kl_coef:
+            raise ValueError(f"kl_placement is {placement!r}, so kl_coef must be above 0 (or set kl_placement: off)")
+        return kl_coef
+
+    @field_validator("dual_clip_c")
+    @classmethod
+    def _dual_clip_above_one(cls, dual_clip_c: float) -> float:
+        if dual_clip_c and dual_clip_c <= 1:
+            raise ValueError(f"must be 0 (off) or above 1, got {dual_clip_c}")
+        return dual_clip_c
+
 
 # The defaults are the live demo: on a 2-core CPU with the built-in model a step takes
 # about 1 s, and held-out accuracy climbs from about 0.55-0.6 to about 0.8 within 30
 # steps (seeds 0-2). n = 16 is a little steadier at 1.5 s a step.
 class RolloutSpec(_Strict):
     prompts_per_step: int = Field(16, ge=1, le=100_000)
-    n: int = Field(8, ge=1, le=4096, description="samples per prompt (the group size)")
+    n: int = Field(
+        8, ge=2, le=4096, description="samples per prompt (the group size); advantages compare them, so at least 2"
+    )
     temperature: float = Field(1.0, gt=0, le=5)
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(256, ge=1, le=1_000_000)
@@ -108,7 +159,38 @@ class TrainingSpec(_Strict):
     micro_batch_tokens: int = Field(
         8192, ge=64, le=10_000_000, description="padded tokens per forward/backward pass; bounds memory"
     )
+    mini_batches: int = Field(
+        1, ge=1, le=4096, description="optimiser steps per rollout batch, each on an equal share of its prompt groups"
+    )
+    epochs: int = Field(1, ge=1, le=100, description="passes over each rollout batch")
     eval_every: int = Field(5, ge=0, description="steps between evaluations; 0 = only before and after")
+    eval_samples: int = Field(
+        1, ge=1, le=4096, description="completions sampled per held-out prompt; at least the largest eval_pass_k"
+    )
+    eval_pass_k: list[int] = Field(
+        [1], min_length=1, description="k values reported as val/pass@k (unbiased estimator over eval_samples)"
+    )
+    checkpoint_every: int = Field(
+        0,
+        ge=0,
+        description="steps between checkpoints; 0 = none along the way. A run given a run directory "
+        "always checkpoints its last step (and the step it stopped after when cancelled)",
+    )
+
+    @field_validator("eval_pass_k")
+    @classmethod
+    def _positive_distinct_ks(cls, ks: list[int]) -> list[int]:
+        if any(k < 1 for k in ks):
+            raise ValueError(f"every k must be at least 1, got {ks}")
+        return sorted(set(ks))
+
+    @model_validator(mode="after")
+    def _enough_samples_for_pass_k(self) -> "TrainingSpec":
+        if max(self.eval_pass_k) > self.eval_samples:
+            raise ValueError(
+                f"eval_pass_k {max(self.eval_pass_k)} needs eval_samples ≥ {max(self.eval_pass_k)}, got {self.eval_samples}"
+            )
+        return self
 
 
 class ResourcesSpec(_Strict):
@@ -128,6 +210,17 @@ class RunSpec(_Strict):
     training: TrainingSpec = TrainingSpec()
     resources: ResourcesSpec = ResourcesSpec()
     seed: int = Field(0, ge=0, le=2**32 - 1)
+
+    @field_validator("training")
+    @classmethod
+    def _mini_batches_hold_whole_groups(cls, training: TrainingSpec, info: ValidationInfo) -> TrainingSpec:
+        rollout = info.data.get("rollout")
+        if rollout is not None and training.mini_batches > rollout.prompts_per_step:
+            raise ValueError(
+                f"mini_batches ({training.mini_batches}) exceeds rollout.prompts_per_step "
+                f"({rollout.prompts_per_step}): a mini-batch holds whole prompt groups"
+            )
+        return training
 
 
 def parse_spec(data: Any) -> RunSpec:

@@ -18,11 +18,21 @@ import copy
 import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import torch
 
+from engine.checkpoint import (
+    CheckpointInfo,
+    generator_states,
+    global_rng_state,
+    load_checkpoint,
+    restore_generator_states,
+    restore_global_rng_state,
+    save_checkpoint,
+)
 from engine.events import Event, LengthHistogram, Metrics, PromptResult, PromptResults, Span, now
 from engine.generation import Completion, SamplingParams, generate
 from engine.losses import aggregate, entropy_from_logits, group_advantages, kl_k3, ppo_clipped, token_logprobs
@@ -296,6 +306,50 @@ class Trainer:
             PromptResults(step=step, split="test", results=prompt_results(rollouts)),
             Span(step=step, worker=self.worker, phase="eval", start=t_start, end=t_end),
         ]
+
+    # ----------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        """Everything besides the weights that the next step depends on (engine.checkpoint
+        saves the weights as a model folder): the step counter, optimiser, LR scheduler,
+        the prompt order, every random generator the trainer holds and the global ones.
+        A fresh Trainer of the same spec given this (and the weights) continues bit for
+        bit as this one would."""
+        return {
+            "step": self.step_count,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "prompt_order": list(self._order),
+            "generators": generator_states(self),
+            "global_rng": global_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = state["step"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self._order = list(state["prompt_order"])
+        restore_generator_states(self, state["generators"])
+        restore_global_rng_state(state["global_rng"])
+        self._apply_spec_hyperparameters()
+
+    def _apply_spec_hyperparameters(self) -> None:
+        """A fork may change the learning rate or weight decay: the spec's values win over
+        the checkpoint's (the warm-up position carries over). With unchanged values this
+        touches nothing, so a plain resume stays exact."""
+        training = self.spec.training
+        for group, base_lr in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            if base_lr != training.lr:
+                group["lr"] = group["lr"] * training.lr / base_lr
+                group["initial_lr"] = training.lr
+            group["weight_decay"] = training.weight_decay
+        self.scheduler.base_lrs = [training.lr for _ in self.scheduler.base_lrs]
+
+    def save_checkpoint(self, run_dir: str, step: int, metrics: dict[str, float]) -> str:
+        """engine.checkpoint.save_checkpoint, run where the trainer lives (a Ray actor too)."""
+        return str(save_checkpoint(self, Path(run_dir), step, metrics))
+
+    def load_checkpoint(self, folder: str) -> CheckpointInfo:
+        return load_checkpoint(self, Path(folder))
 
     # ----------------------------------------------------------------- reporting
     def _step_metrics(

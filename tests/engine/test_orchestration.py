@@ -59,8 +59,8 @@ def test_should_stop_cancels_between_steps():
 
 
 def test_a_failure_is_reported_as_a_status_and_raised(tmp_path):
-    # The built-in tokenizer beside a config naming no known architecture: a real failure.
-    for name in ("tokenizer.json", "tokenizer_config.json"):
+    # The built-in model's files beside a config naming no known architecture: a real failure.
+    for name in ("tokenizer.json", "tokenizer_config.json", "model.safetensors"):
         shutil.copy(resolve_model_path("builtin:arith-tiny") / name, tmp_path / name)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "no-such-architecture"}))
     sink = ListSink()
