@@ -1,6 +1,7 @@
 """Fixtures for the platform's tests: users with real API tokens, teams, API clients, runs."""
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -14,9 +15,14 @@ from runs.models import Run, RunStatus
 @pytest.fixture(autouse=True)
 def enqueued(monkeypatch) -> list[int]:
     """Run ids handed to the workers. Nothing reaches a real broker from these tests, so
-    a worker of another test session sharing the Redis never picks up our runs."""
+    a worker of another test session sharing the Redis never picks up our runs. Admission
+    sweeps run here, in the test's process, instead of in a worker (the same function the
+    Celery task calls, without Ray): a launched run that fits is admitted and enqueued."""
+    from quotas.admission import admit_queued_runs
+
     calls: list[int] = []
     monkeypatch.setattr("workers.dispatch.enqueue_run", calls.append)
+    monkeypatch.setattr("workers.dispatch.request_admission", lambda pool_id=None: admit_queued_runs(pool_id))
     return calls
 
 
@@ -85,3 +91,32 @@ def make_run(db) -> Callable[..., Run]:
         )
 
     return make
+
+
+@dataclass
+class Teams:
+    """Two teams for permission tests: `team` has an admin, a member and a viewer;
+    `other_team` belongs to `outsider` (its admin), who is in no role in `team`."""
+
+    team: Team
+    other_team: Team
+    admin: object
+    member: object
+    viewer: object
+    outsider: object
+
+    def client(self, user) -> APIClient:
+        return client_for(user)
+
+
+@pytest.fixture
+def teams(make_user) -> Teams:
+    admin, member, viewer, outsider = (make_user(name) for name in ("ada", "max", "vic", "olga"))
+    return Teams(
+        team=team_with("ml", admin=[admin], member=[member], viewer=[viewer]),
+        other_team=team_with("other", admin=[outsider]),
+        admin=admin,
+        member=member,
+        viewer=viewer,
+        outsider=outsider,
+    )
