@@ -8,4 +8,5 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "rollyard.settings")
 
 app = Celery("rollyard")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(["workers"])
+# quotas.tasks: admission sweeps.
+app.autodiscover_tasks(["workers", "quotas"])

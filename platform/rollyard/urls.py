@@ -7,6 +7,8 @@ urlpatterns = [
     path("runs/", include("runs.urls")),
     path("api/", include("runs.api.urls")),
     path("api/", include("accounts.api.urls")),
+    path("api/", include("quotas.api.urls")),
+    path("queue/", include("quotas.urls")),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
 ]
