@@ -33,6 +33,7 @@ from engine.checkpoint import (
     restore_global_rng_state,
     save_checkpoint,
 )
+from engine.evaluation import mean_pass_at_k
 from engine.events import Event, LengthHistogram, Metrics, PromptResult, PromptResults, Span, now
 from engine.generation import Completion, SamplingParams, generate
 from engine.losses import aggregate, entropy_from_logits, group_advantages, kl_k3, ppo_clipped, token_logprobs
@@ -274,30 +275,40 @@ class Trainer:
 
     # ----------------------------------------------------------------- evaluation
     def evaluate(self, step: int) -> list[Event]:
-        """Held-out accuracy on `dataset.eval_size` test prompts, one sample each.
+        """Held-out scores on `dataset.eval_size` test prompts, `training.eval_samples`
+        samples each: 'val/acc/mean@1' (the mean accuracy of a single sample) and
+        'val/pass@k' for every k of `training.eval_pass_k` (engine.evaluation).
 
-        Decoding: the run's own sampling settings (temperature, top_p), one completion
-        per prompt, so 'val/acc/mean@1' is the expected accuracy of the policy being
-        trained — the quantity RL optimises — rather than of its argmax. Greedy decoding
-        would hide most of the early gains RL makes by sharpening the distribution, and
-        a sampled score is what avg@k / mean@k numbers in the literature report. The
-        random stream is re-seeded identically at every evaluation (common random
-        numbers), so two evaluations of the same weights agree and differences between
-        evaluations come from the weights, not the dice.
+        Decoding: the run's own sampling settings (temperature, top_p), so the scores are
+        those of the policy being trained — the quantity RL optimises — rather than of its
+        argmax. Greedy decoding would hide most of the early gains RL makes by sharpening
+        the distribution, and a sampled score is what avg@k / mean@k numbers in the
+        literature report. The random stream is re-seeded identically at every evaluation
+        (common random numbers), so two evaluations of the same weights agree, differences
+        between evaluations come from the weights, not the dice, and evaluating never
+        moves the training stream (a resumed run stays exact).
         """
-        rollout = self.spec.rollout
+        rollout, training = self.spec.rollout, self.spec.training
         t_start = now()
         params = SamplingParams(
-            n=1, temperature=rollout.temperature, top_p=rollout.top_p, max_new_tokens=rollout.max_new_tokens
+            n=training.eval_samples,
+            temperature=rollout.temperature,
+            top_p=rollout.top_p,
+            max_new_tokens=rollout.max_new_tokens,
         )
         generator = torch.Generator(device=self.device).manual_seed(self.spec.seed + 1_000_003)
         rollouts, texts = self.sample(self.eval_problems, params, generator)
         for item, text in zip(rollouts, texts):
             item.reward = self.task.score(item.problem, text)
         t_end = now()
+        correct = [0] * len(self.eval_problems)
+        for item in rollouts:
+            correct[item.group] += int(item.reward >= 1.0)
+        counts = [(training.eval_samples, right) for right in correct]
         lengths = [len(item.completion.token_ids) for item in rollouts]
         values = {
             "val/acc/mean@1": float(np.mean([item.reward for item in rollouts])),
+            **{f"val/pass@{k}": mean_pass_at_k(counts, k) for k in training.eval_pass_k},
             "val/response_length/mean": float(np.mean(lengths)),
             "timing_s/eval": t_end - t_start,
         }
