@@ -180,6 +180,15 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
 }
 
+# --- datasets (catalog) -------------------------------------------------------------------
+# Uploads stream into <data dir>/tmp and, once the engine's loader accepts them, move to
+# <data dir>/datasets/<uuid>/ (same file system, so the move is a rename).
+ROLLYARD_DATA_DIR = Path(os.environ.get("ROLLYARD_DATA_DIR", VAR_DIR / "data"))
+ROLLYARD_MAX_UPLOAD_BYTES = int(os.environ.get("ROLLYARD_MAX_UPLOAD_BYTES", 200 * 1024 * 1024))
+# Server folders whose files may be registered as datasets in place (comma-separated);
+# none by default, so nobody can point the platform at arbitrary server files.
+ROLLYARD_DATASET_ROOTS = [Path(root) for root in _env_list("ROLLYARD_DATASET_ROOTS", "")]
+
 # --- static files ------------------------------------------------------------------------
 STATIC_URL = "/static/"
 # Where collectstatic would put files; WhiteNoise warns when it does not exist.

@@ -9,6 +9,8 @@ urlpatterns = [
     path("api/", include("accounts.api.urls")),
     path("api/", include("quotas.api.urls")),
     path("queue/", include("quotas.urls")),
+    path("api/", include("catalog.api.urls")),
+    path("datasets/", include("catalog.urls")),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -1,0 +1,73 @@
+"""Reads of datasets, prompt records and presets, always scoped to what the user may see:
+another team's dataset or preset does not exist for them (404, like a missing one)."""
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db.models import F, FloatField, QuerySet, Sum
+from django.db.models.functions import Cast, NullIf
+
+from accounts.permissions import visible_to
+from catalog.models import Dataset, Preset, PromptRecord, PromptStat
+from engine.algorithms import ALGORITHMS
+from engine.spec import AlgorithmSpec
+
+User = AbstractBaseUser | AnonymousUser
+
+
+def visible_datasets(user: User) -> QuerySet[Dataset]:
+    return visible_to(user, Dataset.objects.select_related("team", "created_by"))
+
+
+def get_visible_dataset(user: User, dataset_id: int) -> Dataset:
+    """Raises Dataset.DoesNotExist for a missing dataset and another team's alike."""
+    return visible_datasets(user).get(pk=dataset_id)
+
+
+def records_with_stats(dataset: Dataset, split: str | None = None) -> QuerySet[PromptRecord]:
+    """The dataset's rows in file order, each with its attempts, successes and pass rate
+    summed over every run that trained or evaluated on it (None when never tried)."""
+    records = dataset.records.all()
+    if split:
+        records = records.filter(split=split)
+    return records.annotate(
+        attempts=Sum("stats__attempts"),
+        successes=Sum("stats__successes"),
+        pass_rate=Cast(F("successes"), FloatField()) / NullIf(F("attempts"), 0),
+    ).order_by("position")
+
+
+def get_record(dataset: Dataset, record_id: int) -> PromptRecord:
+    return records_with_stats(dataset).get(pk=record_id)
+
+
+def prompt_history(user: User, record: PromptRecord) -> QuerySet[PromptStat]:
+    """How the prompt fared, step by step, in the runs the user may see (a run of a team
+    they are not in may have used their team's dataset; its name stays hidden)."""
+    stats = record.stats.select_related("run").order_by("run_id", "step", "split")
+    return visible_to(user, stats, "run__team")
+
+
+def visible_presets(user: User) -> QuerySet[Preset]:
+    return visible_to(user, Preset.objects.select_related("team", "created_by"))
+
+
+def get_visible_preset(user: User, preset_id: int) -> Preset:
+    """Raises Preset.DoesNotExist for a missing preset and another team's alike."""
+    return visible_presets(user).get(pk=preset_id)
+
+
+def preset_versions(preset: Preset) -> QuerySet[Preset]:
+    """Every version of the preset's name, newest first."""
+    return Preset.objects.filter(team=preset.team, kind=preset.kind, name=preset.name).order_by("-version")
+
+
+def algorithm_defaults() -> list[dict]:
+    """The engine's algorithm registry: each algorithm with the spec section it resolves
+    to (what an algorithm preset starts from)."""
+    return [
+        {
+            "name": name,
+            "description": ALGORITHMS.get(name).description,
+            "defaults": AlgorithmSpec.model_validate({"name": name}).model_dump(mode="json"),
+        }
+        for name in ALGORITHMS.names()
+    ]

@@ -1,0 +1,107 @@
+"""Server-rendered pages: the datasets list with its upload form, a dataset's page
+(metadata, split counts, skipped rows, a preview of its rows with each prompt's pass rate)
+and one prompt's difficulty history. Like the API they call selectors and services."""
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
+
+from accounts.models import Role
+from accounts.permissions import find_team, teams_of
+from accounts.services import default_team
+from catalog import selectors, services
+from catalog.models import Dataset, DatasetFormat
+from catalog.uploads import UploadTooLarge, check_declared_length, format_from_filename, install_capped_handler
+
+RECORDS_PER_PAGE = 50
+
+
+def _visible_dataset_or_404(request: HttpRequest, dataset_id: int) -> Dataset:
+    try:
+        return selectors.get_visible_dataset(request.user, dataset_id)
+    except Dataset.DoesNotExist:
+        raise Http404("no such dataset") from None
+
+
+# csrf_exempt outside, csrf_protect inside: the CSRF check reads the form, and the capped
+# upload handler has to be in place before anything reads it (Django's documented order).
+@csrf_exempt
+@login_required
+def dataset_list(request: HttpRequest) -> HttpResponse:
+    handler = install_capped_handler(request) if request.method == "POST" else None
+    try:
+        return _dataset_list(request, handler)
+    finally:
+        if handler is not None:
+            handler.discard()
+
+
+@csrf_protect
+def _dataset_list(request: HttpRequest, handler) -> HttpResponse:
+    problems: list[str] = []
+    row_errors: list[tuple[int | None, str]] = []
+    bad_row_count = 0
+    if request.method == "POST":
+        try:
+            dataset = _upload_from_form(request, handler)
+        except (services.CatalogError, UploadTooLarge) as exc:
+            problems.append(str(exc))
+            if isinstance(exc, services.DatasetRejected):
+                row_errors, bad_row_count = exc.row_errors, exc.bad_row_count
+        else:
+            messages.info(request, f"stored {dataset.row_count} rows as {dataset.reference}")
+            return redirect("catalog:dataset-detail", dataset_id=dataset.pk)
+    context = {
+        "datasets": selectors.visible_datasets(request.user),
+        "teams": teams_of(request.user, Role.MEMBER),
+        "formats": [value for value in DatasetFormat.values if value != DatasetFormat.HF_DISK],
+        "problems": problems,
+        "row_errors": row_errors,
+        "bad_row_count": bad_row_count,
+        "form": request.POST if request.method == "POST" else {},
+    }
+    return render(request, "catalog/dataset_list.html", context, status=400 if problems else 200)
+
+
+def _upload_from_form(request: HttpRequest, handler) -> Dataset:
+    check_declared_length(request)
+    form, upload = request.POST, request.FILES.get("file")
+    if handler.too_large:
+        raise UploadTooLarge(handler.limit)
+    if upload is None:
+        raise services.CatalogError("choose a file to upload")
+    team = find_team(request.user, form["team"]) if form.get("team") else default_team(request.user)
+    if team is None:
+        raise services.CatalogError(f"no team '{form['team']}' among yours")
+    fmt = form.get("format") or format_from_filename(upload.name)
+    if fmt is None:
+        raise services.CatalogError(f"cannot tell the format of {upload.name!r}: name it .jsonl, .csv or .parquet")
+    columns = {role: form.get(f"column_{role}", "").strip() for role in services.COLUMN_ROLES}
+    options = services.load_options(fmt, columns, form.get("answer_format") or "plain")
+    return services.upload_dataset(
+        request.user, team, form.get("name", ""), upload.staged_path, upload.name, options,
+        description=form.get("description", ""), skip_bad_rows=form.get("skip_bad_rows") == "on",
+    )  # fmt: skip
+
+
+@login_required
+def dataset_detail(request: HttpRequest, dataset_id: int) -> HttpResponse:
+    dataset = _visible_dataset_or_404(request, dataset_id)
+    split = request.GET.get("split") or None
+    page = Paginator(selectors.records_with_stats(dataset, split), RECORDS_PER_PAGE).get_page(request.GET.get("page"))
+    context = {"dataset": dataset, "page": page, "split": split}
+    return render(request, "catalog/dataset_detail.html", context)
+
+
+@login_required
+def prompt_detail(request: HttpRequest, dataset_id: int, record_id: int) -> HttpResponse:
+    dataset = _visible_dataset_or_404(request, dataset_id)
+    try:
+        record = selectors.get_record(dataset, record_id)
+    except dataset.records.model.DoesNotExist:
+        raise Http404("no such prompt in this dataset") from None
+    context = {"dataset": dataset, "record": record, "history": selectors.prompt_history(request.user, record)}
+    return render(request, "catalog/prompt_detail.html", context)
