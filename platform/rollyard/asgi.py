@@ -12,11 +12,12 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from rollyard.ws_auth import TokenOrSessionAuthMiddlewareStack, allowed_hosts_origin_validator  # noqa: E402
+from catalog.asgi import UploadSizeLimit  # noqa: E402
 from runs.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": UploadSizeLimit(django_asgi_app),  # dataset uploads: 413 as soon as the body passes the limit
         "websocket": allowed_hosts_origin_validator(TokenOrSessionAuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
