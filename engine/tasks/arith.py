@@ -13,7 +13,8 @@ with the blank word ``.``:
 
 Why this shape (docs/architecture.md, "the built-in tasks"):
 
-- Verifiable: `score` reads the last ``#### <int>`` of a response and compares it.
+- Verifiable: `score` reads the last ``#### <int>`` of a response and compares it
+  (the ``arith`` verifier, engine.verifiers).
 - Graded difficulty: difficulty = k, the number of operations; every line is one more
   chance to slip, so longer chains are harder for the same policy.
 - Long tail: a solution has (max_ops + 4)·k + 3 tokens (newlines, ``####``, the answer
@@ -47,14 +48,12 @@ which is what a per-prompt difficulty store needs.
 
 import hashlib
 import random
-import re
 from dataclasses import dataclass
 
 from engine.tasks import TASKS, Problem, Split
+from engine.verifiers import ANSWER_MARKER, VERIFIERS
 
-ANSWER_MARKER = "####"
 BLANK = "."
-_ANSWER_RE = re.compile(r"####\s*(-?\d+)")
 
 
 def _digest(text: str) -> int:
@@ -137,8 +136,7 @@ class ArithTask:
 
     def score(self, problem: Problem, response: str) -> float:
         """1.0 when the last ``#### <int>`` in the response equals the answer, else 0.0."""
-        found = _ANSWER_RE.findall(response)
-        return 1.0 if found and found[-1] == problem.answer else 0.0
+        return VERIFIERS.get("arith")(response, problem.answer)
 
 
 TASKS.register("arith", ArithTask())
