@@ -184,8 +184,8 @@ def admit_pool(pool_id: int, cluster_free_gpus: float | None = None) -> list[All
                 continue
             allocation.admitted_at = timezone.now()
             allocation.save(update_fields=["admitted_at"])
-            run_id = allocation.run_id
-            transaction.on_commit(lambda: dispatch.enqueue_run(run_id), robust=True)
+            # Bound now: a plain closure would see the loop's last run.
+            transaction.on_commit(lambda run_id=allocation.run_id: dispatch.enqueue_run(run_id), robust=True)
             admitted.append(allocation)
     if admitted:
         logger.info("pool %s admitted runs %s", pool, [allocation.run_id for allocation in admitted])

@@ -1,0 +1,153 @@
+"""Admission under contention, on the real database (PostgreSQL in CI; SQLite, which
+serialises every writer, elsewhere): many simultaneous launches and admission sweeps
+against one team quota never hold more GPUs than the quota allows, and every run is
+admitted in the end as earlier ones finish.
+
+Every thread has its own database connection (Django's are per thread). The sweep a
+commit requests runs in the committing thread, the same function the Celery task calls,
+so each launch and each finish is one more sweep racing the others.
+
+Run it on PostgreSQL with
+DATABASE_URL=postgres://postgres@127.0.0.1:5432/rollyard_quota bin/test tests/integration/test_admission_concurrency.py
+"""
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import connection
+
+from accounts.models import Role, Team
+from accounts.services import add_member
+from quotas.admission import admit_queued_runs
+from quotas.models import Accelerator, Allocation, Pool, Quota
+from runs import services
+from runs.models import Run, RunStatus, RunStatusChange
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
+
+LAUNCHERS = 16  # each launches one 1-GPU run
+SWEEPERS = 4  # each calls the admission sweep in a loop
+FINISHERS = 4  # each takes admitted runs through running to succeeded
+POOL_GPUS = 8
+TEAM_QUOTA_GPUS = 4
+
+
+@pytest.fixture
+def enqueued(monkeypatch) -> list[int]:
+    """Runs handed to the workers; requested sweeps run in the requesting thread."""
+    calls: list[int] = []
+    monkeypatch.setattr("workers.dispatch.enqueue_run", calls.append)  # list.append is atomic
+    monkeypatch.setattr("workers.dispatch.request_admission", lambda pool_id=None: admit_queued_runs(pool_id))
+    return calls
+
+
+def in_threads(target: Callable[[int], None], count: int, start: threading.Barrier, errors: list) -> list[threading.Thread]:
+    def body(index: int) -> None:
+        try:
+            start.wait()
+            target(index)
+        except Exception as exc:  # collected, so the test fails naming it
+            errors.append(repr(exc))
+        finally:
+            connection.close()  # this thread's own connection
+
+    threads = [threading.Thread(target=body, args=(index,)) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def most_gpus_ever_held(pool: Pool) -> int:
+    """The peak of GPUs held at once in the pool, replayed from the ledger. A sweep stamps
+    admitted_at after it saw the release that freed the GPUs committed, so at equal times
+    the release comes first."""
+    changes = []
+    for allocation in Allocation.objects.filter(pool=pool, admitted_at__isnull=False):
+        changes.append((allocation.admitted_at, 1, allocation.gpus))
+        if allocation.released_at is not None:
+            changes.append((allocation.released_at, 0, -allocation.gpus))
+    held = peak = 0
+    for _, _, delta in sorted(changes):
+        held += delta
+        peak = max(peak, held)
+    return peak
+
+
+def test_simultaneous_launches_and_sweeps_never_admit_more_than_the_team_quota(enqueued):
+    pool = Pool.objects.create(name="h100", accelerator=Accelerator.GPU, gpu_type="H100", capacity=POOL_GPUS)
+    team = Team.objects.create(name="ml")
+    users = [get_user_model().objects.create_user(f"user{i}") for i in range(LAUNCHERS)]
+    for user in users:
+        add_member(team, user, Role.MEMBER)
+    Quota.objects.create(pool=pool, team=team, max_concurrent_gpus=TEAM_QUOTA_GPUS)
+    spec = {"resources": {"gpus": 1, "executor": "inprocess"}, "training": {"steps": 1}}
+    errors: list[str] = []
+
+    # 1. Every launch at once, with sweeps racing them.
+    launches_done = threading.Event()
+
+    def launch(index: int) -> None:
+        services.create_run(users[index], spec, name=f"run-{index}", team=team, pool="h100")
+
+    def sweep_until(done: threading.Event) -> Callable[[int], None]:
+        def sweep(index: int) -> None:
+            while not done.is_set():
+                admit_queued_runs()
+                # A breath between sweeps: SQLite's lock is not fair, and back-to-back
+                # sweeps could starve a launch past its lock timeout.
+                time.sleep(0.005)
+
+        return sweep
+
+    start = threading.Barrier(LAUNCHERS + SWEEPERS)
+    launchers = in_threads(launch, LAUNCHERS, start, errors)
+    sweepers = in_threads(sweep_until(launches_done), SWEEPERS, start, errors)
+    for thread in launchers:
+        thread.join()
+    launches_done.set()
+    for thread in sweepers:
+        thread.join()
+    admit_queued_runs()
+
+    assert errors == []
+    assert Run.objects.count() == LAUNCHERS
+    held = Allocation.objects.filter(pool=pool, admitted_at__isnull=False, released_at__isnull=True)
+    assert sum(held.values_list("gpus", flat=True)) == TEAM_QUOTA_GPUS
+    assert Run.objects.filter(status=RunStatus.ADMITTED).count() == TEAM_QUOTA_GPUS
+    assert most_gpus_ever_held(pool) == TEAM_QUOTA_GPUS
+
+    # 2. Admitted runs run and finish while sweeps race the releases, until all are done.
+    all_done = threading.Event()
+    deadline = time.monotonic() + 120
+
+    def finish(index: int) -> None:
+        while Run.objects.exclude(status=RunStatus.SUCCEEDED).exists() and time.monotonic() < deadline:
+            run = Run.objects.filter(status=RunStatus.ADMITTED).order_by("?").first()
+            if run is None:
+                time.sleep(0.01)  # the next admission is a sweep away
+                continue
+            try:
+                services.transition(run.pk, RunStatus.RUNNING, f"picked up by finisher {index}")
+            except services.IllegalTransition:
+                continue  # another finisher took it
+            services.transition(run.pk, RunStatus.SUCCEEDED, "all steps done")
+        all_done.set()
+
+    start = threading.Barrier(FINISHERS + SWEEPERS)
+    finishers = in_threads(finish, FINISHERS, start, errors)
+    sweepers = in_threads(sweep_until(all_done), SWEEPERS, start, errors)
+    for thread in finishers + sweepers:
+        thread.join()
+
+    assert errors == []
+    assert Counter(Run.objects.values_list("status", flat=True)) == {RunStatus.SUCCEEDED: LAUNCHERS}
+    # Each run was admitted exactly once, and never beyond the quota at any moment.
+    admissions = Counter(RunStatusChange.objects.filter(to_status=RunStatus.ADMITTED).values_list("run_id", flat=True))
+    assert sorted(admissions.values()) == [1] * LAUNCHERS
+    assert sorted(enqueued) == sorted(Run.objects.values_list("pk", flat=True))
+    assert most_gpus_ever_held(pool) == TEAM_QUOTA_GPUS
+    assert not Allocation.objects.filter(released_at__isnull=True).exists()
