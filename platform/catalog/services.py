@@ -195,6 +195,11 @@ def _store_dataset(
             bad[:REPORTED_ROW_ERRORS],
             len(bad),
         )
+    repeated = [prompt_id for prompt_id, count in Counter(p.id for p in report.problems).items() if count > 1]
+    if repeated:
+        # Runs report results per prompt id, so an id must name one row.
+        shown = ", ".join(repr(_short(prompt_id)) for prompt_id in repeated[:10])
+        raise DatasetRejected(f"{len(repeated)} prompt ids name more than one row ({shown}); nothing was stored")
     splits = [_split_of(report, index) for index in range(len(report.problems))]
     moves = source != final_path
     try:

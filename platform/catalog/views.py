@@ -13,7 +13,7 @@ from accounts.models import Role
 from accounts.permissions import find_team, teams_of
 from accounts.services import default_team
 from catalog import selectors, services
-from catalog.models import Dataset, DatasetFormat
+from catalog.models import Dataset, DatasetFormat, PromptRecord
 from catalog.uploads import UploadTooLarge, check_declared_length, format_from_filename, install_capped_handler
 
 RECORDS_PER_PAGE = 50
@@ -101,7 +101,7 @@ def prompt_detail(request: HttpRequest, dataset_id: int, record_id: int) -> Http
     dataset = _visible_dataset_or_404(request, dataset_id)
     try:
         record = selectors.get_record(dataset, record_id)
-    except dataset.records.model.DoesNotExist:
+    except PromptRecord.DoesNotExist:
         raise Http404("no such prompt in this dataset") from None
     context = {"dataset": dataset, "record": record, "history": selectors.prompt_history(request.user, record)}
     return render(request, "catalog/prompt_detail.html", context)

@@ -30,7 +30,7 @@ from catalog.api.serializers import (
     PromptRecordSerializer,
     PromptStatSerializer,
 )
-from catalog.models import Dataset, Preset
+from catalog.models import Dataset, Preset, PromptRecord
 from catalog.uploads import (
     CappedUploadHandler,
     UploadTooLarge,
@@ -156,8 +156,9 @@ class DatasetRecordsView(generics.ListAPIView):
     over every run that used it: the preview and the per-prompt view."""
 
     serializer_class = PromptRecordSerializer
+    queryset = PromptRecord.objects.none()  # for the schema only; requests use get_queryset
 
-    def get_queryset(self):
+    def get_queryset(self) -> QuerySet[PromptRecord]:
         dataset = visible_dataset_or_404(self.request.user, self.kwargs["dataset_id"])
         return selectors.records_with_stats(dataset, self.request.query_params.get("split"))
 
@@ -169,7 +170,7 @@ class PromptHistoryView(APIView):
         dataset = visible_dataset_or_404(request.user, dataset_id)
         try:
             record = selectors.get_record(dataset, record_id)
-        except dataset.records.model.DoesNotExist:
+        except PromptRecord.DoesNotExist:
             raise NotFound("no such prompt in this dataset") from None
         history = selectors.prompt_history(request.user, record)
         return Response(
@@ -217,6 +218,7 @@ class PresetVersionsView(CatalogErrors, generics.ListAPIView):
     the next version (earlier versions never change)."""
 
     serializer_class = PresetSerializer
+    queryset = Preset.objects.none()  # for the schema only; requests use get_queryset
 
     def get_queryset(self) -> QuerySet[Preset]:
         return selectors.preset_versions(visible_preset_or_404(self.request.user, self.kwargs["preset_id"]))
