@@ -9,7 +9,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 
 from runs import services
-from runs.models import MetricPoint, Run, RunEvent, RunStatusChange
+from runs.models import Alert, Checkpoint, MetricPoint, Run, RunAttempt, RunEvent, RunStatusChange
 
 
 class RunStatusChangeInline(admin.TabularInline):
@@ -22,13 +22,25 @@ class RunStatusChangeInline(admin.TabularInline):
         return False
 
 
+class RunAttemptInline(admin.TabularInline):
+    model = RunAttempt
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = [
+        "number", "worker_host", "worker_pid", "started_at", "ended_at", "outcome", "resumed_from_step", "reason",
+    ]  # fmt: skip
+
+    def has_add_permission(self, request: HttpRequest, obj: Run | None = None) -> bool:
+        return False
+
+
 @admin.register(Run)
 class RunAdmin(admin.ModelAdmin):
     list_display = ["id", "name", "owner", "status", "current_step", "total_steps", "created_at", "finished_at"]
     list_filter = ["status"]
     search_fields = ["name", "owner__username", "owner__email"]
     list_select_related = ["owner"]
-    inlines = [RunStatusChangeInline]
+    inlines = [RunStatusChangeInline, RunAttemptInline]
     actions = ["cancel_runs"]
     fields = [
         "name", "owner", "status", "status_reason", "cancel_requested",
@@ -79,4 +91,21 @@ class MetricPointAdmin(_ReadOnlyAdmin):
 class RunEventAdmin(_ReadOnlyAdmin):
     list_display = ["id", "run", "kind", "step", "wall_time"]
     search_fields = ["=run__id", "=kind"]
+    list_select_related = ["run"]
+
+
+@admin.register(Checkpoint)
+class CheckpointAdmin(_ReadOnlyAdmin):
+    """Retention deletes checkpoints (runs.retention); rows stay as history."""
+
+    list_display = ["run", "step", "size_bytes", "created_at", "deleted_at", "path"]
+    search_fields = ["=run__id"]
+    list_select_related = ["run"]
+
+
+@admin.register(Alert)
+class AlertAdmin(_ReadOnlyAdmin):
+    list_display = ["run", "kind", "opened_at", "resolved_at", "delivered_at", "message"]
+    list_filter = ["kind"]
+    search_fields = ["=run__id"]
     list_select_related = ["run"]

@@ -65,6 +65,21 @@ class Run(models.Model):
     total_steps = models.PositiveIntegerField(default=0)
     # Latest value of each metric (name → value or null when not finite), for list pages.
     summary = models.JSONField(default=dict, blank=True)
+    # When the status last changed and when the run's driver was last handed to the
+    # broker: the reconciler re-enqueues an admitted or queued run left waiting too long.
+    status_changed_at = models.DateTimeField(default=timezone.now)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    # When current_step last grew: heartbeats without progress mean a stuck run.
+    step_advanced_at = models.DateTimeField(null=True, blank=True)
+    # Checkpoint retention, resolved at launch (services.resolve_retention):
+    # {"keep_last": N, "keep_best": K, "metric": name, "mode": "max" | "min"}.
+    retention = models.JSONField(default=dict, blank=True)
+    # Lineage: a fork starts from one of its parent's checkpoints; a clone has a parent only.
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
+    forked_from = models.ForeignKey(
+        "Checkpoint", null=True, blank=True, on_delete=models.PROTECT, related_name="forks"
+    )
+    forked_from_step = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -134,3 +149,90 @@ class RunEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind}@{self.step}"
+
+
+class AttemptOutcome(models.TextChoices):
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+    # Its worker vanished (heartbeat lost); the run was requeued or failed by the reconciler.
+    LOST = "lost", "Lost"
+
+
+class RunAttempt(models.Model):
+    """One worker's go at a run: opened when a worker claims the run, closed when the run
+    leaves `running`. A requeued run gets a new attempt that resumes from a checkpoint."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="attempts")
+    number = models.PositiveIntegerField()
+    worker_host = models.CharField(max_length=255)
+    worker_pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField(default=timezone.now)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=16, choices=AttemptOutcome.choices, default=AttemptOutcome.RUNNING)
+    reason = models.TextField(blank=True, default="")
+    # Where this attempt's engine started from: null for a fresh start.
+    resumed_from = models.ForeignKey(
+        "Checkpoint", null=True, blank=True, on_delete=models.SET_NULL, related_name="resumed_attempts"
+    )
+    resumed_from_step = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["run", "number"]
+        constraints = [models.UniqueConstraint(fields=["run", "number"], name="runattempt_run_number")]
+
+    def __str__(self) -> str:
+        return f"#{self.run_id} attempt {self.number} ({self.outcome})"
+
+
+class Checkpoint(models.Model):
+    """A checkpoint folder the engine wrote (a `checkpoint` event). Retention deletes the
+    folder and stamps deleted_at; the row stays, so history and lineage stay readable."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="checkpoints")
+    step = models.PositiveIntegerField()
+    path = models.CharField(max_length=1000)
+    # The latest held-out metrics when it was written: what "keep best" ranks by.
+    metrics = models.JSONField(default=dict, blank=True)
+    size_bytes = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["run", "step"]
+        constraints = [models.UniqueConstraint(fields=["run", "step"], name="checkpoint_run_step")]
+
+    def __str__(self) -> str:
+        return f"#{self.run_id} step {self.step}"
+
+
+class AlertKind(models.TextChoices):
+    DEAD = "dead", "Dead (heartbeat lost)"
+    STUCK = "stuck", "Stuck (no step progress)"
+    IDLE = "idle", "Idle above threshold"
+
+
+class Alert(models.Model):
+    """One problem of one run, open until the reconciler sees it gone. At most one open
+    alert per (run, kind), so a problem that lasts many sweeps notifies once."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="alerts")
+    kind = models.CharField(max_length=16, choices=AlertKind.choices)
+    message = models.TextField()
+    opened_at = models.DateTimeField(default=timezone.now)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    # Webhook delivery of the opening notice; retried by later sweeps until it succeeds.
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    delivery_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-opened_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "kind"], condition=models.Q(resolved_at__isnull=True), name="alert_one_open_per_run_kind"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.run_id} {self.kind}"

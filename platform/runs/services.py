@@ -5,12 +5,16 @@ Side effects (enqueueing the driver, pushing to websockets) happen only after th
 transaction commits: a rolled-back launch never starts work or shows a phantom status.
 """
 
+import copy
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
 from django.utils import timezone
@@ -18,10 +22,24 @@ from django.utils import timezone
 from accounts.models import Role, Team
 from accounts.permissions import PermissionDenied, require_owner_or_admin, require_role
 from accounts.services import default_team
+from catalog import services as catalog
+from engine.events import Checkpoint as CheckpointEvent
 from engine.events import Event, Heartbeat, Metrics
-from engine.spec import parse_spec
+from engine.spec import SpecError, parse_spec
 from runs import live
-from runs.models import TRANSITIONS, MetricPoint, Run, RunEvent, RunStatus, RunStatusChange
+from runs.models import (
+    TRANSITIONS,
+    AttemptOutcome,
+    Checkpoint,
+    MetricPoint,
+    Run,
+    RunAttempt,
+    RunEvent,
+    RunStatus,
+    RunStatusChange,
+)
+from quotas import services as quotas
+from quotas.models import DEFAULT_POOL, DEFAULT_PRIORITY
 from workers import dispatch
 
 
@@ -63,24 +81,42 @@ def check_can_launch(user: User, team: Team) -> None:
 # --- launching ----------------------------------------------------------------------------
 
 
-def create_run(user: AbstractBaseUser, spec_data: Mapping[str, Any], name: str = "", team: Team | None = None) -> Run:
-    """Validate a spec, store the queued run with its fully resolved spec, and enqueue its
-    driver once the transaction commits.
+def create_run(
+    user: AbstractBaseUser,
+    spec_data: Mapping[str, Any],
+    name: str = "",
+    team: Team | None = None,
+    retention: Mapping[str, Any] | None = None,
+    parent: Run | None = None,
+    forked_from: Checkpoint | None = None,
+    pool: str = DEFAULT_POOL,
+    priority: int = DEFAULT_PRIORITY,
+) -> Run:
+    """Validate a spec, store the queued run with its fully resolved spec, and put it in
+    `pool`'s queue at `priority`; admission (quotas) enqueues its driver when it fits.
 
     Raises engine.spec.SpecError (with .problems, one (field, reason) per problem) and
-    creates nothing when the spec cannot run. `name`, when given, overrides the spec's.
-    `team` defaults to accounts.services.default_team(user).
+    creates nothing when the spec cannot run, or when a `retention` override is bad
+    (fields `retention.<key>`, keys of settings.ROLLYARD_RETENTION). `name`, when given,
+    overrides the spec's. `team` defaults to accounts.services.default_team(user).
+    `parent` records where a clone came from; fork_run also passes `forked_from`.
+    Raises quotas.services.RequestRefused, creating nothing, for a run the pool or the
+    quotas can never admit.
     """
     team = team or default_team(user)
     check_can_launch(user, team)
     data = dict(spec_data) if isinstance(spec_data, Mapping) else spec_data
     if name and isinstance(data, dict):
         data["name"] = name
+    data, catalog_inputs = catalog.resolve_references(user, team, data)  # dataset and preset references
     spec = parse_spec(data)
     if not spec.name:
         spec = spec.model_copy(update={"name": f"{spec.algorithm.name} on {spec.dataset.name}"})
+    policy = resolve_retention(retention)
+    pool_row = quotas.check_request_fits(user, team, pool, spec.resources.gpus, priority)
 
     with transaction.atomic():
+        now = timezone.now()
         run = Run.objects.create(
             owner=user,
             team=team or default_team(user),
@@ -89,12 +125,17 @@ def create_run(user: AbstractBaseUser, spec_data: Mapping[str, Any], name: str =
             status=RunStatus.QUEUED,
             status_reason=f"launched by {user}",
             total_steps=spec.training.steps,
+            retention=policy,
+            parent=parent,
+            forked_from=forked_from,
+            forked_from_step=forked_from.step if forked_from else None,
+            created_at=now,
+            status_changed_at=now,
+            enqueued_at=now,
         )
         RunStatusChange.objects.create(run=run, from_status="", to_status=RunStatus.QUEUED, reason=run.status_reason)
-        run_id = run.pk
-        # robust: the run is committed either way; if the broker is down the API still
-        # answers 201 and the queued run waits for the reconciler instead of a 500.
-        transaction.on_commit(lambda: dispatch.enqueue_run(run_id), robust=True)
+        catalog.record_run_inputs(run, catalog_inputs)
+        quotas.queue_for_admission(run, pool_row, priority)
     return run
 
 
@@ -105,7 +146,8 @@ def transition(run_id: int, to_status: RunStatus | str, reason: str = "") -> Run
     """Move a run to `to_status` if the state machine allows it (models.TRANSITIONS).
 
     Locks the row, writes a history row, stamps started_at (→ running) or finished_at
-    (→ a terminal state), and tells the run's watchers after commit. Raises
+    (→ a terminal state), closes the open attempt when the run leaves `running` (as
+    `lost` when it goes back to the queue), and tells the run's watchers after commit. Raises
     IllegalTransition otherwise, including for a repeated move (running → running), so
     that a redelivered task cannot claim a run twice. Raises Run.DoesNotExist.
     """
@@ -118,8 +160,8 @@ def transition(run_id: int, to_status: RunStatus | str, reason: str = "") -> Run
                 raise IllegalTransition(f"run #{run_id} is {source} already; a finished run cannot become {target}")
             raise IllegalTransition(f"run #{run_id} cannot go from {source} to {target}")
         now = timezone.now()
-        run.status, run.status_reason = target, reason
-        update = ["status", "status_reason"]
+        run.status, run.status_reason, run.status_changed_at = target, reason, now
+        update = ["status", "status_reason", "status_changed_at"]
         if target == RunStatus.RUNNING:
             run.started_at = now
             update.append("started_at")
@@ -128,6 +170,10 @@ def transition(run_id: int, to_status: RunStatus | str, reason: str = "") -> Run
             update.append("finished_at")
         run.save(update_fields=update)
         RunStatusChange.objects.create(run=run, from_status=source, to_status=target, reason=reason, at=now)
+        quotas.on_run_status_changed(run_id, source, target)
+        if source == RunStatus.RUNNING:
+            outcome = AttemptOutcome.LOST if target == RunStatus.QUEUED else AttemptOutcome(target)
+            run.attempts.filter(ended_at__isnull=True).update(ended_at=now, outcome=outcome, reason=reason)
         _publish_status_on_commit(run)
     return run
 
@@ -143,7 +189,7 @@ def request_cancel(user: User, run: Run) -> Run:
         locked = Run.objects.select_for_update().get(pk=run.pk)
         if locked.status in RunStatus.TERMINAL:
             raise IllegalTransition(f"run #{run.pk} is {locked.status} already; there is nothing to cancel")
-        if locked.status == RunStatus.QUEUED:
+        if locked.status in (RunStatus.QUEUED, RunStatus.ADMITTED):
             return transition(run.pk, RunStatus.CANCELLED, f"cancelled by {user}")
         if not locked.cancel_requested:
             locked.cancel_requested = True
@@ -151,6 +197,229 @@ def request_cancel(user: User, run: Run) -> Run:
             locked.save(update_fields=["cancel_requested", "status_reason"])
             _publish_status_on_commit(locked)
     return locked
+
+
+# --- checkpoint retention policy -------------------------------------------------------------
+
+
+def resolve_retention(override: Mapping[str, Any] | None) -> dict[str, Any]:
+    """settings.ROLLYARD_RETENTION with a launch's overrides applied, checked.
+
+    keep_last ≥ 1 (the newest checkpoint is what a requeued run resumes from), keep_best ≥ 0,
+    metric a metric name, mode "max" or "min". Raises SpecError naming each bad key
+    (as `retention.<key>`).
+    """
+    policy = dict(settings.ROLLYARD_RETENTION)
+    problems: list[tuple[str, str]] = []
+    if override is not None and not isinstance(override, Mapping):
+        raise SpecError([("retention", f"expected a mapping, got {type(override).__name__}")])
+    for key, value in (override or {}).items():
+        if key not in policy:
+            problems.append((f"retention.{key}", f"unknown setting; known: {', '.join(policy)}"))
+        else:
+            policy[key] = value
+    for key, least in (("keep_last", 1), ("keep_best", 0)):
+        value = policy[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            problems.append((f"retention.{key}", f"must be a whole number ≥ {least}, got {value!r}"))
+    if not isinstance(policy["metric"], str) or not policy["metric"]:
+        problems.append(("retention.metric", f"must be a metric name, got {policy['metric']!r}"))
+    if policy["mode"] not in ("max", "min"):
+        problems.append(("retention.mode", f"must be 'max' or 'min', got {policy['mode']!r}"))
+    if problems:
+        raise SpecError(problems)
+    return policy
+
+
+# --- attempts: claim, requeue, fork ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a worker needs to drive the run it just claimed."""
+
+    run: Run
+    attempt: RunAttempt
+    # The run's folder: the engine writes checkpoints there.
+    run_dir: Path
+    # The parent's checkpoint folder a fork starts from; None otherwise (a fresh start, or
+    # a resume from the run's own newest checkpoint, which the engine finds in run_dir).
+    resume_from: Path | None
+
+
+def run_dir(run_id: int) -> Path:
+    return Path(settings.ROLLYARD_RUNS_DIR) / str(run_id)
+
+
+def latest_checkpoint(run: Run) -> Checkpoint | None:
+    """The run's newest checkpoint still on disk (retention never deletes it)."""
+    return run.checkpoints.filter(deleted_at__isnull=True).order_by("-step").first()
+
+
+def claim_run(run_id: int, worker_host: str, worker_pid: int) -> Claim:
+    """Take an admitted run for one worker: admitted → running and a new attempt, in one
+    transaction. The attempt resumes from the run's newest checkpoint, or, for a fork with
+    none of its own yet, from the parent's checkpoint it forked at. Metrics and events the
+    run recorded after that step are dropped: the resumed engine reports those steps again.
+
+    Raises IllegalTransition unless the run is admitted, so a redelivered message (or one
+    of two messages the reconciler sent) can never start a second driver.
+    """
+    with transaction.atomic():
+        run = transition(run_id, RunStatus.RUNNING, f"picked up by worker {worker_host} (pid {worker_pid})")
+        checkpoint = latest_checkpoint(run) or run.forked_from
+        start_step = checkpoint.step if checkpoint else 0
+        attempt = RunAttempt.objects.create(
+            run=run,
+            number=run.attempts.count() + 1,
+            worker_host=worker_host,
+            worker_pid=worker_pid,
+            started_at=run.started_at,
+            resumed_from=checkpoint,
+            resumed_from_step=checkpoint.step if checkpoint else None,
+        )
+        if attempt.number > 1:
+            # Events without a step (logs, status) stay: they tell the earlier attempts' story.
+            (run.metric_points.filter(step__gt=start_step) if checkpoint else run.metric_points.all()).delete()
+            (run.events.filter(step__gt=start_step) if checkpoint else run.events.filter(step__isnull=False)).delete()
+            run.current_step = start_step
+            run.step_advanced_at = run.last_heartbeat_at = None
+            run.save(update_fields=["current_step", "step_advanced_at", "last_heartbeat_at"])
+    # The engine resumes from the newest complete checkpoint in run_dir by itself; it needs
+    # a folder named only for a fork that has none of its own yet.
+    forking = checkpoint is not None and checkpoint.run_id != run.pk
+    return Claim(run=run, attempt=attempt, run_dir=run_dir(run_id), resume_from=Path(checkpoint.path) if forking else None)
+
+
+def end_attempt(attempt_id: int, to_status: RunStatus | str, reason: str) -> Run | None:
+    """The driver of an attempt reports the run's end (succeeded, failed, cancelled).
+    Returns None, changing nothing, when the attempt is no longer the run's live one: the
+    reconciler presumed its worker dead and another attempt may own the run by now."""
+    with transaction.atomic():
+        attempt = RunAttempt.objects.get(pk=attempt_id)
+        Run.objects.select_for_update().get(pk=attempt.run_id)  # orders us with the reconciler
+        if not attempt_is_current(attempt_id):
+            return None
+        return transition(attempt.run_id, to_status, reason)
+
+
+def attempt_is_current(attempt_id: int) -> bool:
+    """Is this attempt still the run's live one? False once the reconciler gave up on it
+    (its worker was presumed dead) or the run ended: its driver must stop."""
+    return RunAttempt.objects.filter(pk=attempt_id, ended_at__isnull=True).exists()
+
+
+def requeue_or_fail_lost_run(run_id: int, now: datetime) -> Run | None:
+    """If the run is still running and its last sign of life (heartbeat, else its start)
+    is older than settings.ROLLYARD_HEARTBEAT_TIMEOUT_S at `now`, its worker is presumed
+    dead: close its attempt as lost and requeue the run (it resumes from its newest
+    checkpoint) while it has attempts left (settings.ROLLYARD_MAX_ATTEMPTS), else fail it.
+    Either way the reason names the lost heartbeat and the attempt count. Returns the run,
+    or None when it needed nothing (checked under the row lock: a heartbeat may have
+    arrived since the caller looked)."""
+    with transaction.atomic():
+        run = Run.objects.select_for_update().get(pk=run_id)
+        last_sign = run.last_heartbeat_at or run.started_at
+        silent_s = (now - last_sign).total_seconds() if last_sign else 0.0
+        if run.status != RunStatus.RUNNING or silent_s <= settings.ROLLYARD_HEARTBEAT_TIMEOUT_S:
+            return None
+        attempts = run.attempts.count()
+        limit = settings.ROLLYARD_MAX_ATTEMPTS
+        lost = f"worker lost: no heartbeat for {silent_s:.0f} s on attempt {attempts} of {limit}"
+        if attempts >= limit:
+            reason = f"{lost}; no attempts left"
+            # The attempt was lost, whatever the run's fate.
+            run.attempts.filter(ended_at__isnull=True).update(ended_at=now, outcome=AttemptOutcome.LOST, reason=reason)
+            return transition(run_id, RunStatus.FAILED, reason)
+        checkpoint = latest_checkpoint(run) or run.forked_from
+        resume = f"resumes from the checkpoint of step {checkpoint.step}" if checkpoint else "starts over (no checkpoint)"
+        # Back in the queue, admission (quotas) admits it again and enqueues its driver.
+        return transition(run_id, RunStatus.QUEUED, f"{lost}; requeued, {resume}")
+
+
+def enqueue_again_if_stale(run_id: int, now: datetime) -> Run | None:
+    """A queued or admitted run whose driver message went out more than
+    settings.ROLLYARD_ENQUEUE_TIMEOUT_S before `now` and was never claimed (the broker was
+    down at commit, or the message was lost): send it again. A duplicate is harmless,
+    claim_run lets only one driver through. Returns the run, or None when it needed nothing."""
+    with transaction.atomic():
+        run = Run.objects.select_for_update().get(pk=run_id)
+        sent_at = max(filter(None, [run.enqueued_at, run.status_changed_at]))
+        waited_s = (now - sent_at).total_seconds()
+        if run.status not in (RunStatus.QUEUED, RunStatus.ADMITTED) or waited_s <= settings.ROLLYARD_ENQUEUE_TIMEOUT_S:
+            return None
+        enqueue_on_commit(run)
+    return run
+
+
+def enqueue_on_commit(run: Run) -> None:
+    """Once the transaction commits, hand a waiting run on again (a requeue, or a message
+    the reconciler presumes lost): an admitted run's driver goes to the workers, a queued
+    run gets an admission sweep (quotas), which enqueues its driver when it fits."""
+    run.enqueued_at = timezone.now()
+    run.save(update_fields=["enqueued_at"])
+    run_id = run.pk
+    if run.status == RunStatus.ADMITTED:
+        transaction.on_commit(lambda: dispatch.enqueue_run(run_id), robust=True)
+    else:
+        transaction.on_commit(dispatch.request_admission, robust=True)
+
+
+def fork_run(
+    user: AbstractBaseUser,
+    parent: Run,
+    step: int,
+    overrides: Mapping[str, Any] | None = None,
+    name: str = "",
+    retention: Mapping[str, Any] | None = None,
+) -> Run:
+    """A new run that starts from `parent`'s checkpoint at `step`, with the parent's spec
+    and `overrides` merged over it (nested mappings merge, other values replace). The
+    parent's metrics up to `step` are copied, so the child's curves show where it branched.
+
+    Raises SpecError (fields `step` or spec paths) when the parent has no checkpoint at
+    that step still on disk, when the merged spec is invalid, or when it ends at or before
+    `step`; RunPermissionDenied unless the user may manage the parent.
+    """
+    check_can_manage(user, parent)
+    spec = merge_spec(parent.spec, overrides or {})
+    spec.pop("name", None)
+    with transaction.atomic():
+        checkpoint = parent.checkpoints.select_for_update().filter(step=step, deleted_at__isnull=True).first()
+        if checkpoint is None:
+            kept = list(parent.checkpoints.filter(deleted_at__isnull=True).values_list("step", flat=True))
+            raise SpecError([("step", f"run #{parent.pk} has no checkpoint at step {step}; it has: {kept or 'none'}")])
+        steps = spec.get("training", {}).get("steps", 0) if isinstance(spec.get("training"), dict) else 0
+        if isinstance(steps, int) and steps <= step:
+            raise SpecError([("training.steps", f"must be above the fork step {step} to train at all, got {steps}")])
+        child = create_run(
+            user,
+            spec,
+            name=name or f"{parent.name} (fork @{step})",
+            team=parent.team,
+            retention=retention if retention is not None else parent.retention,
+            parent=parent,
+            forked_from=checkpoint,
+        )
+        copied = (
+            MetricPoint(run=child, name=p.name, step=p.step, wall_time=p.wall_time, value=p.value)
+            for p in parent.metric_points.filter(step__lte=step).iterator(chunk_size=5000)
+        )
+        MetricPoint.objects.bulk_create(copied, batch_size=5000)
+        child.current_step = step
+        child.save(update_fields=["current_step"])
+    return child
+
+
+def merge_spec(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides` laid over it: mappings merge key by key, anything else replaces."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_spec(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
 
 
 def _publish_status_on_commit(run: Run) -> None:
@@ -179,13 +448,20 @@ def _json_safe(event: Event) -> dict[str, Any]:
     return json.loads(event.model_dump_json())
 
 
+def folder_size(path: Path) -> int:
+    """Bytes in the files under `path` (0 when it is gone)."""
+    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+
+
 def record_events(run_id: int, events: Sequence[Event]) -> None:
     """Store one batch of a run's engine events in one transaction, then push the batch to
     the run's watchers after commit (one channel-layer message).
 
     Metrics become MetricPoint rows (one per name) and refresh run.summary and
-    current_step; a Heartbeat moves last_heartbeat_at and current_step; every other event
-    (Heartbeat and Status included, for the log) becomes a RunEvent row. Status events
+    current_step (stamping step_advanced_at when it grows); a Heartbeat moves
+    last_heartbeat_at and current_step; a Checkpoint becomes a Checkpoint row (its folder's
+    size measured here, on the worker that wrote it); every other event (Heartbeat,
+    Checkpoint and Status included, for the log) becomes a RunEvent row. Status events
     do not change the run's status: the driver calls transition() for that.
     Non-finite metric values are stored and sent as null. Raises Run.DoesNotExist.
     """
@@ -199,6 +475,7 @@ def record_events(run_id: int, events: Sequence[Event]) -> None:
         summary = dict(run.summary)
         step = run.current_step
         heartbeat: float | None = None
+        checkpoints: list[Checkpoint] = []
         payloads = [_json_safe(event) for event in events]
         for event, payload in zip(events, payloads, strict=True):
             if isinstance(event, Metrics):
@@ -211,6 +488,17 @@ def record_events(run_id: int, events: Sequence[Event]) -> None:
             if isinstance(event, Heartbeat):
                 step = max(step, event.step)
                 heartbeat = max(heartbeat or event.wall_time, event.wall_time)
+            if isinstance(event, CheckpointEvent):
+                checkpoints.append(
+                    Checkpoint(
+                        run=run,
+                        step=event.step,
+                        path=str(event.path),
+                        metrics=payload["metrics"],
+                        size_bytes=folder_size(Path(event.path)),
+                        created_at=datetime.fromtimestamp(event.wall_time, tz=UTC),
+                    )
+                )
             rows.append(
                 RunEvent(
                     run=run,
@@ -222,9 +510,20 @@ def record_events(run_id: int, events: Sequence[Event]) -> None:
             )
         MetricPoint.objects.bulk_create(points, batch_size=1000)
         RunEvent.objects.bulk_create(rows, batch_size=500)
+        catalog.record_prompt_results(run_id, events)  # per-prompt history of catalog datasets
+        # A step checkpointed again (by an attempt resumed from before it) replaces its row.
+        Checkpoint.objects.bulk_create(
+            checkpoints,
+            update_conflicts=True,
+            unique_fields=["run", "step"],
+            update_fields=["path", "metrics", "size_bytes", "created_at", "deleted_at"],
+        )
 
-        run.summary, run.current_step = summary, step
         update = ["summary", "current_step"]
+        if step > run.current_step:
+            run.step_advanced_at = timezone.now()
+            update.append("step_advanced_at")
+        run.summary, run.current_step = summary, step
         if heartbeat is not None:
             run.last_heartbeat_at = datetime.fromtimestamp(heartbeat, tz=UTC)
             update.append("last_heartbeat_at")

@@ -9,4 +9,6 @@ urlpatterns = [
     path("new/", views.run_new, name="new"),
     path("<int:run_id>/", views.run_detail, name="detail"),
     path("<int:run_id>/cancel/", views.run_cancel, name="cancel"),
+    path("<int:run_id>/fork/", views.run_fork, name="fork"),
+    path("diff/", views.run_diff, name="diff"),
 ]

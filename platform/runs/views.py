@@ -20,6 +20,7 @@ from engine.spec import SpecError
 from runs import selectors, services
 from runs.api.serializers import RunDetailSerializer
 from runs.models import Run
+from runs.spec_diff import spec_differences
 
 # What the run page charts, by chart id: the metric names of its lines (docs/metrics.md).
 LINE_CHARTS: dict[str, list[str]] = {
@@ -70,7 +71,7 @@ def run_new(request: HttpRequest) -> HttpResponse:
             problems = [("spec", f"not valid YAML or JSON: {exc}")]
         else:
             try:
-                run = services.create_run(request.user, data)
+                run = services.create_run(request.user, data, parent=_clone_source(request, request.POST))
             except SpecError as exc:
                 problems = exc.problems
             except services.RunPermissionDenied as exc:
@@ -81,8 +82,19 @@ def run_new(request: HttpRequest) -> HttpResponse:
         text = _to_yaml(_visible_run_or_404(request, int(source) if source.isdigit() else 0).spec)
     else:
         text = _to_yaml(selectors.spec_defaults())
-    context = {"spec_text": text, "problems": problems, "choices": selectors.spec_choices()}
+    context = {
+        "spec_text": text,
+        "problems": problems,
+        "choices": selectors.spec_choices(),
+        # A launch from ?from=<id> records that run as its parent (clone, edit, launch).
+        "clone_of": _clone_source(request, request.POST if request.method == "POST" else request.GET),
+    }
     return render(request, "runs/new.html", context, status=400 if problems else 200)
+
+
+def _clone_source(request: HttpRequest, params) -> Run | None:
+    source = params.get("from", "").strip()
+    return _visible_run_or_404(request, int(source) if source.isdigit() else 0) if source else None
 
 
 @login_required
@@ -107,8 +119,50 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         "event_charts": {chart: {"kinds": kinds, "latest": count} for chart, (kinds, count) in EVENT_CHARTS.items()},
         "max_points": METRICS_MAX_POINTS,
     }
-    context = {"run": run, "spec_yaml": _to_yaml(run.spec), "config": config, "raw": raw_links}
+    context = {
+        "run": run,
+        "spec_yaml": _to_yaml(run.spec),
+        "config": config,
+        "raw": raw_links,
+        "attempts": run.attempts.order_by("number"),
+        "checkpoints": run.checkpoints.order_by("-step"),
+        "retention": services.resolve_retention(run.retention),
+        "children": selectors.visible_runs(request.user).filter(parent=run).order_by("id"),
+        "open_alerts": run.alerts.filter(resolved_at__isnull=True),
+    }
     return render(request, "runs/detail.html", context)
+
+
+@login_required
+@require_POST
+def run_fork(request: HttpRequest, run_id: int) -> HttpResponse:
+    """Fork from a checkpoint step with optional YAML overrides; the new run's page next."""
+    parent = _visible_run_or_404(request, run_id)
+    step = request.POST.get("step", "")
+    try:
+        overrides = yaml.safe_load(request.POST.get("overrides", "")) or {}
+        if not isinstance(overrides, dict):
+            raise SpecError([("overrides", "must be a mapping of spec settings")])
+        child = services.fork_run(request.user, parent, int(step) if step.isdigit() else -1, overrides)
+    except yaml.YAMLError as exc:
+        messages.error(request, f"overrides are not valid YAML: {exc}")
+    except SpecError as exc:
+        messages.error(request, "not forked: " + "; ".join(f"{field}: {reason}" for field, reason in exc.problems))
+    except services.RunError as exc:
+        messages.error(request, str(exc))
+    else:
+        return redirect("runs:detail", run_id=child.pk)
+    return redirect("runs:detail", run_id=parent.pk)
+
+
+@login_required
+def run_diff(request: HttpRequest) -> HttpResponse:
+    """Config diff of two runs (?a=&b=): every leaf where their resolved specs differ."""
+    ids = [request.GET.get(side, "").strip() for side in ("a", "b")]
+    if not all(value.isdigit() for value in ids):
+        return render(request, "runs/diff.html", {"error": "give two run ids: ?a=<id>&b=<id>"}, status=400)
+    a, b = (_visible_run_or_404(request, int(value)) for value in ids)
+    return render(request, "runs/diff.html", {"a": a, "b": b, "differences": spec_differences(a.spec, b.spec)})
 
 
 @login_required

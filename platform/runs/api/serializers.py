@@ -5,7 +5,8 @@ from typing import Any
 from django.urls import reverse
 from rest_framework import serializers
 
-from runs.models import Run, RunEvent
+from quotas.models import DEFAULT_POOL, DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
+from runs.models import Checkpoint, Run, RunAttempt, RunEvent
 
 
 class RunSerializer(serializers.ModelSerializer):
@@ -33,16 +34,24 @@ class RunSerializer(serializers.ModelSerializer):
 
 class RunDetailSerializer(RunSerializer):
     class Meta(RunSerializer.Meta):
-        fields = [*RunSerializer.Meta.fields, "spec"]
+        fields = [*RunSerializer.Meta.fields, "spec", "retention", "parent", "forked_from_step"]
         read_only_fields = fields
 
 
 class RunCreateSerializer(serializers.Serializer):
     spec = serializers.JSONField(help_text="a run spec (see /api/spec/schema/); omitted settings take defaults")
     name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    retention = serializers.DictField(
+        required=False, help_text="checkpoint retention overrides: keep_last, keep_best, metric, mode (max|min)"
+    )
     team = serializers.CharField(
         max_length=100, required=False, help_text="the team's id or name (member role needed); default: your first team"
     )
+    pool = serializers.CharField(max_length=50, default=DEFAULT_POOL, help_text="the accelerator pool whose queue it joins")
+    priority = serializers.IntegerField(
+        min_value=MIN_PRIORITY, max_value=MAX_PRIORITY, default=DEFAULT_PRIORITY,
+        help_text="higher goes first in the pool's queue; above 0 needs the team's admin role",
+    )  # fmt: skip
 
 
 class MetricsQuerySerializer(serializers.Serializer):
@@ -67,3 +76,41 @@ class EventsQuerySerializer(serializers.Serializer):
 def event_json(event: RunEvent) -> dict[str, Any]:
     """The engine event as the engine made it, plus its database id for paging."""
     return {"id": event.pk, **event.payload}
+
+
+# --- lifecycle: attempts, checkpoints, fork, diff -------------------------------------------
+
+
+class RunAttemptSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = RunAttempt
+        fields = [
+            "number", "worker_host", "worker_pid", "started_at", "ended_at", "outcome", "reason", "resumed_from_step",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+
+class CheckpointSerializer(serializers.ModelSerializer):
+    deleted = serializers.SerializerMethodField(help_text="removed by the retention policy (the row stays)")
+
+    class Meta:
+        model = Checkpoint
+        fields = ["id", "step", "path", "metrics", "size_bytes", "created_at", "deleted_at", "deleted"]
+        read_only_fields = fields
+
+    def get_deleted(self, checkpoint: Checkpoint) -> bool:
+        return checkpoint.deleted_at is not None
+
+
+class ForkSerializer(serializers.Serializer):
+    step = serializers.IntegerField(min_value=0, help_text="a step of the parent that has a checkpoint on disk")
+    overrides = serializers.DictField(
+        required=False, default=dict, help_text="spec settings laid over the parent's (nested mappings merge)"
+    )
+    name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    retention = serializers.DictField(required=False, help_text="retention overrides; default: the parent's policy")
+
+
+class DiffQuerySerializer(serializers.Serializer):
+    a = serializers.IntegerField(help_text="a run id")
+    b = serializers.IntegerField(help_text="another run id")

@@ -15,6 +15,7 @@ from accounts.models import Team
 from accounts.permissions import find_team
 from runs import selectors, services
 from runs.api.filters import RunFilter
+from runs.api.lifecycle import RunLifecycleActions
 from runs.api.serializers import (
     EventsQuerySerializer,
     MetricsQuerySerializer,
@@ -26,7 +27,7 @@ from runs.api.serializers import (
 from runs.models import Run
 
 
-class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class RunViewSet(RunLifecycleActions, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Runs of the user's teams, newest first. Another team's run answers 404."""
 
     serializer_class = RunDetailSerializer
@@ -48,7 +49,15 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         body = RunCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         team = launch_team(request.user, body.validated_data.get("team"))
-        run = services.create_run(request.user, body.validated_data["spec"], name=body.validated_data["name"], team=team)
+        run = services.create_run(
+            request.user,
+            body.validated_data["spec"],
+            name=body.validated_data["name"],
+            team=team,
+            pool=body.validated_data["pool"],
+            priority=body.validated_data["priority"],
+            retention=body.validated_data.get("retention"),
+        )
         return Response(RunDetailSerializer(run).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses={200: RunDetailSerializer})

@@ -1,0 +1,439 @@
+"""The run lifecycle in the service layer: attempts, checkpoints, the reconciler's
+requeue-or-fail, lost messages, retention, fork, clone and config diff, alerts to a webhook.
+
+Time moves by passing the reconciler a `now` in the future instead of sleeping."""
+
+import json
+import threading
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+from django.utils import timezone
+
+from engine.events import Checkpoint as CheckpointEvent
+from engine.events import Heartbeat, Metrics
+from engine.spec import SpecError
+from runs import alerts, retention, services
+from runs.models import Alert, Checkpoint, MetricPoint, Run, RunAttempt, RunStatus, RunStatusChange
+from runs.reconciler import reconcile_runs
+from runs.spec_diff import spec_differences
+
+pytestmark = pytest.mark.django_db
+
+TIMEOUT_S = 60
+
+
+@pytest.fixture(autouse=True)
+def lifecycle_settings(settings, tmp_path):
+    settings.ROLLYARD_RUNS_DIR = tmp_path / "runs"
+    settings.ROLLYARD_HEARTBEAT_TIMEOUT_S = TIMEOUT_S
+    settings.ROLLYARD_MAX_ATTEMPTS = 2
+    settings.ROLLYARD_ENQUEUE_TIMEOUT_S = TIMEOUT_S
+    settings.ROLLYARD_STUCK_AFTER_S = 10 * TIMEOUT_S
+    settings.ROLLYARD_ALERT_WEBHOOK_URL = ""
+    return settings
+
+
+@pytest.fixture
+def admissions(monkeypatch) -> list[None]:
+    """Admission sweeps the reconciler asks for (quotas' own tests prove the sweep)."""
+    calls: list[None] = []
+    monkeypatch.setattr("workers.dispatch.request_admission", lambda pool_id=None: calls.append(pool_id))
+    return calls
+
+
+@pytest.fixture
+def sweep(django_capture_on_commit_callbacks):
+    """The reconciler at `now`, its after-commit side effects run (the test's own
+    transaction never commits)."""
+
+    def run_sweep(now=None):
+        with django_capture_on_commit_callbacks(execute=True):
+            return reconcile_runs(now=now)
+
+    return run_sweep
+
+
+def admitted_run(user, spec: dict | None = None, **launch) -> Run:
+    run = services.create_run(user, spec or {"training": {"steps": 20}}, **launch)
+    if Run.objects.get(pk=run.pk).status == RunStatus.QUEUED:
+        services.transition(run.pk, RunStatus.ADMITTED, "admitted by the test")
+    return Run.objects.get(pk=run.pk)
+
+
+def running_run(user, **launch) -> tuple[Run, services.Claim]:
+    run = admitted_run(user, **launch)
+    return run, services.claim_run(run.pk, "host-a", 1111)
+
+
+def write_checkpoint(run: Run, step: int, metrics: dict[str, float] | None = None) -> Path:
+    """A checkpoint folder as the engine lays it out, reported through record_events."""
+    folder = services.run_dir(run.pk) / "checkpoints" / f"step-{step:06d}"
+    (folder / "model").mkdir(parents=True)
+    (folder / "model" / "weights.bin").write_bytes(b"w" * 1000)
+    (folder / "trainer.pt").write_bytes(b"t" * 24)
+    services.record_events(run.pk, [CheckpointEvent(step=step, path=str(folder), metrics=metrics or {})])
+    return folder
+
+
+def beat(run: Run, step: int) -> None:
+    services.record_events(run.pk, [Metrics(step=step, values={"reward/mean": step / 10}), Heartbeat(step=step)])
+
+
+def later(seconds: float = TIMEOUT_S + 1):
+    return timezone.now() + timedelta(seconds=seconds)
+
+
+# --- attempts ------------------------------------------------------------------------------
+
+
+def test_claiming_a_run_opens_attempt_1_and_a_second_claim_is_refused(alice):
+    run, claim = running_run(alice)
+
+    assert claim.attempt.number == 1 and claim.attempt.outcome == "running"
+    assert (claim.attempt.worker_host, claim.attempt.worker_pid) == ("host-a", 1111)
+    assert claim.run_dir == services.run_dir(run.pk) and claim.resume_from is None
+    # A redelivered message for the same run finds it running already.
+    with pytest.raises(services.IllegalTransition):
+        services.claim_run(run.pk, "host-b", 2222)
+    assert RunAttempt.objects.filter(run=run).count() == 1
+
+
+def test_the_end_of_a_run_closes_its_attempt_with_the_outcome(alice):
+    run, claim = running_run(alice)
+    services.end_attempt(claim.attempt.pk, RunStatus.SUCCEEDED, "all steps done")
+
+    attempt = RunAttempt.objects.get(pk=claim.attempt.pk)
+    assert (attempt.outcome, attempt.reason) == ("succeeded", "all steps done")
+    assert attempt.ended_at is not None
+    assert Run.objects.get(pk=run.pk).status == "succeeded"
+
+
+def test_checkpoint_events_become_rows_with_their_size_and_metrics(alice):
+    run, _ = running_run(alice)
+    write_checkpoint(run, 5, {"val/acc/mean@1": 0.6})
+
+    checkpoint = Checkpoint.objects.get(run=run)
+    assert checkpoint.step == 5
+    assert checkpoint.metrics == {"val/acc/mean@1": 0.6}
+    assert checkpoint.size_bytes == 1000 + 24
+    assert checkpoint.path.endswith("step-000005")
+
+
+# --- the reconciler: lost workers ------------------------------------------------------------------
+
+
+def test_a_silent_running_run_is_requeued_with_a_reason_and_resumes_from_its_checkpoint(alice, admissions, sweep):
+    run, claim = running_run(alice)
+    for step in range(1, 8):
+        beat(run, step)
+        if step == 5:
+            write_checkpoint(run, 5)
+
+    report = sweep(now=later())
+
+    requeued = Run.objects.get(pk=run.pk)
+    assert report.requeued == [run.pk]
+    assert requeued.status == "queued"
+    assert "no heartbeat" in requeued.status_reason and "attempt 1 of 2" in requeued.status_reason
+    assert "resumes from the checkpoint of step 5" in requeued.status_reason
+    first = RunAttempt.objects.get(pk=claim.attempt.pk)
+    assert first.outcome == "lost" and first.reason == requeued.status_reason
+    assert admissions  # back in the queue: admission was asked to sweep, after commit
+    assert Alert.objects.get(run=run).kind == "dead"
+
+    # Admitted again, the next worker's attempt resumes at step 5; steps 6 and 7, which the
+    # lost worker reported, are dropped (the engine reports them again).
+    services.transition(run.pk, RunStatus.ADMITTED, "admitted again")
+    second = services.claim_run(run.pk, "host-b", 2222)
+    assert second.attempt.number == 2
+    assert second.attempt.resumed_from_step == 5
+    assert second.resume_from is None  # the engine finds its own checkpoint in run_dir
+    assert Run.objects.get(pk=run.pk).current_step == 5
+    assert sorted(MetricPoint.objects.filter(run=run).values_list("step", flat=True)) == [1, 2, 3, 4, 5]
+
+
+def test_a_run_out_of_attempts_is_failed_naming_the_lost_heartbeat(alice, admissions, sweep):
+    run, _ = running_run(alice)
+    sweep(now=later())
+    services.transition(run.pk, RunStatus.ADMITTED, "admitted again")
+    second = services.claim_run(run.pk, "host-b", 2222)
+
+    report = sweep(now=later())
+
+    failed = Run.objects.get(pk=run.pk)
+    assert report.failed == [run.pk]
+    assert failed.status == "failed"
+    assert "no heartbeat" in failed.status_reason and "attempt 2 of 2; no attempts left" in failed.status_reason
+    assert RunAttempt.objects.get(pk=second.attempt.pk).outcome == "lost"
+    history = list(RunStatusChange.objects.filter(run=run).values_list("to_status", flat=True))
+    assert history[-5:] == ["running", "queued", "admitted", "running", "failed"]
+
+
+def test_a_run_with_a_fresh_heartbeat_is_left_alone(alice, sweep):
+    run, _ = running_run(alice)
+    beat(run, 1)
+
+    report = sweep(now=later(TIMEOUT_S - 5))
+
+    assert report.requeued == report.failed == []
+    assert Run.objects.get(pk=run.pk).status == "running"
+
+
+def test_a_driver_given_up_by_the_reconciler_cannot_end_the_run(alice, admissions, sweep):
+    run, lost = running_run(alice)
+    sweep(now=later())
+    services.transition(run.pk, RunStatus.ADMITTED, "admitted again")
+    services.claim_run(run.pk, "host-b", 2222)
+
+    # The first worker was only stalled: it wakes up, sees it must stop, and reports an end.
+    assert not services.attempt_is_current(lost.attempt.pk)
+    assert services.end_attempt(lost.attempt.pk, RunStatus.CANCELLED, "cancelled on request") is None
+    assert Run.objects.get(pk=run.pk).status == "running"
+
+
+# --- the reconciler: lost messages -----------------------------------------------------------------
+
+
+def test_an_admitted_run_nobody_picked_up_is_enqueued_again(alice, enqueued, sweep):
+    run = admitted_run(alice)
+    enqueued.clear()
+
+    assert sweep(now=later(TIMEOUT_S - 5)).enqueued_again == []
+    report = sweep(now=later())
+
+    assert report.enqueued_again == [run.pk] and enqueued == [run.pk]
+    # Sent again just now: a sweep within the next timeout leaves it.
+    assert sweep(now=later(TIMEOUT_S - 5)).enqueued_again == []
+
+
+def test_a_queued_run_whose_message_was_lost_gets_an_admission_sweep(alice, make_run, admissions, sweep):
+    run = make_run(alice, status=RunStatus.QUEUED, status_changed_at=timezone.now() - timedelta(hours=1))
+
+    report = sweep()
+
+    assert report.enqueued_again == [run.pk]
+    assert admissions == [None]
+
+
+# --- retention ---------------------------------------------------------------------------------------
+
+
+def make_checkpoints(run: Run, accuracy_by_step: dict[int, float]) -> dict[int, Path]:
+    return {step: write_checkpoint(run, step, {"val/acc/mean@1": acc}) for step, acc in accuracy_by_step.items()}
+
+
+def test_retention_keeps_the_last_n_and_the_best_k_and_deletes_the_rest(alice):
+    run, _ = running_run(alice, retention={"keep_last": 2, "keep_best": 1})
+    # best by val/acc: step 20 (0.9); last two: 40 and 50.
+    folders = make_checkpoints(run, {10: 0.5, 20: 0.9, 30: 0.6, 40: 0.7, 50: 0.4})
+
+    deleted = retention.apply_retention(Run.objects.get(pk=run.pk))
+
+    assert sorted(deleted) == [10, 30]
+    assert {step for step, folder in folders.items() if folder.exists()} == {20, 40, 50}
+    live = Checkpoint.objects.filter(run=run, deleted_at__isnull=True).values_list("step", flat=True)
+    assert sorted(live) == [20, 40, 50]
+    assert Checkpoint.objects.filter(run=run).count() == 5  # deleted rows stay as history
+
+
+def test_retention_by_min_keeps_the_lowest_and_ignores_checkpoints_without_the_metric(alice):
+    run, _ = running_run(alice, retention={"keep_last": 1, "keep_best": 1, "metric": "val/loss", "mode": "min"})
+    write_checkpoint(run, 10, {"val/loss": 0.3})
+    write_checkpoint(run, 20, {"val/loss": 0.1})
+    write_checkpoint(run, 30, {})
+    write_checkpoint(run, 40, {"val/loss": 0.2})
+
+    assert sorted(retention.apply_retention(Run.objects.get(pk=run.pk))) == [10, 30]
+
+
+def test_retention_never_deletes_a_checkpoint_a_fork_starts_from(alice):
+    run, _ = running_run(alice, retention={"keep_last": 1, "keep_best": 0})
+    folders = make_checkpoints(run, {10: 0.5, 20: 0.6, 30: 0.7})
+    services.fork_run(alice, Run.objects.get(pk=run.pk), 10)
+
+    assert retention.apply_retention(Run.objects.get(pk=run.pk)) == [20]
+    assert folders[10].exists() and folders[30].exists() and not folders[20].exists()
+
+
+def test_retention_refuses_a_path_outside_the_runs_folder(alice, tmp_path):
+    run, _ = running_run(alice, retention={"keep_last": 1, "keep_best": 0})
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (outside / "data").write_text("not ours")
+    services.record_events(run.pk, [CheckpointEvent(step=1, path=str(outside), metrics={})])
+    # A symlink inside the run's folder that points outside is refused too.
+    link = services.run_dir(run.pk) / "checkpoints" / "step-000002"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(outside)
+    services.record_events(run.pk, [CheckpointEvent(step=2, path=str(link), metrics={})])
+    write_checkpoint(run, 3)
+
+    assert retention.apply_retention(Run.objects.get(pk=run.pk)) == []
+    assert (outside / "data").read_text() == "not ours"
+    assert Checkpoint.objects.filter(run=run, deleted_at__isnull=True).count() == 3
+
+
+def test_a_bad_retention_override_is_refused_naming_each_key(alice):
+    with pytest.raises(SpecError) as raised:
+        services.create_run(alice, {}, retention={"keep_last": 0, "mode": "best", "keep_everything": True})
+    assert {field for field, _ in raised.value.problems} == {
+        "retention.keep_last", "retention.mode", "retention.keep_everything",
+    }  # fmt: skip
+    assert Run.objects.count() == 0
+
+
+# --- fork, clone, diff --------------------------------------------------------------------------------
+
+
+def test_a_fork_starts_from_the_parents_checkpoint_with_its_metrics_up_to_the_step(alice, admissions):
+    parent, _ = running_run(alice)
+    for step in range(1, 7):
+        beat(parent, step)
+    folder = write_checkpoint(parent, 4)
+
+    child = services.fork_run(alice, Run.objects.get(pk=parent.pk), 4, {"training": {"lr": 1e-4}})
+
+    assert (child.parent_id, child.forked_from_step) == (parent.pk, 4)
+    assert child.spec["training"]["lr"] == 1e-4
+    assert child.spec["training"]["steps"] == parent.spec["training"]["steps"]
+    assert child.current_step == 4
+    assert sorted(MetricPoint.objects.filter(run=child).values_list("step", flat=True)) == [1, 2, 3, 4]
+    if Run.objects.get(pk=child.pk).status == RunStatus.QUEUED:
+        services.transition(child.pk, RunStatus.ADMITTED, "admitted by the test")
+    claim = services.claim_run(child.pk, "host-c", 3333)
+    assert claim.resume_from == folder and claim.attempt.resumed_from_step == 4
+
+
+def test_a_fork_needs_a_checkpoint_at_that_step_and_steps_beyond_it(alice):
+    parent, _ = running_run(alice)
+    write_checkpoint(parent, 4)
+
+    with pytest.raises(SpecError, match="no checkpoint at step 3; it has: \\[4\\]"):
+        services.fork_run(alice, parent, 3)
+    with pytest.raises(SpecError) as raised:
+        services.fork_run(alice, parent, 4, {"training": {"steps": 4}})
+    assert raised.value.problems[0][0] == "training.steps"
+    assert Run.objects.count() == 1
+
+
+def test_spec_differences_are_leaves_with_dotted_paths():
+    a = {"training": {"lr": 3e-4, "steps": 60}, "seed": 0, "tags": [1, 2]}
+    b = {"training": {"lr": 1e-3, "steps": 60}, "seed": 0, "tags": [1, 3], "extra": {"x": 1}}
+
+    assert spec_differences(a, b) == [
+        {"path": "extra.x", "a": None, "b": 1},
+        {"path": "tags", "a": [1, 2], "b": [1, 3]},
+        {"path": "training.lr", "a": 3e-4, "b": 1e-3},
+    ]
+
+
+def test_merge_spec_merges_mappings_and_replaces_the_rest():
+    base = {"training": {"lr": 1, "steps": 2}, "seed": 0}
+    merged = services.merge_spec(base, {"training": {"lr": 5}, "seed": 3})
+    assert merged == {"training": {"lr": 5, "steps": 2}, "seed": 3}
+    assert base == {"training": {"lr": 1, "steps": 2}, "seed": 0}
+
+
+# --- alerts -----------------------------------------------------------------------------------------
+
+
+class Webhook:
+    """A real HTTP server on 127.0.0.1 that records the JSON bodies POSTed to it."""
+
+    def __init__(self):
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def webhook(lifecycle_settings):
+    hook = Webhook()
+    lifecycle_settings.ROLLYARD_ALERT_WEBHOOK_URL = hook.url
+    yield hook
+    hook.close()
+
+
+def test_a_dead_run_is_posted_to_the_webhook_once(alice, admissions, webhook, sweep):
+    run, _ = running_run(alice)
+
+    sweep(now=later())
+    sweep(now=later())
+
+    assert [body["kind"] for body in webhook.received] == ["dead"]
+    body = webhook.received[0]
+    assert body["run"]["id"] == run.pk and "no heartbeat" in body["message"]
+    assert Alert.objects.get(run=run).delivered_at is not None
+
+
+def test_a_run_with_heartbeats_but_no_progress_is_stuck_until_it_moves(alice, webhook, lifecycle_settings, sweep):
+    run, _ = running_run(alice)
+    beat(run, 3)
+    lifecycle_settings.ROLLYARD_STUCK_AFTER_S = 30
+    # Heartbeats continue (the engine beats within a long step) but the step stays at 3.
+    Run.objects.filter(pk=run.pk).update(step_advanced_at=timezone.now() - timedelta(seconds=45))
+
+    sweep()
+    alert = Alert.objects.get(run=run, kind="stuck")
+    assert "stuck at step 3" in alert.message and alert.resolved_at is None
+
+    beat(run, 4)
+    sweep()
+    assert Alert.objects.get(pk=alert.pk).resolved_at is not None
+    assert [body["kind"] for body in webhook.received] == ["stuck"]
+
+
+def test_a_run_idle_above_the_threshold_over_the_window_alerts(alice, webhook, lifecycle_settings, sweep):
+    lifecycle_settings.ROLLYARD_IDLE_WINDOW_STEPS = 3
+    lifecycle_settings.ROLLYARD_IDLE_THRESHOLD = 0.8
+    run, _ = running_run(alice)
+    # Mean of the last three: (0.5 + 0.9 + 0.9) / 3 = 0.77, under 0.8; then (0.9 + 0.9 + 0.95) / 3 = 0.92.
+    for step, idle in enumerate([0.1, 0.5, 0.9, 0.9], start=1):
+        services.record_events(run.pk, [Metrics(step=step, values={"trainer/idle_ratio": idle}), Heartbeat(step=step)])
+    sweep()
+    assert not Alert.objects.filter(run=run).exists()
+
+    services.record_events(run.pk, [Metrics(step=5, values={"trainer/idle_ratio": 0.95}), Heartbeat(step=5)])
+    sweep()
+    assert "averages 0.92" in Alert.objects.get(run=run, kind="idle").message
+    assert [body["kind"] for body in webhook.received] == ["idle"]
+
+
+def test_a_failing_webhook_never_breaks_the_sweep_and_is_retried(alice, admissions, lifecycle_settings, sweep):
+    closed = Webhook()
+    closed.close()  # a port nothing listens on any more
+    lifecycle_settings.ROLLYARD_ALERT_WEBHOOK_URL = closed.url
+    run, _ = running_run(alice)
+
+    report = sweep(now=later())
+
+    assert report.requeued == [run.pk] and report.alerts_delivered == 0
+    alert = Alert.objects.get(run=run)
+    assert alert.delivered_at is None and "ConnectError" in alert.delivery_error
+
+    hook = Webhook()
+    lifecycle_settings.ROLLYARD_ALERT_WEBHOOK_URL = hook.url
+    try:
+        assert alerts.deliver_pending() == 1
+    finally:
+        hook.close()
+    assert [body["kind"] for body in hook.received] == ["dead"]
