@@ -12,6 +12,7 @@ from pathlib import Path
 import dj_database_url
 
 from devstack.services import EMBEDDED_REDIS_URL, REPO_ROOT, VAR_DIR
+from workers.names import APPLY_CHECKPOINT_RETENTION, RECONCILE_RUNS
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -216,4 +217,29 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
+}
+
+# --- run lifecycle: run folders, reconciler, checkpoint retention, alerts (runs/, workers/) ---
+# Each run's folder (checkpoints) is ROLLYARD_RUNS_DIR/<run id>; retention deletes only inside it.
+ROLLYARD_RUNS_DIR = Path(os.environ.get("ROLLYARD_RUNS_DIR", VAR_DIR / "runs"))
+# A running run whose last heartbeat is older than this lost its worker: requeue or fail it.
+ROLLYARD_HEARTBEAT_TIMEOUT_S = float(os.environ.get("ROLLYARD_HEARTBEAT_TIMEOUT_S", 600))
+# Attempts a run gets in all (the first included) before a lost worker fails it.
+ROLLYARD_MAX_ATTEMPTS = int(os.environ.get("ROLLYARD_MAX_ATTEMPTS", 3))
+# A queued or admitted run whose message no worker took within this is enqueued again.
+ROLLYARD_ENQUEUE_TIMEOUT_S = float(os.environ.get("ROLLYARD_ENQUEUE_TIMEOUT_S", 300))
+ROLLYARD_RECONCILE_EVERY_S = float(os.environ.get("ROLLYARD_RECONCILE_EVERY_S", 60))
+ROLLYARD_RETENTION_EVERY_S = float(os.environ.get("ROLLYARD_RETENTION_EVERY_S", 300))
+# Defaults of a run's checkpoint retention; a launch may override each key.
+ROLLYARD_RETENTION = {"keep_last": 3, "keep_best": 1, "metric": "val/acc/mean@1", "mode": "max"}
+# Alerts: POSTed as JSON to this URL (unset: recorded, not sent).
+ROLLYARD_ALERT_WEBHOOK_URL = os.environ.get("ROLLYARD_ALERT_WEBHOOK_URL", "")
+ROLLYARD_STUCK_AFTER_S = float(os.environ.get("ROLLYARD_STUCK_AFTER_S", 900))
+# Idle: the mean of the last IDLE_WINDOW_STEPS values of IDLE_METRIC above the threshold.
+ROLLYARD_IDLE_METRIC = "trainer/idle_ratio"
+ROLLYARD_IDLE_THRESHOLD = float(os.environ.get("ROLLYARD_IDLE_THRESHOLD", 0.9))
+ROLLYARD_IDLE_WINDOW_STEPS = 10
+CELERY_BEAT_SCHEDULE = {
+    "reconcile-runs": {"task": RECONCILE_RUNS, "schedule": ROLLYARD_RECONCILE_EVERY_S},
+    "apply-checkpoint-retention": {"task": APPLY_CHECKPOINT_RETENTION, "schedule": ROLLYARD_RETENTION_EVERY_S},
 }
