@@ -160,12 +160,12 @@ def _generate_chunk(
 def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
+    prompts: list[str] | list[list[int]],
     params: SamplingParams,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
 ) -> list[Completion]:
-    """Sample `params.n` completions for each prompt.
+    """Sample `params.n` completions for each prompt (text, or token ids).
 
     Returns len(prompts) × n completions, prompt by prompt (those of prompt i are at
     i·n … i·n + n − 1). Prompts are decoded in batches of at most `params.max_batch`
@@ -175,7 +175,11 @@ def generate(
     """
     was_training = model.training
     model.eval()
-    encoded: list[list[int]] = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    # Text is encoded with the tokenizer's special tokens; the trainer passes token ids
+    # already formatted by engine.models.encode_prompts (chat template or not).
+    encoded: list[list[int]] = (
+        tokenizer(prompts, add_special_tokens=True)["input_ids"] if isinstance(prompts[0], str) else prompts
+    )
     order = sorted(range(len(prompts)), key=lambda index: len(encoded[index]))
     per_chunk = max(1, params.max_batch // params.n)
     results: list[Completion | None] = [None] * (len(prompts) * params.n)

@@ -3,9 +3,10 @@
 `load_policy` is the one path every model takes, the built-in `builtin:arith-tiny` and
 a user's Qwen or Llama folder alike: AutoModelForCausalLM and the saved tokenizer from a
 local folder, never from a hub. `encode_prompts` is the one prompt formatting (chat
-template or plain text) and `stop_token_ids` the end tokens sampling stops on. `build_tokenizer` and `build_tiny_model` make the built-in
-model's parts (used by `engine.warmstart` and the tests); once saved, nothing about
-them is special.
+template or plain text); the end tokens sampling stops on come from the folder's
+generation config (engine.generation.stop_token_ids). `build_tokenizer` and
+`build_tiny_model` make the built-in model's parts (used by `engine.warmstart` and the
+tests); once saved, nothing about them is special.
 """
 
 from dataclasses import dataclass
@@ -172,19 +173,6 @@ def _complete_model_folder(path: str) -> Path:
     except ValueError as exc:
         hint = " (run `python -m engine.warmstart` for the built-in one)" if path.startswith(BUILTIN_PREFIX) else ""
         raise FileNotFoundError(f"{exc}{hint}") from None
-
-
-def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Every token that ends a completion: the generation config's `eos_token_id` (an int
-    or a list; chat models list several, e.g. Qwen's <|im_end|> and <|endoftext|>) and the
-    tokenizer's EOS, in that order, without repeats."""
-    configured = model.generation_config.eos_token_id if model.generation_config is not None else None
-    if configured is None:
-        configured = []
-    elif isinstance(configured, int):
-        configured = [configured]
-    candidates = [*configured, tokenizer.eos_token_id]
-    return list(dict.fromkeys(int(token) for token in candidates if token is not None))
 
 
 def uses_chat_template(tokenizer: PreTrainedTokenizerBase, mode: ChatTemplateMode) -> bool:

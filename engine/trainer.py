@@ -37,7 +37,7 @@ from engine.evaluation import mean_pass_at_k
 from engine.events import Event, LengthHistogram, Metrics, PromptResult, PromptResults, Span, now
 from engine.generation import Completion, SamplingParams, generate
 from engine.losses import aggregate, entropy_from_logits, group_advantages, kl_k3, ppo_clipped, token_logprobs
-from engine.models import load_policy
+from engine.models import encode_prompts, load_policy
 from engine.spec import RunSpec
 from engine.tasks import TASKS, Problem
 
@@ -129,8 +129,11 @@ class Trainer:
     def sample(
         self, problems: list[Problem], params: SamplingParams, generator: torch.Generator
     ) -> tuple[list[Rollout], list[str]]:
-        """Generate len(problems) × params.n rollouts (grouped by prompt) and decode them."""
-        completions = generate(self.model, self.tokenizer, [p.prompt for p in problems], params, generator)
+        """Generate len(problems) × params.n rollouts (grouped by prompt) and decode them.
+        Prompts are formatted by the one function training and evaluation share
+        (engine.models.encode_prompts: the chat template per `model.chat_template`)."""
+        prompt_ids = encode_prompts(self.tokenizer, [p.prompt for p in problems], self.spec.model.chat_template)
+        completions = generate(self.model, self.tokenizer, prompt_ids, params, generator)
         texts = self.tokenizer.batch_decode([c.token_ids for c in completions], skip_special_tokens=True)
         return [
             Rollout(group=c.prompt_index, problem=problems[c.prompt_index], completion=c, reward=0.0)
