@@ -179,6 +179,9 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Launch, watch and manage RL training runs of reasoning LLMs.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The schema documents the API and holds no data: clients and the fuzz tests read it
+    # before they have a token.
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
 }
 
 # --- datasets (catalog) -------------------------------------------------------------------

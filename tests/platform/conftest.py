@@ -13,6 +13,13 @@ from runs.models import Run, RunStatus
 
 
 @pytest.fixture(autouse=True)
+def fast_password_hashing(settings) -> None:
+    """The default hasher takes a good part of a second per user on a busy 2-core machine;
+    these tests check who may do what, not how passwords are stored."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
 def enqueued(monkeypatch) -> list[int]:
     """Run ids handed to the workers. Nothing reaches a real broker from these tests, so
     a worker of another test session sharing the Redis never picks up our runs. Admission
