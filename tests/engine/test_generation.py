@@ -1,10 +1,12 @@
-"""Batched KV-cache sampling: log-probs match a full recompute, the cache changes nothing,
-EOS stops a sequence, and completions come back grouped by prompt."""
+"""engine.generation.generate, served by the continuous-batching TorchBackend: log-probs
+match a full recompute, greedy decoding matches transformers' generate(), EOS stops a
+sequence, and completions come back grouped by prompt."""
 
 import pytest
 import torch
 
-from engine.generation import SamplingParams, generate, sample_next
+from engine.generation import SamplingParams, generate, sample_next, stop_token_ids
+from engine.inference.sampling import sample_rows
 from engine.losses import token_logprobs
 from engine.models import TinyModelConfig, build_tiny_model, build_tokenizer, load_policy
 from engine.spec import ModelSpec
@@ -48,19 +50,24 @@ def test_returned_logprobs_equal_a_full_sequence_recompute(random_model, tempera
         assert torch.allclose(torch.tensor(completion.logprobs), expected, atol=1e-4)
 
 
-def test_greedy_with_the_cache_equals_greedy_without_it(random_model):
-    model, tokenizer = random_model
-    params = SamplingParams(n=2, temperature=0.0, max_new_tokens=16)
-    cached = generate(model, tokenizer, PROMPTS, params)
-    uncached = generate(model, tokenizer, PROMPTS, params, use_cache=False)
-    assert [c.token_ids for c in cached] == [c.token_ids for c in uncached]
-    # Greedy ignores the dice: every sample of a prompt is the same.
-    assert cached[0].token_ids == cached[1].token_ids
+def test_greedy_decoding_equals_transformers_generate(builtin_model):
+    model, tokenizer = builtin_model
+    prompts = [problem.prompt for problem in TASKS.get("arith").problems("test", 6, seed=3)]
+    ours = generate(model, tokenizer, prompts, SamplingParams(temperature=0.0, max_new_tokens=40), max_slots=4)
+
+    for prompt, completion in zip(prompts, ours):
+        ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+        with torch.no_grad():
+            reference = model.generate(
+                ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=40,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            )
+        assert completion.token_ids == reference[0, ids.shape[1] :].tolist()
 
 
 def test_completions_are_grouped_by_prompt_in_the_order_given(random_model):
     model, tokenizer = random_model
-    completions = generate(model, tokenizer, PROMPTS, SamplingParams(n=4, max_new_tokens=3, max_batch=5))
+    completions = generate(model, tokenizer, PROMPTS, SamplingParams(n=4, max_new_tokens=3))
     assert [c.prompt_index for c in completions] == [0] * 4 + [1] * 4 + [2] * 4
     assert completions[4].prompt_ids == tokenizer(PROMPTS[1])["input_ids"]
 
@@ -97,3 +104,25 @@ def test_top_p_keeps_only_the_nucleus():
     assert set(tokens.tolist()) == {0, 1}
     # Log-probs are the untruncated distribution's (the documented convention).
     assert torch.allclose(logprobs[tokens == 1], torch.tensor(0.3).log())
+
+
+def test_each_row_is_sampled_with_its_own_temperature_and_top_p():
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log().repeat(2000, 1)
+    settings = [(1.0, 0.7) if row % 2 == 0 else (1.0, 1.0) for row in range(2000)]
+    tokens, _ = sample_rows(logits, settings, torch.Generator().manual_seed(0))
+    assert set(tokens[0::2].tolist()) == {0, 1}
+    assert set(tokens[1::2].tolist()) == {0, 1, 2, 3}
+
+
+def test_no_prompts_give_no_completions(random_model):
+    model, tokenizer = random_model
+    assert generate(model, tokenizer, [], SamplingParams(n=4)) == []
+
+
+def test_the_models_end_tokens_all_stop_a_completion(random_model):
+    model, tokenizer = random_model
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, 7]
+    try:
+        assert stop_token_ids(model, tokenizer) == (tokenizer.eos_token_id, 7)
+    finally:
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
