@@ -12,7 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from engine.algorithms import ALGORITHMS, Advantage, Aggregation, KLEstimator, KLPlacement, RatioLevel
 from engine.assets import BUILTIN_PREFIX, check_model_folder
+from engine.data import AnswerFormat, DatasetError, DatasetFormat, check_template, detect_format
 from engine.tasks import TASKS
+from engine.verifiers import VERIFIERS
 
 
 class SpecError(ValueError):
@@ -53,16 +55,105 @@ class ModelSpec(_Strict):
         return path
 
 
+class DatasetColumns(_Strict):
+    """Which column of a dataset file holds each part of a row (engine.data.ColumnMapping)."""
+
+    prompt: str = "prompt"
+    answer: str = "answer"
+    id: str | None = None
+    difficulty: str | None = None
+    split: str | None = Field(None, description="values train or test (validation, val, eval, dev mean test)")
+
+
+DEFAULT_FILE_VERIFIER = "math"
+
+
+def _needs_path(info: ValidationInfo) -> None:
+    # "path" is absent from info.data when the path itself was invalid: say nothing more.
+    if "path" in info.data and info.data["path"] is None:
+        raise ValueError("only for a dataset file: set dataset.path")
+
+
 class DatasetSpec(_Strict):
-    name: str = Field("arith", description="a built-in task")
+    """A built-in task (`name`), or a dataset file (`path`) read by engine.data."""
+
+    # path comes first: the other fields' checks depend on it (validated in this order).
+    path: str | None = Field(
+        None, description="a JSONL, CSV or Parquet file or a datasets.save_to_disk folder; unset: the task `name`"
+    )
+    name: str = Field("arith", description="a built-in task; with a path, a label (default: the file's stem)")
     eval_size: int = Field(256, ge=1, le=100_000, description="held-out prompts used for evaluation")
+    format: DatasetFormat | None = Field(None, validate_default=True, description="unset: from the file's suffix")
+    columns: DatasetColumns = DatasetColumns()
+    answer_format: AnswerFormat = Field(
+        "plain", description="plain: as written; gsm8k: after the last ####; boxed: the last \\boxed{}"
+    )
+    template: str | None = Field(None, description="text around each prompt: one {prompt}, other braces doubled")
+    verifier: str | None = Field(
+        None, description=f"unset: the built-in task's own checker, or '{DEFAULT_FILE_VERIFIER}' for a file"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_file_defaults(cls, data: Any) -> Any:
+        """A file's name, format and verifier are filled in, so a stored spec is complete."""
+        if not isinstance(data, dict) or not isinstance(data.get("path"), str):
+            return data
+        path = Path(data["path"])
+        resolved = {"name": path.stem, "verifier": DEFAULT_FILE_VERIFIER}
+        if path.exists():
+            try:
+                resolved["format"] = detect_format(path)
+            except DatasetError:
+                pass  # the format check below names the problem
+        return resolved | {key: value for key, value in data.items() if value is not None}
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, path: str | None) -> str | None:
+        if path is not None and not Path(path).exists():
+            raise ValueError(f"no such file or folder: {path}")
+        return path
 
     @field_validator("name")
     @classmethod
-    def _dataset_exists(cls, name: str) -> str:
-        if name not in TASKS:
+    def _dataset_exists(cls, name: str, info: ValidationInfo) -> str:
+        if "path" in info.data and info.data["path"] is None and name not in TASKS:
             raise ValueError(TASKS.unknown_message(name))
         return name
+
+    @field_validator("format")
+    @classmethod
+    def _format_known(cls, format: str | None, info: ValidationInfo) -> str | None:
+        if format is not None:
+            _needs_path(info)
+        elif info.data.get("path") is not None:
+            detect_format(Path(info.data["path"]))  # raises DatasetError (a ValueError) naming the file
+        return format
+
+    @field_validator("columns", "answer_format")
+    @classmethod
+    def _file_only(cls, value: Any, info: ValidationInfo) -> Any:
+        _needs_path(info)
+        return value
+
+    @field_validator("template")
+    @classmethod
+    def _template_valid(cls, template: str | None, info: ValidationInfo) -> str | None:
+        if template is not None:
+            _needs_path(info)
+            check_template(template)
+        return template
+
+    @field_validator("verifier")
+    @classmethod
+    def _verifier_known(cls, verifier: str | None, info: ValidationInfo) -> str | None:
+        if verifier is not None:
+            if "path" in info.data and info.data["path"] is None:
+                raise ValueError("a built-in task scores with its own checker; a verifier needs dataset.path")
+            if verifier not in VERIFIERS:
+                raise ValueError(VERIFIERS.unknown_message(verifier))
+        return verifier
 
 
 class AlgorithmSpec(_Strict):

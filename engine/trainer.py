@@ -39,7 +39,7 @@ from engine.generation import Completion, SamplingParams, generate
 from engine.losses import aggregate, entropy_from_logits, group_advantages, kl_k3, ppo_clipped, token_logprobs
 from engine.models import encode_prompts, load_policy
 from engine.spec import RunSpec
-from engine.tasks import TASKS, Problem
+from engine.tasks import Problem, resolve_task
 
 # The train prompts a run cycles through (in a seeded order, reshuffled each pass).
 TRAIN_POOL_SIZE = 20_000
@@ -90,7 +90,7 @@ class Trainer:
         self.model, self.tokenizer = load_policy(spec.model)
         self.device = self.model.device
         self.worker = f"{worker}:{self.device.type}"
-        self.task = TASKS.get(spec.dataset.name)
+        self.task = resolve_task(spec.dataset)
         self.algorithm = spec.algorithm
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=spec.training.lr, weight_decay=spec.training.weight_decay

@@ -1,9 +1,14 @@
 """Built-in verifiable tasks (torch-free): problems with graded difficulty and a checker."""
 
+import functools
+import os
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from engine.registry import Registry
+
+if TYPE_CHECKING:
+    from engine.spec import DatasetSpec
 
 Split = Literal["train", "test"]
 
@@ -13,8 +18,9 @@ class Problem:
     id: str
     prompt: str
     answer: str
-    difficulty: float
+    difficulty: float  # NaN when unknown (a dataset file without a difficulty column)
     solution: str  # a reference step-by-step solution ending in the answer (warm start)
+    split: Split | None = None  # the split a dataset file assigns; None when it assigns none
 
 
 class Task(Protocol):
@@ -29,6 +35,23 @@ class Task(Protocol):
 
 
 TASKS: Registry[Task] = Registry("dataset")
+
+
+def resolve_task(dataset: "DatasetSpec") -> Task:
+    """The task a spec's dataset section names: the built-in task `name`, or, with a
+    `path`, a FileTask over that file (read once per process while the file is unchanged)."""
+    if dataset.path is None:
+        return TASKS.get(dataset.name)
+    stat = os.stat(dataset.path)
+    return _file_task(dataset, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _file_task(dataset: "DatasetSpec", mtime_ns: int, size: int) -> Task:
+    from engine.tasks.file import FileTask  # engine.data imports Problem from here
+
+    return FileTask(dataset)
+
 
 # Built-in tasks register themselves on import (kept last: they import TASKS from here).
 from engine.tasks import arith  # noqa: E402,F401
