@@ -134,7 +134,8 @@ class DatasetSpec(_Strict):
     @field_validator("columns", "answer_format")
     @classmethod
     def _file_only(cls, value: Any, info: ValidationInfo) -> Any:
-        _needs_path(info)
+        if value != cls.model_fields[info.field_name].default:  # a stored spec repeats the defaults
+            _needs_path(info)
         return value
 
     @field_validator("template")

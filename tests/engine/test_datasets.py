@@ -375,6 +375,13 @@ def test_a_file_dataset_spec_resolves_its_name_format_and_verifier(tmp_path):
     assert parse_spec({}).dataset.verifier is None  # the built-in task keeps its own checker
 
 
+def test_a_stored_dataset_section_parses_back_to_itself(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", numbered(3))
+    for data in ({}, {"dataset": {"path": path, "columns": {"id": "prompt"}, "template": "Q: {prompt}"}}):
+        spec = parse_spec(data)
+        assert parse_spec(spec.model_dump()) == spec
+
+
 def test_dataset_spec_problems_name_their_field(tmp_path):
     (tmp_path / "data.txt").write_text("x")
     assert dataset_problems({"path": str(tmp_path / "nope.jsonl")}) == {
@@ -392,8 +399,11 @@ def test_dataset_spec_problems_name_their_field(tmp_path):
 
 def test_file_settings_without_a_path_are_refused_not_ignored():
     assert dataset_problems({"name": "gsm8k"}) == {"dataset.name": "unknown dataset 'gsm8k'; choose one of: arith"}
-    problems = dataset_problems({"template": "Q: {prompt}", "verifier": "math", "answer_format": "gsm8k"})
+    problems = dataset_problems(
+        {"template": "Q: {prompt}", "verifier": "math", "answer_format": "gsm8k", "columns": {"prompt": "q"}}
+    )
     assert problems == {
+        "dataset.columns": "only for a dataset file: set dataset.path",
         "dataset.answer_format": "only for a dataset file: set dataset.path",
         "dataset.template": "only for a dataset file: set dataset.path",
         "dataset.verifier": "a built-in task scores with its own checker; a verifier needs dataset.path",
