@@ -63,7 +63,8 @@ def database_url_of_test_db() -> str:
     """The URL of the database pytest-django created, for the processes we start."""
     db = settings.DATABASES["default"]
     if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{db['NAME']}"
+        # Absolute: the stack's processes may start in another folder.
+        return f"sqlite:///{Path(db['NAME']).resolve()}"
     auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
     return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 

@@ -1,0 +1,1 @@
+"""`rollyard`: the command line over the REST API (`rollyard runs ...`) and the demo."""

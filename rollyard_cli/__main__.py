@@ -1,0 +1,3 @@
+from rollyard_cli.app import main
+
+main()
