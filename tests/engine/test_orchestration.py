@@ -93,3 +93,24 @@ def test_python_m_engine_run_prints_progress_and_refuses_a_bad_spec(tmp_path):
     refused = subprocess.run([sys.executable, "-m", "engine", "run", str(spec_file)], capture_output=True, text=True)
     assert refused.returncode == 2
     assert "rollout.n" in refused.stderr
+
+
+def test_python_m_engine_run_checkpoints_into_a_run_dir_and_forks_from_a_checkpoint(tmp_path):
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(tiny_spec(training={"steps": 2, "eval_every": 0})))
+    engine_run = [sys.executable, "-m", "engine", "run", str(spec_file)]
+
+    first = subprocess.run([*engine_run, "--run-dir", str(tmp_path / "a")], capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    checkpoint = tmp_path / "a" / "checkpoints" / "step-000002"
+    assert f"checkpoint: step 2 at {checkpoint}" in first.stdout
+
+    fork = [*engine_run, "--steps", "3", "--run-dir", str(tmp_path / "b"), "--resume-from", str(checkpoint)]
+    forked = subprocess.run(fork, capture_output=True, text=True)
+    assert forked.returncode == 0, forked.stderr
+    assert f"resumed at step 2 from {checkpoint}" in forked.stdout
+    assert "step     3  reward" in forked.stdout and "step     1  reward" not in forked.stdout
+    assert (tmp_path / "b" / "checkpoints" / "step-000003" / "model" / "config.json").is_file()
+
+    missing = subprocess.run([*engine_run, "--resume-from", str(tmp_path / "nowhere")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "not a complete checkpoint" in missing.stderr

@@ -1,6 +1,7 @@
 """Tokenizer and model files go through the same from_pretrained path as a user's checkpoint."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from transformers import AutoTokenizer
 
 from engine.assets import resolve_model_path
 from engine.models import TinyModelConfig, build_tiny_model, build_tokenizer, load_policy, resolve_device
-from engine.spec import ModelSpec
+from engine.spec import ModelSpec, SpecError, parse_spec
 from engine.tasks import TASKS
 
 TEXT = ". . . 7 +5 = 12 -3 +8\n. . . . 12 -3 = 9 +8\n#### 17"
@@ -105,3 +106,38 @@ def test_the_warm_start_recipe_runs_and_saves_a_loadable_model(tmp_path):
     assert 0 <= report["held_out_accuracy"]["greedy"]["all"] <= 1
     loaded, _ = load_policy(ModelSpec(path=str(tmp_path), device="cpu"))
     assert loaded.config.num_hidden_layers == 1
+
+
+def tiny_folder(folder):
+    tokenizer = build_tokenizer()
+    build_tiny_model(tokenizer, TinyModelConfig(layers=1, hidden=32, heads=2, kv_heads=2, intermediate=64)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("removed", "named"),
+    [
+        ("config.json", "config.json"),
+        ("model.safetensors", "weights (model.safetensors"),
+        ("tokenizer.json", "a tokenizer (tokenizer.json or tokenizer.model)"),
+    ],
+)
+def test_a_folder_missing_a_part_is_refused_naming_it(tmp_path, removed, named):
+    folder = tiny_folder(tmp_path)
+    (folder / removed).unlink()
+
+    with pytest.raises(SpecError) as refused:
+        parse_spec({"model": {"path": str(folder)}})
+    assert named in dict(refused.value.problems)["model.path"]
+    with pytest.raises(SpecError) as refused_reference:
+        parse_spec({"model": {"reference": str(folder)}})
+    assert named in dict(refused_reference.value.problems)["model.reference"]
+    # A folder that lost a file after its run was made fails to load, saying which.
+    with pytest.raises(FileNotFoundError, match=re.escape(named)):
+        load_policy(ModelSpec.model_construct(path=str(folder), dtype="float32", device="cpu"))
+
+
+def test_float16_is_honoured(tmp_path):
+    model, _ = load_policy(ModelSpec(path=str(tiny_folder(tmp_path)), dtype="float16", device="cpu"))
+    assert next(model.parameters()).dtype == torch.float16
