@@ -186,7 +186,8 @@ class _Csv:
             raise DatasetError(f"cannot read the CSV header of {path.name}: {exc}") from None
         if self.line_errors or header is None:
             problems = [RowError(line, reason) for line, reason in self.line_errors.items()]
-            raise DatasetError(f"cannot read the CSV header of {path.name}: {'; '.join(map(str, problems)) or 'the file is empty'}", problems)
+            why = "; ".join(map(str, problems)) or "the file is empty"
+            raise DatasetError(f"cannot read the CSV header of {path.name}: {why}", problems)
         repeated = sorted({name for name in header if header.count(name) > 1})
         if repeated:
             raise DatasetError(f"the CSV header of {path.name} repeats the column(s): {', '.join(repeated)}")
@@ -335,7 +336,9 @@ def prompt_id(prompt: str) -> str:
     return "p-" + hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-def _problem_of(record: dict[str, Any], columns: ColumnMapping, answer_format: AnswerFormat, hint: Split | None) -> Problem:
+def _problem_of(
+    record: dict[str, Any], columns: ColumnMapping, answer_format: AnswerFormat, hint: Split | None
+) -> Problem:
     prompt = _text_of(record, "prompt", columns.prompt)
     solution = _text_of(record, "answer", columns.answer)
     return Problem(

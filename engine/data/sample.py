@@ -29,7 +29,9 @@ def _gift(rng: random.Random) -> Word:
     name, friend, item = *rng.sample(NAMES, 2), rng.choice(ITEMS)
     have, given = rng.randint(3, 60), rng.randint(2, 40)
     total = have + given
-    question = f"{name} has {have} {item}. {friend} gives {name} {given} more. How many {item} does {name} have now?"
+    question = (
+        f"{name} has {have} {item}. {friend} gives {name} {given} more. How many {item} does {name} have now?"
+    )
     return question, [f"{name} has {have} + {given} = {total} {item}."], total
 
 
@@ -41,7 +43,10 @@ def _spend(rng: random.Random) -> Word:
         f"{name} had {have} {item}, used {used} of them for a school project and then lost {lost}. "
         f"How many {item} are left?"
     )
-    steps = [f"After the project {name} has {have} - {used} = {have - used} {item}.", f"Then {have - used} - {lost} = {left}."]
+    steps = [
+        f"After the project {name} has {have} - {used} = {have - used} {item}.",
+        f"Then {have - used} - {lost} = {left}.",
+    ]
     return question, steps, left
 
 
@@ -49,8 +54,14 @@ def _boxes(rng: random.Random) -> Word:
     item = rng.choice(ITEMS)
     boxes, per_box, extra = rng.randint(3, 12), rng.randint(6, 24), rng.randint(1, 5)
     total = boxes * per_box + extra
-    question = f"A shop has {boxes} boxes of {item} with {per_box} in each box, and {extra} loose {item}. How many {item} does it have?"
-    steps = [f"The boxes hold {boxes} * {per_box} = {boxes * per_box} {item}.", f"With the loose ones: {boxes * per_box} + {extra} = {total}."]
+    question = (
+        f"A shop has {boxes} boxes of {item} with {per_box} in each box, and {extra} loose {item}. "
+        f"How many {item} does it have?"
+    )
+    steps = [
+        f"The boxes hold {boxes} * {per_box} = {boxes * per_box} {item}.",
+        f"With the loose ones: {boxes * per_box} + {extra} = {total}.",
+    ]
     return question, steps, total
 
 
@@ -70,7 +81,10 @@ def _savings(rng: random.Random) -> Word:
         f"{name} saves ${weekly} every week for {weeks} weeks, then spends ${spent} on a bike. "
         f"How many dollars does {name} have left?"
     )
-    steps = [f"{name} saves {weekly} * {weeks} = {weekly * weeks} dollars.", f"After the bike: {weekly * weeks} - {spent} = {saved}."]
+    steps = [
+        f"{name} saves {weekly} * {weeks} = {weekly * weeks} dollars.",
+        f"After the bike: {weekly * weeks} - {spent} = {saved}.",
+    ]
     return question, steps, saved
 
 

@@ -9,7 +9,7 @@ def check_template(template: str) -> None:
     """Raise ValueError unless `template` holds ``{prompt}`` exactly once and every
     other brace is written doubled (``{{`` and ``}}`` stand for ``{`` and ``}``)."""
     try:
-        fields = [(name, spec, conversion) for _, name, spec, conversion in Formatter().parse(template) if name is not None]
+        fields = [(name, spec, conv) for _, name, spec, conv in Formatter().parse(template) if name is not None]
     except ValueError as exc:
         raise ValueError(f"{exc}; write a literal brace as {{{{ or }}}}") from None
     for name, spec, conversion in fields:

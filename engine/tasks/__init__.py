@@ -1,4 +1,5 @@
-"""Built-in verifiable tasks (torch-free): problems with graded difficulty and a checker."""
+"""Tasks (torch-free): problems with a split, a difficulty and a checker; the built-in
+tasks register in TASKS, and `resolve_task` also reads dataset files (engine/tasks/file.py)."""
 
 import functools
 import os

