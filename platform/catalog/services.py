@@ -6,6 +6,7 @@ first (the same code that reads it at run time), then its rows and its final fil
 in one transaction; on any failure the staged file is removed and no row remains.
 """
 
+import math
 import os
 import shutil
 import uuid
@@ -25,10 +26,10 @@ from accounts.permissions import require_role, visible_to
 from catalog.models import Dataset, DatasetFormat, Preset, PresetKind, PromptRecord, PromptStat, RunInputs
 from catalog.uploads import FORMAT_SUFFIXES, data_dir, safe_filename
 from engine.events import Event, PromptResults
-from engine.spec import RunSpec, SpecError, parse_spec
+from engine.spec import DatasetSpec, RunSpec, SpecError, parse_spec
 
 if TYPE_CHECKING:
-    from engine.data import ColumnMapping, LoadReport
+    from engine.data import ColumnMapping, DatasetError, LoadReport, RowError
 
 # A 400 lists at most this many bad rows (and says how many there were in all).
 REPORTED_ROW_ERRORS = 100
@@ -49,10 +50,11 @@ class CatalogConflict(CatalogError):
 
 
 class DatasetRejected(CatalogError):
-    """The file cannot become a dataset. `row_errors` lists (line, reason) of the first
-    bad rows, `bad_row_count` how many there were in all."""
+    """The file cannot become a dataset. `row_errors` lists the first bad rows as
+    {"line", "unit" ("line" in text files, "row" in tables), "reason"}, `bad_row_count`
+    how many there were in all."""
 
-    def __init__(self, message: str, row_errors: Sequence[tuple[int | None, str]] = (), bad_row_count: int = 0):
+    def __init__(self, message: str, row_errors: Sequence[dict[str, Any]] = (), bad_row_count: int = 0):
         self.row_errors = list(row_errors)
         self.bad_row_count = bad_row_count
         super().__init__(message)
@@ -187,20 +189,15 @@ def _store_dataset(
     if Dataset.objects.filter(team=team, name=name).exists():
         raise CatalogConflict(f"team '{team.name}' already has a dataset named '{name}'")
     report = _load(source, options)
-    bad = [(error.line, _short(error.reason)) for error in report.errors]
-    if bad and not skip_bad_rows:
+    bad_rows = [_row_error(error) for error in report.errors[:REPORTED_ROW_ERRORS]]
+    if report.rejected_rows and not skip_bad_rows:
         raise DatasetRejected(
-            f"{len(bad)} of {len(bad) + len(report.problems)} rows are invalid; nothing was stored "
+            f"{report.rejected_rows} of {report.rows_read} rows are invalid; nothing was stored "
             "(fix them, or upload again with skip_bad_rows to keep only the good rows)",
-            bad[:REPORTED_ROW_ERRORS],
-            len(bad),
+            bad_rows,
+            report.rejected_rows,
         )
-    repeated = [prompt_id for prompt_id, count in Counter(p.id for p in report.problems).items() if count > 1]
-    if repeated:
-        # Runs report results per prompt id, so an id must name one row.
-        shown = ", ".join(repr(_short(prompt_id)) for prompt_id in repeated[:10])
-        raise DatasetRejected(f"{len(repeated)} prompt ids name more than one row ({shown}); nothing was stored")
-    splits = [_split_of(report, index) for index in range(len(report.problems))]
+    splits = _splits(report)
     moves = source != final_path
     try:
         with transaction.atomic():
@@ -217,11 +214,10 @@ def _store_dataset(
                 size_bytes=_size_of(source),
                 row_count=len(report.problems),
                 split_counts=dict(Counter(splits)),
-                skipped_row_count=len(bad),
-                skipped_rows=[{"line": line, "reason": reason} for line, reason in bad[:REPORTED_ROW_ERRORS]],
+                skipped_row_count=report.rejected_rows,
+                skipped_rows=bad_rows,
                 created_by=user,
             )
-            has_difficulty = "difficulty" in options.columns
             PromptRecord.objects.bulk_create(
                 (
                     PromptRecord(
@@ -231,7 +227,7 @@ def _store_dataset(
                         prompt=problem.prompt,
                         answer=problem.answer,
                         split=split,
-                        difficulty=problem.difficulty if has_difficulty else None,
+                        difficulty=problem.difficulty if math.isfinite(problem.difficulty) else None,
                     )
                     for position, (problem, split) in enumerate(zip(report.problems, splits, strict=True))
                 ),
@@ -261,14 +257,31 @@ def _load(path: Path, options: LoadOptions) -> "LoadReport":
             path, format=options.format, columns=options.column_mapping(), answer_format=options.answer_format
         )
     except DatasetError as exc:
-        errors = [(error.line, _short(error.reason)) for error in getattr(exc, "errors", [])]
-        raise DatasetRejected(
-            f"not a usable dataset: {_short(str(exc))}; nothing was stored", errors[:REPORTED_ROW_ERRORS], len(errors)
-        ) from None
+        raise _rejected(exc) from None
 
 
-def _split_of(report: "LoadReport", index: int) -> str:
-    return getattr(report.problems[index], "split", None) or "train"
+def _splits(report: "LoadReport") -> list[str]:
+    """Each accepted row's split exactly as a run will read it: the file's split column
+    when mapped, else the engine's hash rule at the default eval_size. Raises
+    DatasetRejected when no run could split the rows (e.g. no test row at all)."""
+    from engine.data import DatasetError
+    from engine.tasks.file import split_problems
+
+    try:
+        by_split = split_problems(report.problems, DatasetSpec.model_fields["eval_size"].default)
+    except DatasetError as exc:
+        raise _rejected(exc) from None
+    split_of = {problem.id: split for split, problems in by_split.items() for problem in problems}
+    return [split_of[problem.id] for problem in report.problems]
+
+
+def _rejected(exc: "DatasetError") -> DatasetRejected:
+    errors = [_row_error(error) for error in exc.errors[:REPORTED_ROW_ERRORS]]
+    return DatasetRejected(f"not a usable dataset: {_short(str(exc))}; nothing was stored", errors, len(exc.errors))
+
+
+def _row_error(error: "RowError") -> dict[str, Any]:
+    return {"line": error.line, "unit": error.unit, "reason": _short(error.reason)}
 
 
 def _short(text: str) -> str:

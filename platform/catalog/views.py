@@ -42,7 +42,7 @@ def dataset_list(request: HttpRequest) -> HttpResponse:
 @csrf_protect
 def _dataset_list(request: HttpRequest, handler) -> HttpResponse:
     problems: list[str] = []
-    row_errors: list[tuple[int | None, str]] = []
+    row_errors: list[dict] = []
     bad_row_count = 0
     if request.method == "POST":
         try:

@@ -2,11 +2,8 @@
 engine's schema, and resolved into the spec of a run that references them."""
 
 import pytest
-from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
-from accounts.models import Role, Team
-from accounts.services import add_member, create_token
 from catalog.models import Preset
 from engine.algorithms import ALGORITHMS
 from engine.spec import AlgorithmSpec, RunSpec
@@ -16,71 +13,51 @@ API = "/api/presets/"
 DAPO_LIKE = {"name": "grpo", "clip_eps_high": 0.28, "aggregation": "token-mean"}
 
 
-def client_for(user) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {create_token(user, 'tests')[1]}")
-    return client
-
-
 @pytest.fixture
-def carol(db):
-    return get_user_model().objects.create_user("carol", password="carol-pw")
+def api_member(teams) -> APIClient:
+    """A member of team "ml" (conftest's `teams`), who may create presets there."""
+    return teams.client(teams.member)
 
 
-@pytest.fixture
-def teams(alice, bob, carol) -> dict[str, Team]:
-    """Red: Alice member, Bob viewer. Blue: Carol member."""
-    red, blue = Team.objects.create(name="red"), Team.objects.create(name="blue")
-    add_member(red, alice, Role.MEMBER)
-    add_member(red, bob, Role.VIEWER)
-    add_member(blue, carol, Role.MEMBER)
-    return {"red": red, "blue": blue}
-
-
-@pytest.fixture
-def api_alice(alice, teams) -> APIClient:
-    return client_for(alice)
-
-
-def create(client: APIClient, body: dict, name: str = "wide-clip", kind: str = "algorithm", team: str = "red"):
+def create(client: APIClient, body: dict, name: str = "wide-clip", kind: str = "algorithm", team: str = "ml"):
     return client.post(API, {"team": team, "kind": kind, "name": name, "body": body}, format="json")
 
 
-def test_a_new_preset_is_version_1_with_the_engines_defaults_filled_in(api_alice):
-    response = create(api_alice, DAPO_LIKE)
+def test_a_new_preset_is_version_1_with_the_engines_defaults_filled_in(api_member):
+    response = create(api_member, DAPO_LIKE)
 
     assert response.status_code == 201, response.json()
     preset = response.json()
-    assert (preset["reference"], preset["version"], preset["kind"]) == ("red/wide-clip@1", 1, "algorithm")
+    assert (preset["reference"], preset["version"], preset["kind"]) == ("ml/wide-clip@1", 1, "algorithm")
     # Every field the engine's schema knows, at grpo's defaults except the two given.
     grpo_defaults = AlgorithmSpec.model_validate({"name": "grpo"}).model_dump(mode="json")
     assert preset["body"] == {**grpo_defaults, "clip_eps_high": 0.28, "aggregation": "token-mean"}
     assert grpo_defaults["clip_eps_high"] != 0.28 and grpo_defaults["aggregation"] != "token-mean"
 
 
-def test_an_edit_creates_the_next_version_and_leaves_the_earlier_one_unchanged(api_alice):
-    first = create(api_alice, DAPO_LIKE).json()
+def test_an_edit_creates_the_next_version_and_leaves_the_earlier_one_unchanged(api_member):
+    first = create(api_member, DAPO_LIKE).json()
 
-    response = api_alice.post(f"{API}{first['id']}/versions/", {"body": {**DAPO_LIKE, "clip_eps_high": 0.3}}, format="json")
+    response = api_member.post(f"{API}{first['id']}/versions/", {"body": {**DAPO_LIKE, "clip_eps_high": 0.3}}, format="json")
 
     assert response.status_code == 201, response.json()
     assert (response.json()["version"], response.json()["body"]["clip_eps_high"]) == (2, 0.3)
     assert Preset.objects.get(pk=first["id"]).body["clip_eps_high"] == 0.28
-    versions = api_alice.get(f"{API}{first['id']}/versions/").json()["results"]
+    versions = api_member.get(f"{API}{first['id']}/versions/").json()["results"]
     assert [version["version"] for version in versions] == [2, 1]
 
 
-def test_a_taken_name_is_a_conflict(api_alice):
-    create(api_alice, DAPO_LIKE)
+def test_a_taken_name_is_a_conflict(api_member):
+    create(api_member, DAPO_LIKE)
 
-    response = create(api_alice, DAPO_LIKE)
+    response = create(api_member, DAPO_LIKE)
 
     assert response.status_code == 409
     assert "new version" in response.json()["error"]["message"]
 
 
-def test_a_body_the_engine_refuses_is_a_400_naming_each_field(api_alice):
-    response = create(api_alice, {"clip_eps_low": -1, "aggregation": "mean-ish", "clip": 0.2})
+def test_a_body_the_engine_refuses_is_a_400_naming_each_field(api_member):
+    response = create(api_member, {"clip_eps_low": -1, "aggregation": "mean-ish", "clip": 0.2})
 
     assert response.status_code == 400
     fields = response.json()["error"]["fields"]
@@ -88,16 +65,16 @@ def test_a_body_the_engine_refuses_is_a_400_naming_each_field(api_alice):
     assert Preset.objects.count() == 0
 
 
-def test_an_unknown_algorithm_is_refused_naming_the_choices(api_alice):
-    response = create(api_alice, {"name": "ppo-of-my-dreams"})
+def test_an_unknown_algorithm_is_refused_naming_the_choices(api_member):
+    response = create(api_member, {"name": "ppo-of-my-dreams"})
 
     assert response.status_code == 400
     assert "grpo" in " ".join(sum(response.json()["error"]["fields"].values(), []))
 
 
 @pytest.mark.skipif("curriculum" in RunSpec.model_fields, reason="the engine has a curriculum section now")
-def test_curriculum_presets_are_refused_until_the_engine_has_a_curriculum_section(api_alice):
-    response = create(api_alice, {"kind": "cures"}, kind="curriculum")
+def test_curriculum_presets_are_refused_until_the_engine_has_a_curriculum_section(api_member):
+    response = create(api_member, {"kind": "cures"}, kind="curriculum")
 
     assert response.status_code == 400
     assert response.json()["error"]["fields"] == {
@@ -105,8 +82,8 @@ def test_curriculum_presets_are_refused_until_the_engine_has_a_curriculum_sectio
     }
 
 
-def test_the_algorithm_registry_is_listed_with_its_defaults(api_alice):
-    body = api_alice.get(f"{API}algorithms/").json()
+def test_the_algorithm_registry_is_listed_with_its_defaults(api_member):
+    body = api_member.get(f"{API}algorithms/").json()
 
     assert [entry["name"] for entry in body["algorithms"]] == ALGORITHMS.names()
     grpo = next(entry for entry in body["algorithms"] if entry["name"] == "grpo")
@@ -114,9 +91,9 @@ def test_the_algorithm_registry_is_listed_with_its_defaults(api_alice):
     assert "algorithm" in body["preset_kinds"]
 
 
-def test_a_viewer_may_read_presets_but_not_create_them(api_alice, bob):
-    preset = create(api_alice, DAPO_LIKE).json()
-    viewer = client_for(bob)
+def test_a_viewer_may_read_presets_but_not_create_them(api_member, teams):
+    preset = create(api_member, DAPO_LIKE).json()
+    viewer = teams.client(teams.viewer)
 
     assert viewer.get(f"{API}{preset['id']}/").status_code == 200
     refused = create(viewer, DAPO_LIKE, name="mine")
@@ -125,23 +102,23 @@ def test_a_viewer_may_read_presets_but_not_create_them(api_alice, bob):
     assert Preset.objects.count() == 1
 
 
-def test_another_teams_preset_is_404(api_alice, carol):
-    preset = create(api_alice, DAPO_LIKE).json()
-    stranger = client_for(carol)
+def test_another_teams_preset_is_404(api_member, teams):
+    preset = create(api_member, DAPO_LIKE).json()
+    stranger = teams.client(teams.outsider)
 
     assert stranger.get(f"{API}{preset['id']}/").status_code == 404
     assert stranger.post(f"{API}{preset['id']}/versions/", {"body": DAPO_LIKE}, format="json").status_code == 404
     assert stranger.get(API).json()["count"] == 0
 
 
-def test_a_run_referencing_a_preset_stores_its_body_under_the_overrides_and_the_version_used(api_alice):
-    create(api_alice, DAPO_LIKE)
-    second = api_alice.post(f"{API}{Preset.objects.get().pk}/versions/", {"body": {**DAPO_LIKE, "clip_eps_high": 0.3}}, format="json")
+def test_a_run_referencing_a_preset_stores_its_body_under_the_overrides_and_the_version_used(api_member):
+    create(api_member, DAPO_LIKE)
+    second = api_member.post(f"{API}{Preset.objects.get().pk}/versions/", {"body": {**DAPO_LIKE, "clip_eps_high": 0.3}}, format="json")
     assert second.status_code == 201
 
-    response = api_alice.post(
+    response = api_member.post(
         "/api/runs/",
-        {"team": "red", "spec": {"algorithm": {"preset": "red/wide-clip@1", "kl_coef": 0.01}, "training": {"steps": 2}}},
+        {"team": "ml", "spec": {"algorithm": {"preset": "ml/wide-clip@1", "kl_coef": 0.01}, "training": {"steps": 2}}},
         format="json",
     )
 
@@ -151,30 +128,30 @@ def test_a_run_referencing_a_preset_stores_its_body_under_the_overrides_and_the_
     assert run.spec["algorithm"]["aggregation"] == "token-mean"
     assert run.spec["algorithm"]["kl_coef"] == 0.01  # the override next to the reference
     assert "preset" not in run.spec["algorithm"]
-    assert [preset.reference for preset in run.inputs.presets.all()] == ["red/wide-clip@1"]
+    assert [preset.reference for preset in run.inputs.presets.all()] == ["ml/wide-clip@1"]
 
 
-def test_a_preset_reference_without_a_version_takes_the_latest(api_alice):
-    first = create(api_alice, DAPO_LIKE).json()
-    api_alice.post(f"{API}{first['id']}/versions/", {"body": {**DAPO_LIKE, "clip_eps_high": 0.3}}, format="json")
+def test_a_preset_reference_without_a_version_takes_the_latest(api_member):
+    first = create(api_member, DAPO_LIKE).json()
+    api_member.post(f"{API}{first['id']}/versions/", {"body": {**DAPO_LIKE, "clip_eps_high": 0.3}}, format="json")
 
-    response = api_alice.post(
-        "/api/runs/", {"team": "red", "spec": {"algorithm": {"preset": "wide-clip"}, "training": {"steps": 2}}}, format="json"
+    response = api_member.post(
+        "/api/runs/", {"team": "ml", "spec": {"algorithm": {"preset": "wide-clip"}, "training": {"steps": 2}}}, format="json"
     )
 
     assert response.status_code == 201, response.json()
     assert Run.objects.get().spec["algorithm"]["clip_eps_high"] == 0.3
 
 
-def test_a_missing_or_foreign_preset_reference_is_a_400_on_the_preset_field(api_alice, carol):
-    create(api_alice, DAPO_LIKE)
+def test_a_missing_or_foreign_preset_reference_is_a_400_on_the_preset_field(api_member, teams):
+    create(api_member, DAPO_LIKE)
 
-    response = client_for(carol).post(
-        "/api/runs/", {"team": "blue", "spec": {"algorithm": {"preset": "red/wide-clip@1"}}}, format="json"
+    response = teams.client(teams.outsider).post(
+        "/api/runs/", {"team": "other", "spec": {"algorithm": {"preset": "ml/wide-clip@1"}}}, format="json"
     )
 
     assert response.status_code == 400
     assert response.json()["error"]["fields"] == {
-        "algorithm.preset": ["no algorithm preset 'red/wide-clip@1' among your teams' presets"]
+        "algorithm.preset": ["no algorithm preset 'ml/wide-clip@1' among your teams' presets"]
     }
     assert Run.objects.count() == 0

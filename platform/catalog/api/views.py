@@ -48,7 +48,7 @@ def catalog_error_response(exc: Exception) -> Response | None:
         extra["limit_bytes"] = exc.limit
     elif isinstance(exc, services.DatasetRejected):
         code, http_status = "invalid_dataset", status.HTTP_400_BAD_REQUEST
-        extra["rows"] = [{"line": line, "reason": reason} for line, reason in exc.row_errors]
+        extra["rows"] = exc.row_errors
         extra["bad_row_count"] = exc.bad_row_count
     elif isinstance(exc, services.CatalogConflict):
         code, http_status = "conflict", status.HTTP_409_CONFLICT
