@@ -12,7 +12,7 @@ from pathlib import Path
 import dj_database_url
 
 from devstack.services import EMBEDDED_REDIS_URL, REPO_ROOT, VAR_DIR
-from workers.names import APPLY_CHECKPOINT_RETENTION, RECONCILE_RUNS
+from workers.names import ADMIT_RUNS, APPLY_CHECKPOINT_RETENTION, RECONCILE_RUNS
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -233,6 +233,7 @@ ROLLYARD_MAX_ATTEMPTS = int(os.environ.get("ROLLYARD_MAX_ATTEMPTS", 3))
 ROLLYARD_ENQUEUE_TIMEOUT_S = float(os.environ.get("ROLLYARD_ENQUEUE_TIMEOUT_S", 300))
 ROLLYARD_RECONCILE_EVERY_S = float(os.environ.get("ROLLYARD_RECONCILE_EVERY_S", 60))
 ROLLYARD_RETENTION_EVERY_S = float(os.environ.get("ROLLYARD_RETENTION_EVERY_S", 300))
+ROLLYARD_ADMIT_EVERY_S = float(os.environ.get("ROLLYARD_ADMIT_EVERY_S", 30))
 # Defaults of a run's checkpoint retention; a launch may override each key.
 ROLLYARD_RETENTION = {"keep_last": 3, "keep_best": 1, "metric": "val/acc/mean@1", "mode": "max"}
 # Alerts: POSTed as JSON to this URL (unset: recorded, not sent).
@@ -245,4 +246,7 @@ ROLLYARD_IDLE_WINDOW_STEPS = 10
 CELERY_BEAT_SCHEDULE = {
     "reconcile-runs": {"task": RECONCILE_RUNS, "schedule": ROLLYARD_RECONCILE_EVERY_S},
     "apply-checkpoint-retention": {"task": APPLY_CHECKPOINT_RETENTION, "schedule": ROLLYARD_RETENTION_EVERY_S},
+    # Launches, finishes and quota edits each request a sweep; this one catches what they
+    # missed (a broker down at commit, Ray's GPUs freed by work outside Rollyard).
+    "admit-runs": {"task": ADMIT_RUNS, "schedule": ROLLYARD_ADMIT_EVERY_S},
 }
