@@ -48,6 +48,20 @@ def staff(db):
     return get_user_model().objects.create_user("sam", password="sam-pw", is_staff=True, is_superuser=True)
 
 
+@pytest.fixture
+def error_of() -> Callable[..., dict]:
+    """Reads the API's one error body, {"error": {"code", "message", "fields"}}, out of a
+    response, failing the test if the body has another shape."""
+
+    def read(response) -> dict:
+        body = response.json()
+        assert set(body) == {"error"}, body
+        assert {"code", "message", "fields"} <= set(body["error"]), body
+        return body["error"]
+
+    return read
+
+
 def token_for(user, name: str = "tests") -> str:
     """The secret of a new, real API token of `user`."""
     return create_token(user, name)[1]

@@ -1,25 +1,20 @@
-"""The REST API through the test client, authenticated with real DRF tokens."""
+"""The REST API through the test client, authenticated with real API tokens."""
 
 import os
 
 import pytest
 from django.core.management import call_command
+from rest_framework import exceptions
 from rest_framework.test import APIClient
 
 from engine.events import LengthHistogram, Log, Metrics
+from rollyard.errors import api_exception_handler
 from runs import services
 from runs.models import MetricPoint, Run, RunStatus, RunStatusChange
 
 pytestmark = pytest.mark.django_db
 
 SMALL_SPEC = {"training": {"steps": 5}, "rollout": {"n": 4}}
-
-
-def error_of(response) -> dict:
-    body = response.json()
-    assert set(body) == {"error"}, body
-    assert {"code", "message", "fields"} <= set(body["error"]), body
-    return body["error"]
 
 
 # --- launching -----------------------------------------------------------------------------
@@ -61,7 +56,7 @@ def test_the_commit_callback_enqueues_the_new_run(api_alice, django_capture_on_c
         ({"algorithm": {"name": "ppo-ish"}}, "algorithm"),
     ],
 )
-def test_an_invalid_spec_is_refused_naming_the_field_and_creates_nothing(api_alice, spec, field):
+def test_an_invalid_spec_is_refused_naming_the_field_and_creates_nothing(api_alice, spec, field, error_of):
     response = api_alice.post("/api/runs/", {"spec": spec}, format="json")
 
     assert response.status_code == 400
@@ -72,7 +67,7 @@ def test_an_invalid_spec_is_refused_naming_the_field_and_creates_nothing(api_ali
     assert Run.objects.count() == 0
 
 
-def test_an_unknown_dataset_is_refused_naming_it(api_alice):
+def test_an_unknown_dataset_is_refused_naming_it(api_alice, error_of):
     response = api_alice.post("/api/runs/", {"spec": {"dataset": {"name": "no-such-task"}}}, format="json")
 
     assert response.status_code == 400
@@ -82,21 +77,21 @@ def test_an_unknown_dataset_is_refused_naming_it(api_alice):
     assert Run.objects.count() == 0
 
 
-def test_a_body_without_spec_is_refused(api_alice):
+def test_a_body_without_spec_is_refused(api_alice, error_of):
     response = api_alice.post("/api/runs/", {"name": "x"}, format="json")
     assert response.status_code == 400
     assert "spec" in error_of(response)["fields"]
     assert Run.objects.count() == 0
 
 
-def test_a_spec_that_is_not_a_mapping_is_refused(api_alice):
+def test_a_spec_that_is_not_a_mapping_is_refused(api_alice, error_of):
     response = api_alice.post("/api/runs/", {"spec": [1, 2]}, format="json")
     assert response.status_code == 400
     assert error_of(response)["code"] == "invalid_spec"
 
 
 @pytest.mark.parametrize("authorization", [None, "Token 0000000000000000000000000000000000000000", "Bearer nope"])
-def test_without_a_valid_token_the_api_answers_401_and_creates_nothing(alice, authorization):
+def test_without_a_valid_token_the_api_answers_401_and_creates_nothing(alice, authorization, error_of):
     client = APIClient()
     if authorization:
         client.credentials(HTTP_AUTHORIZATION=authorization)
@@ -127,7 +122,7 @@ def test_a_user_lists_only_their_own_runs_newest_first(api_alice, alice, bob, ma
     assert "spec" not in body["results"][0]  # the list stays light
 
 
-def test_another_users_run_is_not_found(api_alice, bob, make_run):
+def test_another_users_run_is_not_found(api_alice, bob, make_run, error_of):
     theirs = make_run(bob)
     for url in (f"/api/runs/{theirs.id}/", f"/api/runs/{theirs.id}/metrics/", f"/api/runs/{theirs.id}/events/"):
         response = api_alice.get(url)
@@ -180,7 +175,7 @@ def test_cancelling_a_running_run_asks_its_driver(api_alice, alice):
     assert body["cancel_requested"] is True
 
 
-def test_cancelling_a_finished_run_is_a_conflict(api_alice, alice):
+def test_cancelling_a_finished_run_is_a_conflict(api_alice, alice, error_of):
     run = services.create_run(alice, SMALL_SPEC)
     api_alice.post(f"/api/runs/{run.id}/cancel/")
 
@@ -235,7 +230,7 @@ def test_downsampled_metrics_keep_a_spike_and_both_ends(api_alice, alice, make_r
     assert line["steps"] == sorted(line["steps"])
 
 
-def test_metrics_query_errors_name_the_parameter(api_alice, alice, make_run):
+def test_metrics_query_errors_name_the_parameter(api_alice, alice, make_run, error_of):
     run = make_run(alice)
     response = api_alice.get(f"/api/runs/{run.id}/metrics/?max_points=1")
     assert response.status_code == 400
@@ -290,3 +285,32 @@ def test_the_openapi_schema_is_served(api_alice):
     assert response.status_code == 200
     paths = response.json()["paths"]
     assert {"/api/runs/", "/api/runs/{id}/cancel/", "/api/runs/{id}/metrics/", "/api/runs/{id}/events/"} <= set(paths)
+
+
+# --- one error body for every status -----------------------------------------------------------------
+
+
+def test_every_error_status_has_the_same_body(api_alice, alice, settings, make_run, error_of):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    finished = make_run(alice, status=RunStatus.SUCCEEDED)
+    responses = {
+        400: api_alice.post("/api/runs/", {"spec": {"rollout": {"n": 0}}}, format="json"),
+        401: APIClient().get("/api/runs/"),
+        404: api_alice.get("/api/runs/999999/"),
+        405: api_alice.put("/api/runs/"),
+        409: api_alice.post(f"/api/runs/{finished.id}/cancel/"),
+        413: api_alice.post("/api/tokens/", {"name": "x" * 5000}, format="multipart"),
+        415: api_alice.generic("POST", "/api/runs/", "spec", content_type="text/plain"),
+    }
+    for status, response in responses.items():
+        assert response.status_code == status, (status, response.content)
+        error = error_of(response)
+        assert error["code"] and error["message"], (status, error)
+
+
+def test_a_throttled_request_gets_429_with_retry_after_and_the_same_body():
+    response = api_exception_handler(exceptions.Throttled(wait=7), {})
+    assert response.status_code == 429
+    assert response["Retry-After"] == "7"
+    assert response.data["error"]["code"] == "throttled"
+    assert "7 seconds" in response.data["error"]["message"]

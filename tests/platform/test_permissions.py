@@ -17,12 +17,6 @@ pytestmark = pytest.mark.django_db
 SMALL_SPEC = {"training": {"steps": 5}, "rollout": {"n": 4}}
 
 
-def error_of(response) -> dict:
-    body = response.json()
-    assert set(body) == {"error"}, body
-    return body["error"]
-
-
 # --- seeing ------------------------------------------------------------------------------------
 
 
@@ -37,7 +31,7 @@ def test_every_role_sees_the_teams_runs_and_nothing_of_other_teams(teams, make_r
         assert teams.client(user).get(f"/api/runs/{ours.id}/").status_code == 200
 
 
-def test_another_teams_run_is_404_on_every_endpoint_like_a_missing_one(teams, make_run):
+def test_another_teams_run_is_404_on_every_endpoint_like_a_missing_one(teams, make_run, error_of):
     theirs = make_run(teams.outsider, team=teams.other_team)
     client = teams.client(teams.admin)
     missing = theirs.id + 1000
@@ -83,7 +77,7 @@ def test_a_member_launches_into_a_team_named_by_name_or_id(teams):
     assert Run.objects.filter(team=teams.team, owner=teams.member).count() == 2
 
 
-def test_a_viewer_launching_is_refused_with_403_naming_the_role(teams):
+def test_a_viewer_launching_is_refused_with_403_naming_the_role(teams, error_of):
     response = teams.client(teams.viewer).post("/api/runs/", {"spec": SMALL_SPEC, "team": "ml"}, format="json")
 
     assert response.status_code == 403
@@ -100,7 +94,7 @@ def test_a_viewer_launching_into_their_default_team_is_refused_too(teams):
     assert Run.objects.count() == 0
 
 
-def test_launching_into_another_or_unknown_team_names_the_field_without_leaking_it(teams):
+def test_launching_into_another_or_unknown_team_names_the_field_without_leaking_it(teams, error_of):
     client = teams.client(teams.member)
     for team in ("other", str(teams.other_team.pk), "no-such-team", "9" * 30):
         response = client.post("/api/runs/", {"spec": SMALL_SPEC, "team": team}, format="json")
@@ -112,7 +106,7 @@ def test_launching_into_another_or_unknown_team_names_the_field_without_leaking_
 # --- cancelling ----------------------------------------------------------------------------------------
 
 
-def test_a_member_cancels_their_own_run_but_not_a_teammates(teams, make_run):
+def test_a_member_cancels_their_own_run_but_not_a_teammates(teams, make_run, error_of):
     own = make_run(teams.member, team=teams.team)
     teammates = make_run(teams.admin, team=teams.team)
     client = teams.client(teams.member)
@@ -131,7 +125,7 @@ def test_a_team_admin_cancels_any_run_of_the_team(teams, make_run):
     assert response.json()["status"] == "cancelled"
 
 
-def test_a_viewer_cannot_cancel_even_a_run_they_once_launched(teams, make_run):
+def test_a_viewer_cannot_cancel_even_a_run_they_once_launched(teams, make_run, error_of):
     # Demoted after launching: the role decides now, not ownership.
     run = make_run(teams.viewer, team=teams.team)
     response = teams.client(teams.viewer).post(f"/api/runs/{run.id}/cancel/")
@@ -167,7 +161,7 @@ def test_the_list_filters_by_team_status_owner_name_and_creation_time(teams, mak
     assert ids(team="no-such-team") == set()
 
 
-def test_a_bad_filter_value_is_a_400_naming_it(teams):
+def test_a_bad_filter_value_is_a_400_naming_it(teams, error_of):
     response = teams.client(teams.member).get("/api/runs/", {"status": "sleeping"})
     assert response.status_code == 400
     assert "status" in error_of(response)["fields"]

@@ -10,12 +10,6 @@ from accounts.permissions import PermissionDenied, find_team, require_role, role
 pytestmark = pytest.mark.django_db
 
 
-def error_of(response) -> dict:
-    body = response.json()
-    assert set(body) == {"error"}, body
-    return body["error"]
-
-
 def members_of(team: Team) -> dict[str, str]:
     return dict(team.memberships.values_list("user__username", "role"))
 
@@ -71,7 +65,7 @@ def test_a_team_admin_adds_promotes_and_removes_members(teams, make_user):
     assert "nia" not in members_of(teams.team)
 
 
-def test_members_and_viewers_cannot_manage_members(teams):
+def test_members_and_viewers_cannot_manage_members(teams, error_of):
     url = f"/api/teams/{teams.team.pk}/members/"
     for user in (teams.member, teams.viewer):
         client = teams.client(user)
@@ -94,7 +88,7 @@ def test_another_teams_admin_gets_404_not_403(teams):
     assert "olga" not in members_of(teams.team)
 
 
-def test_the_last_admin_cannot_leave_or_be_demoted(teams):
+def test_the_last_admin_cannot_leave_or_be_demoted(teams, error_of):
     client = teams.client(teams.admin)
     url = f"/api/teams/{teams.team.pk}/members/{teams.admin.pk}/"
 
@@ -108,7 +102,7 @@ def test_the_last_admin_cannot_leave_or_be_demoted(teams):
     assert client.delete(url).status_code == 204
 
 
-def test_adding_an_unknown_user_or_role_names_the_field(teams):
+def test_adding_an_unknown_user_or_role_names_the_field(teams, error_of):
     client = teams.client(teams.admin)
     url = f"/api/teams/{teams.team.pk}/members/"
     unknown = client.post(url, {"user": "nobody", "role": "member"}, format="json")
@@ -118,7 +112,7 @@ def test_adding_an_unknown_user_or_role_names_the_field(teams):
     assert bad_role.status_code == 400 and "role" in error_of(bad_role)["fields"]
 
 
-def test_only_staff_create_teams_and_staff_manage_any_team(teams, make_user):
+def test_only_staff_create_teams_and_staff_manage_any_team(teams, make_user, error_of):
     refused = teams.client(teams.admin).post("/api/teams/", {"name": "new"}, format="json")
     assert refused.status_code == 403
     assert not Team.objects.filter(name="new").exists()

@@ -13,12 +13,6 @@ from accounts.services import LAST_USED_RESOLUTION, create_token, revoke_token
 pytestmark = pytest.mark.django_db
 
 
-def error_of(response) -> dict:
-    body = response.json()
-    assert set(body) == {"error"}, body
-    return body["error"]
-
-
 def client_with(authorization: str) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=authorization)
@@ -51,7 +45,7 @@ def test_the_secret_authenticates_with_either_scheme(alice, scheme):
     assert response.json()["username"] == "alice"
 
 
-def test_a_revoked_token_answers_401_naming_the_revocation(api_alice, alice):
+def test_a_revoked_token_answers_401_naming_the_revocation(api_alice, alice, error_of):
     token, secret = create_token(alice, "old laptop")
     assert client_with(f"Token {secret}").get("/api/runs/").status_code == 200
 
@@ -75,14 +69,14 @@ def test_a_revoked_token_answers_401_naming_the_revocation(api_alice, alice):
         ("Token \x7f\x01", "malformed"),
     ],
 )
-def test_forged_and_malformed_tokens_answer_401_saying_why(alice, authorization, says):
+def test_forged_and_malformed_tokens_answer_401_saying_why(alice, authorization, says, error_of):
     response = client_with(authorization).get("/api/runs/")
     assert response.status_code == 401
     assert response["WWW-Authenticate"] == "Token"
     assert says in error_of(response)["message"]
 
 
-def test_a_deactivated_users_token_is_refused(alice):
+def test_a_deactivated_users_token_is_refused(alice, error_of):
     _, secret = create_token(alice, "cli")
     alice.is_active = False
     alice.save()
@@ -110,7 +104,7 @@ def test_last_used_is_stamped_at_most_once_a_minute(alice):
     assert token.last_used_at > first_use
 
 
-def test_users_see_and_revoke_only_their_own_tokens(api_alice, api_bob, bob):
+def test_users_see_and_revoke_only_their_own_tokens(api_alice, api_bob, bob, error_of):
     bobs_token, bobs_secret = create_token(bob, "bob's")
 
     assert api_alice.get(f"/api/tokens/{bobs_token.pk}/").status_code == 404
@@ -123,7 +117,7 @@ def test_users_see_and_revoke_only_their_own_tokens(api_alice, api_bob, bob):
     assert client_with(f"Token {bobs_secret}").get("/api/me/").status_code == 200
 
 
-def test_a_token_needs_a_name(api_alice):
+def test_a_token_needs_a_name(api_alice, error_of):
     response = api_alice.post("/api/tokens/", {}, format="json")
     assert response.status_code == 400
     assert "name" in error_of(response)["fields"]
