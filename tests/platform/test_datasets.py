@@ -187,3 +187,56 @@ def test_another_teams_dataset_page_is_404(dataset, client, teams):
     client.force_login(teams.outsider)
 
     assert client.get(f"/datasets/{dataset.pk}/").status_code == 404
+
+
+def test_a_clone_launched_from_a_resolved_spec_stays_linked_to_its_dataset(dataset, teams):
+    api = teams.client(teams.member)
+    first = launch(api, {"dataset": {"catalog": "ml/sums"}, "training": {"steps": 2}}).json()
+    resolved_spec = Run.objects.get(pk=first["id"]).spec
+
+    clone = launch(api, resolved_spec)
+
+    assert clone.status_code == 201, clone.json()
+    assert Run.objects.get(pk=clone.json()["id"]).inputs.dataset == dataset
+
+
+def test_a_real_run_on_a_catalog_dataset_fills_its_prompts_history(teams):
+    # The engine's shipped sample file, uploaded like any file, trained on for one step by
+    # the real engine in-process through the worker's sink (the Celery task's body).
+    from engine.data.sample import SAMPLE_PATH
+    from engine.orchestration import run as run_engine
+    from engine.spec import parse_spec
+    from workers.sink import DatabaseSink
+
+    api = teams.client(teams.member)
+    columns = {"prompt": "question", "id": "id", "difficulty": "difficulty"}
+    uploaded = api.post(
+        "/api/datasets/",
+        {"file": SimpleUploadedFile("sample.jsonl", SAMPLE_PATH.read_bytes()), "name": "sample", "team": "ml",
+         "columns": json.dumps(columns), "answer_format": "gsm8k"},
+        format="multipart",
+    )  # fmt: skip
+    assert uploaded.status_code == 201, uploaded.json()
+    spec = {
+        "dataset": {"catalog": "ml/sample", "eval_size": 2},
+        "rollout": {"prompts_per_step": 2, "n": 2, "max_new_tokens": 8},
+        "training": {"steps": 1, "eval_every": 0},
+        "resources": {"executor": "inprocess"},
+    }
+    run = Run.objects.get(pk=launch(api, spec).json()["id"])
+    sink = DatabaseSink(run.pk)
+
+    assert run_engine(parse_spec(run.spec), sink) == "succeeded"
+    sink.flush()
+
+    reported = [
+        (event.payload["split"], result["prompt_id"])
+        for event in run.events.filter(kind="prompt_results")
+        for result in event.payload["results"]
+    ]
+    stats = PromptStat.objects.filter(run=run)
+    # Every prompt the engine reported is one of the dataset's records: 2 trained at step
+    # 1, and the 2 held-out prompts at the evaluations before and after it.
+    assert sorted((stat.split, stat.record.prompt_id) for stat in stats) == sorted(reported)
+    assert stats.filter(split="train").count() == 2
+    assert stats.filter(split="test").values("record").distinct().count() == 2
