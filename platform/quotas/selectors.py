@@ -17,7 +17,8 @@ from django.utils import timezone
 
 from accounts.permissions import teams_of
 from quotas.admission import plan_pool
-from quotas.models import Allocation, Pool, Quota
+from quotas.models import DEFAULT_POOL, Allocation, Pool, Quota
+from runs.models import Run
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -135,3 +136,10 @@ def usage(user: User, since: datetime, until: datetime | None = None, pool_name:
     ]
     largest_first = lambda row: (-row.gpu_hours, row.pool, row.team, row.user or "")  # noqa: E731
     return {"teams": sorted(teams, key=largest_first), "users": sorted(users, key=largest_first)}
+
+
+def pool_name_of(run: Run | None) -> str:
+    """The pool `run` last asked for (a clone or a fork goes there too); the default pool
+    for no run or a run stored before pools existed."""
+    allocation = Allocation.objects.filter(run=run).select_related("pool").order_by("-id").first() if run else None
+    return allocation.pool.name if allocation else DEFAULT_POOL

@@ -38,6 +38,7 @@ from runs.models import (
     RunStatus,
     RunStatusChange,
 )
+from quotas import selectors as quota_selectors
 from quotas import services as quotas
 from quotas.models import DEFAULT_POOL, DEFAULT_PRIORITY
 from workers import dispatch
@@ -400,6 +401,7 @@ def fork_run(
             retention=retention if retention is not None else parent.retention,
             parent=parent,
             forked_from=checkpoint,
+            pool=quota_selectors.pool_name_of(parent),
         )
         copied = (
             MetricPoint(run=child, name=p.name, step=p.step, wall_time=p.wall_time, value=p.value)

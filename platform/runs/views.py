@@ -17,6 +17,9 @@ from django.utils.http import urlencode
 from django.views.decorators.http import require_POST
 
 from engine.spec import SpecError
+from quotas import selectors as quota_selectors
+from quotas.models import DEFAULT_POOL
+from quotas.services import RequestRefused
 from runs import selectors, services
 from runs.api.serializers import RunDetailSerializer
 from runs.models import Run
@@ -71,8 +74,13 @@ def run_new(request: HttpRequest) -> HttpResponse:
             problems = [("spec", f"not valid YAML or JSON: {exc}")]
         else:
             try:
-                run = services.create_run(request.user, data, parent=_clone_source(request, request.POST))
-            except SpecError as exc:
+                run = services.create_run(
+                    request.user,
+                    data,
+                    parent=_clone_source(request, request.POST),
+                    pool=request.POST.get("pool") or DEFAULT_POOL,
+                )
+            except (SpecError, RequestRefused) as exc:
                 problems = exc.problems
             except services.RunPermissionDenied as exc:
                 problems = [("team", str(exc))]
@@ -86,9 +94,14 @@ def run_new(request: HttpRequest) -> HttpResponse:
         "spec_text": text,
         "problems": problems,
         "choices": selectors.spec_choices(),
+        # Pools with what they hold, and the quotas that bind the user, before launching.
+        "pools": quota_selectors.pool_occupancy(),
+        "quotas": quota_selectors.visible_quotas(request.user),
         # A launch from ?from=<id> records that run as its parent (clone, edit, launch).
         "clone_of": _clone_source(request, request.POST if request.method == "POST" else request.GET),
     }
+    # A clone goes to its source's pool unless the form chose another.
+    context["pool"] = request.POST.get("pool") or quota_selectors.pool_name_of(context["clone_of"])
     return render(request, "runs/new.html", context, status=400 if problems else 200)
 
 

@@ -286,3 +286,26 @@ def test_the_queue_page_shows_the_reason_a_run_waits(teams, h100, client):
 
     assert "pool h100 full: 1/1 GPUs in use (this run needs 1)" in page
     assert 'href="/queue/"' in page  # the nav link
+
+
+def test_the_launch_form_lists_the_pools_and_shows_a_refusal_instead_of_launching(teams, h100, client):
+    Quota.objects.create(pool=h100, team=teams.team, max_gpus_per_run=2)
+    client.force_login(teams.member)
+
+    form = client.get("/runs/new/").content.decode()
+    refused = client.post("/runs/new/", {"spec": "resources: {gpus: 4}", "pool": "h100"})
+
+    assert "h100 (H100): 0/8 GPUs in use, 0 queued" in form
+    assert "team ml on h100: 2 GPUs per run;" in form
+    assert refused.status_code == 400
+    assert "team ml quota on h100 allows at most 2 GPUs per run; this run asks for 4" in refused.content.decode()
+    assert not Run.objects.exists()
+
+
+def test_a_clone_is_offered_its_source_runs_pool(teams, h100, client):
+    source = launch(teams.client(teams.member), gpus=2).json()["id"]
+    client.force_login(teams.member)
+
+    form = client.get(f"/runs/new/?from={source}").content.decode()
+
+    assert '<option value="h100" selected>' in form
