@@ -425,3 +425,21 @@ async def test_a_declared_length_over_the_limit_is_refused_before_reading(settin
 
     assert start["status"] == 413
     assert consumed == 0
+
+
+def test_a_saved_hugging_face_dataset_folder_is_registered_with_its_splits(uploader, tmp_path, settings, data_dir):
+    import datasets
+
+    root = tmp_path / "shared"
+    rows = [{"prompt": f"{n} + 1 =", "answer": str(n + 1)} for n in range(6)]
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(rows[:4]), "validation": datasets.Dataset.from_list(rows[4:])}
+    ).save_to_disk(str(root / "sums"))
+    settings.ROLLYARD_DATASET_ROOTS = [root]
+
+    response = register(uploader, str(root / "sums"), format="hf_disk")
+
+    assert response.status_code == 201, response.json()
+    # The DatasetDict's split names give the rows their splits ("validation" reads as test).
+    assert response.json()["split_counts"] == {"train": 4, "test": 2}
+    assert response.json()["size_bytes"] > 0
