@@ -11,10 +11,11 @@ Shapes: B sequences in a (micro-)batch, T token positions, V vocabulary entries.
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import get_args
 
 import torch
 
-from engine.algorithms import Advantage, Aggregation
+from engine.algorithms import Advantage, Aggregation, KLEstimator, RatioLevel
 
 
 def group_advantages(
@@ -27,31 +28,30 @@ def group_advantages(
     - 'group_norm' (GRPO):      (R − mean) / (std + eps), std unbiased (as torch and verl).
     - 'group_mean' (Dr.GRPO):   R − mean.
     - 'leave_one_out' (RLOO):   R − mean of the *other* samples of the group.
-    A group of one sample has no peers to compare with; as in verl it gets baseline 0
-    (and std 1 for 'group_norm'), so its advantage is its reward.
+    A group of one sample has no peers to compare with, so its advantage is 0: that is
+    what R − mean gives, and the unbiased std and the leave-one-out mean are undefined
+    for it. (verl instead uses baseline 0 and std 1, i.e. A = R: a signal no other
+    sample in the batch is measured against.)
     """
+    if estimator not in get_args(Advantage):
+        raise ValueError(f"unknown advantage estimator {estimator!r}")
     rewards = rewards.float()
     advantages = torch.zeros_like(rewards)
     members: dict[Hashable, list[int]] = {}
     for index, key in enumerate(group_ids):
         members.setdefault(key, []).append(index)
     for indices in members.values():
-        idx = torch.tensor(indices)
-        group = rewards[idx]
         size = len(indices)
         if size == 1:
-            mean, std = torch.zeros(()), torch.ones(())
-        else:
-            mean, std = group.mean(), group.std(unbiased=True)
+            continue
+        idx = torch.tensor(indices)
+        group = rewards[idx]
         if estimator == "group_norm":
-            advantages[idx] = (group - mean) / (std + eps)
+            advantages[idx] = (group - group.mean()) / (group.std(unbiased=True) + eps)
         elif estimator == "group_mean":
-            advantages[idx] = group - mean
-        elif estimator == "leave_one_out":
-            baseline = (group.sum() - group) / (size - 1) if size > 1 else torch.zeros_like(group)
-            advantages[idx] = group - baseline
-        else:
-            raise ValueError(f"unknown advantage estimator {estimator!r}")
+            advantages[idx] = group - group.mean()
+        else:  # leave_one_out
+            advantages[idx] = group - (group.sum() - group) / (size - 1)
     return advantages
 
 
@@ -70,54 +70,100 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
     return -(logprobs.exp() * logprobs).sum(dim=-1)
 
 
-def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimate of KL(π_θ ‖ π_ref): exp(−d) − 1 + d, d = log π_θ − log π_ref.
+def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: KLEstimator) -> torch.Tensor:
+    """Per-token estimate of KL(π_θ ‖ π_ref) from the sampled tokens' log-probs
+    (algorithms.md §0.3), with d = log π_θ − log π_ref:
 
-    Non-negative, unbiased (algorithms.md §0.3). Both [B, T] → [B, T].
+    - 'k1':  d                      unbiased, can be negative per token
+    - 'k2':  d² / 2                 biased, low variance
+    - 'k3':  exp(−d) − 1 + d        unbiased and non-negative (GRPO's)
+    - 'low_var_kl': k3 clamped to [−10, 10] (verl, slime)
+    Both [B, T] → [B, T].
     """
     d = logprobs - ref_logprobs
-    return torch.exp(-d) - 1 + d
+    if estimator == "k1":
+        return d
+    if estimator == "k2":
+        return d.square() / 2
+    k3 = torch.exp(-d) - 1 + d
+    if estimator == "k3":
+        return k3
+    if estimator == "low_var_kl":
+        return k3.clamp(-10.0, 10.0)
+    raise ValueError(f"unknown KL estimator {estimator!r}")
+
+
+def masked_sequence_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over each row's masked tokens: [B, T] → [B] (0 for a row with none)."""
+    return (values * mask).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1.0)
+
+
+def log_importance_ratio(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor, level: RatioLevel
+) -> torch.Tensor:
+    """log r for every token, [B, T].
+
+    - 'token' (PPO, GRPO): log r_t = log π_θ(y_t) − log π_old(y_t).
+    - 'sequence' (GSPO, in its GSPO-token form as verl and slime write it):
+          log s_t = log π_θ(y_t) − sg[log π_θ(y_t)] + sg[mean_t(log π_θ − log π_old)]
+      Its value is the same for every token of a sequence, the length-normalised
+      sequence ratio log s_i = (1/|y_i|) Σ_t log r_t; its gradient is that of log π_θ(y_t),
+      so with a per-sequence mean over tokens the loss's gradient is exactly that of the
+      paper's sequence-level objective (tested).
+    """
+    token_log_ratio = logprobs - old_logprobs
+    if level == "token":
+        return token_log_ratio
+    if level == "sequence":
+        sequence_log_ratio = masked_sequence_mean(token_log_ratio, mask).detach()
+        return logprobs - logprobs.detach() + sequence_log_ratio[:, None]
+    raise ValueError(f"unknown ratio level {level!r}")
 
 
 @dataclass
 class PPOTerms:
     """Per-token pieces of the clipped surrogate, all [B, T]."""
 
-    loss: torch.Tensor  # ℓ_t = −min(r·A, clip(r, 1−ε_low, 1+ε_high)·A)
-    ratio: torch.Tensor  # r_t = π_θ / π_old
+    loss: torch.Tensor  # ℓ_t = −min(r·A, clip(r, 1−ε_low, 1+ε_high)·A), dual-clipped if asked
+    ratio: torch.Tensor  # r_t
     clipped_low: torch.Tensor  # bool: A < 0 and r < 1 − ε_low (the lower clip binds)
     clipped_high: torch.Tensor  # bool: A > 0 and r > 1 + ε_high (the upper clip binds)
+    clipped_dual: torch.Tensor  # bool: A < 0 and the dual clip's cap c·|A| binds
     out_of_region: torch.Tensor  # bool: r outside [1 − ε_low, 1 + ε_high], whatever A's sign
 
 
 def ppo_clipped(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
+    log_ratio: torch.Tensor,
     advantages: torch.Tensor,
     clip_eps_low: float,
     clip_eps_high: float,
+    dual_clip_c: float = 0.0,
 ) -> PPOTerms:
     """The PPO clipped token surrogate (algorithms.md §0.1), to be minimised.
 
-    logprobs (with grad), old_logprobs: [B, T]; advantages: [B] (one per sequence,
-    broadcast over its tokens) or [B, T]. "Clipped" here means the clipped branch is the
-    one min() picks with a different value, i.e. the token's gradient is cut off.
+    log_ratio (with grad): [B, T], from `log_importance_ratio`; advantages: [B] (one per
+    sequence, broadcast over its tokens) or [B, T]. "Clipped" means the branch min()
+    picks is the clipped one with a different value, i.e. the token's gradient is cut
+    off. With dual_clip_c = c > 1, a token with A < 0 has its loss capped at c·|A|
+    (verl's clip_ratio_c): a huge ratio on a bad token can no longer blow the loss up.
     """
     if advantages.dim() == 1:
         advantages = advantages[:, None]
-    ratio = torch.exp(logprobs - old_logprobs)
+    ratio = torch.exp(log_ratio)
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1 - clip_eps_low, 1 + clip_eps_high) * advantages
+    loss = -torch.minimum(unclipped, clipped)
+    dual = torch.zeros_like(loss, dtype=torch.bool)
+    if dual_clip_c:
+        cap = -dual_clip_c * advantages  # = c·|A| where A < 0
+        dual = (advantages < 0) & (loss > cap)
+        loss = torch.where(dual, cap.expand_as(loss), loss)
     with torch.no_grad():
         low = (advantages < 0) & (ratio < 1 - clip_eps_low)
         high = (advantages > 0) & (ratio > 1 + clip_eps_high)
         region = (ratio < 1 - clip_eps_low) | (ratio > 1 + clip_eps_high)
     return PPOTerms(
-        loss=-torch.minimum(unclipped, clipped),
-        ratio=ratio,
-        clipped_low=low,
-        clipped_high=high,
-        out_of_region=region,
+        loss=loss, ratio=ratio, clipped_low=low, clipped_high=high, clipped_dual=dual.detach(), out_of_region=region
     )
 
 

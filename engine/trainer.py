@@ -4,13 +4,18 @@ One `step()` is a plain loop with named stages, top to bottom:
 
     1. prompts    next `prompts_per_step` train prompts in a seeded order
     2. generate   `n` completions of each (engine.generation, KV cache)
-    3. reward     the task's checker scores each completion
-    4. advantage  per group of completions of one prompt (engine.losses)
-    5. update     one optimiser step over the whole batch, micro-batched by tokens
-    6. report     Metrics / LengthHistogram / PromptResults / Span events
+    3. reward     the task's checker scores each completion; with dynamic sampling
+                  (DAPO), rounds 1-3 repeat until enough groups have mixed rewards;
+                  overlong shaping adjusts the rewards
+    4. log-probs  π_old recomputed when the update takes several optimiser steps; π_ref
+                  when a KL term is on (with the KL in the reward, it adjusts the rewards)
+    5. advantage  per group of completions of one prompt (engine.losses)
+    6. update     epochs × mini-batches optimiser steps, micro-batched by tokens
+    7. report     Metrics / LengthHistogram / PromptResults / Span events
 
-The algorithm (advantage estimator, aggregation, clip range, KL and entropy terms) comes
-from the resolved spec; the trainer only wires the parts together. It runs the same in
+The algorithm (engine.algorithms: advantage estimator, aggregation, ratio level, clip
+range, KL and entropy terms, dynamic sampling, overlong shaping) comes from the resolved
+spec; the trainer only wires the parts together. It runs the same in
 the driver process or inside a Ray actor (engine.orchestration).
 """
 
@@ -24,6 +29,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from engine.algorithms import fill_batch, overlong_buffer_len, overlong_penalty
 from engine.checkpoint import (
     CheckpointInfo,
     generator_states,
@@ -36,8 +42,16 @@ from engine.checkpoint import (
 from engine.evaluation import mean_pass_at_k
 from engine.events import Event, LengthHistogram, Metrics, PromptResult, PromptResults, Span, now
 from engine.generation import Completion, SamplingParams, generate
-from engine.losses import aggregate, entropy_from_logits, group_advantages, kl_k3, ppo_clipped, token_logprobs
-from engine.models import encode_prompts, load_policy
+from engine.losses import (
+    aggregate,
+    entropy_from_logits,
+    group_advantages,
+    kl_estimate,
+    log_importance_ratio,
+    ppo_clipped,
+    token_logprobs,
+)
+from engine.models import encode_prompts, load_model, load_policy
 from engine.spec import RunSpec
 from engine.tasks import Problem, resolve_task
 
@@ -46,6 +60,8 @@ TRAIN_POOL_SIZE = 20_000
 # Seed of the held-out prompts: the same for every run, so runs compare on one test set.
 EVAL_SEED = 0
 LENGTH_BINS = 32
+# A trainer is one worker on one device (a GPU, or the CPU): perf/*_per_gpu divide by it.
+DEVICES_PER_TRAINER = 1
 
 T = TypeVar("T")
 
@@ -68,11 +84,38 @@ def length_bin_edges(max_new_tokens: int, bins: int = LENGTH_BINS) -> list[int]:
 class Rollout:
     """One scored completion, ready for the update."""
 
-    group: int  # index of its prompt in this step's batch
+    group: int  # its prompt group: the samples of one prompt drawn in one step share it
     problem: Problem
     completion: Completion
-    reward: float
+    reward: float  # the task's verdict (1.0 = correct)
+    shaping: float = 0.0  # added to the reward for advantages: overlong penalty, KL in the reward
     advantage: float = 0.0
+    old_logprobs: torch.Tensor | None = None  # π_old per response token, when the trainer recomputed it
+    ref_logprobs: torch.Tensor | None = None  # π_ref per response token, when a KL term is on
+
+    def policy_logprobs(self) -> torch.Tensor:
+        """π_old's log-prob of each response token: the trainer's recomputation when it
+        made one, else the sampler's (the same weights, the same convention)."""
+        if self.old_logprobs is not None:
+            return self.old_logprobs
+        return torch.tensor(self.completion.logprobs)
+
+
+@dataclass
+class Collated:
+    """One micro-batch as tensors on the model's device."""
+
+    input_ids: torch.Tensor  # [B, L] prompt + response, right-padded with the pad id
+    mask: torch.Tensor  # [B, L − 1] 1.0 where position t predicts a generated token
+    old_logprobs: torch.Tensor  # [B, L − 1] π_old, aligned with mask
+    ref_logprobs: torch.Tensor | None  # [B, L − 1] π_ref, when a KL term is on
+    advantages: torch.Tensor  # [B]
+
+
+@dataclass
+class UpdateResult:
+    metrics: dict[str, float]  # actor/*, clip_ratio/*
+    trained_tokens: int  # prompt + response tokens of every training forward pass
 
 
 class Trainer:
@@ -102,9 +145,14 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda done: min(1.0, (done + 1) / warmup) if warmup else 1.0
         )
+        # The frozen reference for a KL term: `model.reference`, or the policy as it starts.
         self.reference = None
-        if (self.algorithm.kl_coef or 0.0) > 0:
-            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        if self.algorithm.kl_placement != "off":
+            if spec.model.reference is not None:
+                self.reference = load_model(spec.model.reference, spec.model)
+            else:
+                self.reference = copy.deepcopy(self.model)
+            self.reference.eval().requires_grad_(False)
 
         self.train_pool = self.task.problems("train", TRAIN_POOL_SIZE, seed=spec.seed)
         self.eval_problems = self.task.problems("test", spec.dataset.eval_size, seed=EVAL_SEED)
@@ -140,141 +188,271 @@ class Trainer:
             for c in completions
         ], texts
 
+    def score(self, rollouts: list[Rollout], texts: list[str]) -> None:
+        """Set each rollout's reward: the task's verdict on its decoded text."""
+        for item, text in zip(rollouts, texts, strict=True):
+            item.reward = self.task.score(item.problem, text)
+
     # ----------------------------------------------------------------- step
     def step(self) -> list[Event]:
-        """One GRPO-family step; returns its events (see the module docstring)."""
-        rollout = self.spec.rollout
+        """One step of the configured algorithm; returns its events (see the module docstring)."""
+        algo, rollout = self.algorithm, self.spec.rollout
         self.step_count += 1
         step = self.step_count
         t_start = now()
 
-        # 1-2. prompts and generation
-        problems = self.next_prompts(rollout.prompts_per_step)
+        # 1-3. prompts, generation and reward, in rounds when dynamic sampling asks for more
         params = SamplingParams(
             n=rollout.n, temperature=rollout.temperature, top_p=rollout.top_p, max_new_tokens=rollout.max_new_tokens
         )
-        rollouts, texts = self.sample(problems, params, self._sampling_rng)
-        t_gen = now()
+        generated: list[list[Rollout]] = []  # every group sampled this step, trained on or not
+        spans: list[Span] = []
 
-        # 3. reward
-        for item, text in zip(rollouts, texts):
-            item.reward = self.task.score(item.problem, text)
-        t_reward = now()
+        def generate_groups(count: int) -> list[list[Rollout]]:
+            t_round = now()
+            rollouts, texts = self.sample(self.next_prompts(count), params, self._sampling_rng)
+            t_sampled = now()
+            self.score(rollouts, texts)
+            spans.append(Span(step=step, worker=self.worker, phase="generate", start=t_round, end=t_sampled))
+            spans.append(Span(step=step, worker=self.worker, phase="reward", start=t_sampled, end=now()))
+            for item in rollouts:  # group ids stay unique across rounds
+                item.group += len(generated)
+            groups = group_rollouts(rollouts)
+            generated.extend(groups)
+            return groups
 
-        # 4. advantages, keyed by group (variable group sizes are fine)
-        rewards = torch.tensor([item.reward for item in rollouts])
-        advantages = group_advantages(rewards, [item.group for item in rollouts], self.algorithm.advantage)
-        for item, advantage in zip(rollouts, advantages.tolist()):
+        sampling_stats: dict[str, float] = {}
+        if algo.dynamic_sampling:
+            filled = fill_batch(
+                generate_groups,
+                lambda group: [item.reward for item in group],
+                rollout.prompts_per_step,
+                algo.oversample,
+                algo.max_gen_rounds,
+            )
+            groups = filled.groups
+            sampling_stats = {"dapo/keep_rate": filled.keep_rate, "dapo/gen_rounds": float(filled.rounds)}
+        else:
+            groups = generate_groups(rollout.prompts_per_step)
+        batch = [item for group in groups for item in group]
+        t_generated = now()
+        sampling_stats.update(self._shape_overlong(batch))
+        t_shaped = now()
+
+        # 4. log-probs of the old policy (when the update takes several optimiser steps)
+        # and of the reference (when a KL term is on)
+        if self.updates_per_batch > 1:
+            for item, logprobs in zip(batch, self._response_logprobs(self.model, batch)):
+                item.old_logprobs = logprobs
+        t_old = now()
+        if self.reference is not None:
+            sampling_stats["kl"] = self._attach_reference(batch)
+        t_ref = now()
+
+        # 5. advantages, keyed by group (groups may differ in size)
+        rewards = torch.tensor([item.reward + item.shaping for item in batch])
+        advantages = group_advantages(rewards, [item.group for item in batch], algo.advantage)
+        for item, advantage in zip(batch, advantages.tolist()):
             item.advantage = advantage
         t_adv = now()
 
-        # 5. update
-        update_stats = self.update(rollouts)
+        # 6. update
+        update = self.update(batch)
         t_end = now()
 
-        # 6. report
+        # 7. report
         timings = {
-            "gen": t_gen - t_start,
-            "reward": t_reward - t_gen,
-            "adv": t_adv - t_reward,
+            "gen": sum(s.end - s.start for s in spans if s.phase == "generate"),
+            "reward": sum(s.end - s.start for s in spans if s.phase == "reward") + (t_shaped - t_generated),
+            "old_log_prob": t_old - t_shaped,
+            "ref": t_ref - t_old,
+            "adv": t_adv - t_ref,
             "update_actor": t_end - t_adv,
             "step": t_end - t_start,
         }
+        every_rollout = [item for group in generated for item in group]
+        values = self._step_metrics(every_rollout, rewards, advantages, update, timings)
+        values.update(sampling_stats)
         return [
-            Metrics(step=step, values=self._step_metrics(rollouts, rewards, advantages, update_stats, timings)),
-            self._length_histogram(step, rollouts),
-            PromptResults(step=step, split="train", results=prompt_results(rollouts)),
-            Span(step=step, worker=self.worker, phase="generate", start=t_start, end=t_gen),
-            Span(step=step, worker=self.worker, phase="reward", start=t_gen, end=t_reward),
-            Span(step=step, worker=self.worker, phase="train", start=t_adv, end=t_end),
+            Metrics(step=step, values=values),
+            self._length_histogram(step, every_rollout),
+            PromptResults(step=step, split="train", results=prompt_results(every_rollout)),
+            *spans,
+            Span(step=step, worker=self.worker, phase="train", start=t_generated, end=t_end),
         ]
 
-    def update(self, rollouts: list[Rollout]) -> dict[str, float]:
-        """One optimiser step on the batch. Gradients accumulate over micro-batches of at
-        most `training.micro_batch_tokens` padded tokens (sequences sorted by length so
-        padding stays small); `aggregate` normalises by whole-batch counts, so the sum
-        over micro-batches is the full-batch loss and memory stays bounded."""
-        spec, algo = self.spec, self.algorithm
+    @property
+    def updates_per_batch(self) -> int:
+        return self.spec.training.mini_batches * self.spec.training.epochs
+
+    def _shape_overlong(self, batch: list[Rollout]) -> dict[str, float]:
+        """DAPO's overlong reward shaping: a penalty for using the last part of the length
+        budget, added to each rollout's shaping. Returns its metrics (none when off)."""
+        max_len = self.spec.rollout.max_new_tokens
+        buffer_len = overlong_buffer_len(max_len, self.algorithm.overlong_buffer_fraction)
+        if buffer_len == 0:
+            return {}
+        penalties = []
+        for item in batch:
+            penalty = overlong_penalty(
+                len(item.completion.token_ids), max_len, buffer_len, self.algorithm.overlong_penalty_factor
+            )
+            item.shaping += penalty
+            penalties.append(penalty)
+        lengths = np.array([len(item.completion.token_ids) for item in batch])
+        return {
+            "overlong/penalty_mean": float(np.mean(penalties)),
+            "overlong/buffer_ratio": float(np.mean((lengths > max_len - buffer_len) & (lengths < max_len))),
+            "overlong/truncated_ratio": float(np.mean([item.completion.finish_reason == "length" for item in batch])),
+        }
+
+    def _attach_reference(self, batch: list[Rollout]) -> float:
+        """Reference log-probs for every rollout; with the KL in the reward, also its
+        penalty −β·Σ_t KL_t(π_old ‖ π_ref) on each rollout's shaping. Returns the mean
+        per-token KL estimate between the sampling policy and the reference."""
+        algo = self.algorithm
+        total, tokens = 0.0, 0
+        for item, ref_logprobs in zip(batch, self._response_logprobs(self.reference, batch)):
+            item.ref_logprobs = ref_logprobs
+            kl = kl_estimate(item.policy_logprobs(), ref_logprobs, algo.kl_estimator)
+            if algo.kl_placement == "reward":
+                item.shaping -= algo.kl_coef * float(kl.sum())
+            total, tokens = total + float(kl.sum()), tokens + len(kl)
+        return total / max(tokens, 1)
+
+    @torch.no_grad()
+    def _response_logprobs(self, model: torch.nn.Module, rollouts: list[Rollout]) -> list[torch.Tensor]:
+        """Each rollout's response-token log-probs under `model` (on the CPU), computed in
+        micro-batches as the update computes them."""
+        by_rollout: dict[int, torch.Tensor] = {}
+        for batch in micro_batches(rollouts, self.spec.training.micro_batch_tokens):
+            input_ids = self._pad(batch)
+            logprobs = token_logprobs(
+                model(input_ids=input_ids).logits[:, :-1], input_ids[:, 1:], self.spec.rollout.temperature
+            ).cpu()
+            for row, item in enumerate(batch):
+                start = len(item.completion.prompt_ids) - 1  # position that predicts the first response token
+                by_rollout[id(item)] = logprobs[row, start : start + len(item.completion.token_ids)]
+        return [by_rollout[id(item)] for item in rollouts]
+
+    def update(self, rollouts: list[Rollout]) -> UpdateResult:
+        """`training.epochs` passes over the batch, each cut into `training.mini_batches`
+        mini-batches of whole prompt groups, one optimiser step per mini-batch (the
+        groups keep the batch's order, the prompts' seeded random one). From the second
+        optimiser step on, the policy differs from the one that sampled, and the PPO
+        ratio against `old_logprobs` is what keeps it close.
+
+        Within a mini-batch, gradients accumulate over micro-batches of at most
+        `training.micro_batch_tokens` padded tokens (sequences sorted by length so padding
+        stays small); `aggregate` normalises by the mini-batch's counts, so the sum over
+        micro-batches is the mini-batch's loss and memory stays bounded. The learning-rate
+        schedule advances once per call: warm-up counts training steps."""
+        training = self.spec.training
         self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        num_seqs = len(rollouts)
-        num_tokens = sum(len(r.completion.token_ids) for r in rollouts)
-        sums = {"pg_loss": 0.0, "entropy": 0.0, "ppo_kl": 0.0, "kl": 0.0, "low": 0.0, "high": 0.0, "region": 0.0}
-        trained_tokens = 0
-        for batch in micro_batches(rollouts, spec.training.micro_batch_tokens):
-            input_ids, mask, old_logprobs, advantages = self._collate(batch)
-            # Right padding under a causal mask never touches a real token's output, so no
-            # attention mask is needed; padded positions are masked out of the loss.
-            logits = self.model(input_ids=input_ids).logits
-            # logits at position t predict token t + 1.
-            logits, targets = logits[:, :-1], input_ids[:, 1:]
-            logprobs = token_logprobs(logits, targets, spec.rollout.temperature)
-            terms = ppo_clipped(logprobs, old_logprobs, advantages, algo.clip_eps_low, algo.clip_eps_high)
-
-            def agg(values: torch.Tensor) -> torch.Tensor:
-                return aggregate(values, mask, algo.aggregation, num_seqs, num_tokens, spec.rollout.max_new_tokens)
-
-            pg_loss = agg(terms.loss)
-            loss = pg_loss
-            entropy = entropy_from_logits(logits if algo.entropy_coef else logits.detach(), spec.rollout.temperature)
-            if algo.entropy_coef:
-                loss = loss - algo.entropy_coef * agg(entropy)
-            if self.reference is not None:
-                with torch.no_grad():
-                    ref_logits = self.reference(input_ids=input_ids).logits[:, :-1]
-                    ref_logprobs = token_logprobs(ref_logits, targets, spec.rollout.temperature)
-                kl = kl_k3(logprobs, ref_logprobs)
-                loss = loss + algo.kl_coef * agg(kl)
-                sums["kl"] += float((kl.detach() * mask).sum())
-            loss.backward()
-
-            sums["pg_loss"] += float(pg_loss.detach())
-            sums["entropy"] += float((entropy.detach() * mask).sum())
-            sums["ppo_kl"] += float(((old_logprobs - logprobs.detach()) * mask).sum())
-            sums["low"] += float((terms.clipped_low & (mask > 0)).sum())
-            sums["high"] += float((terms.clipped_high & (mask > 0)).sum())
-            sums["region"] += float((terms.out_of_region & (mask > 0)).sum())
-            trained_tokens += sum(len(r.completion.prompt_ids) + len(r.completion.token_ids) for r in batch)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), spec.training.grad_clip)
         lr = float(self.optimizer.param_groups[0]["lr"])
-        self.optimizer.step()
+        sums: dict[str, float] = dict.fromkeys(
+            ["pg_loss", "grad_norm", "entropy", "ppo_kl", "low", "high", "dual", "region", "tokens"], 0.0
+        )
+        trained_tokens = 0
+        mini_batches = split_evenly(group_rollouts(rollouts), training.mini_batches)
+        for _ in range(training.epochs):
+            for groups in mini_batches:
+                mini_batch = [item for group in groups for item in group]
+                self.optimizer.zero_grad(set_to_none=True)
+                num_tokens = sum(len(item.completion.token_ids) for item in mini_batch)
+                for micro_batch in micro_batches(mini_batch, training.micro_batch_tokens):
+                    self._accumulate_gradient(micro_batch, len(mini_batch), num_tokens, sums)
+                    trained_tokens += sum(
+                        len(item.completion.prompt_ids) + len(item.completion.token_ids) for item in micro_batch
+                    )
+                sums["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), training.grad_clip))
+                self.optimizer.step()
         self.scheduler.step()
-        tokens = max(num_tokens, 1)
-        stats = {
-            "actor/pg_loss": sums["pg_loss"],
+        steps, tokens = self.updates_per_batch, max(sums["tokens"], 1.0)
+        metrics = {
+            "actor/pg_loss": sums["pg_loss"] / steps,
             "actor/entropy": sums["entropy"] / tokens,
-            "actor/grad_norm": float(grad_norm),
+            "actor/grad_norm": sums["grad_norm"] / steps,
             "actor/lr": lr,
             "actor/ppo_kl": sums["ppo_kl"] / tokens,
             "clip_ratio/low_mean": sums["low"] / tokens,
             "clip_ratio/high_mean": sums["high"] / tokens,
+            "clip_ratio/dual_mean": sums["dual"] / tokens,
             "clip_ratio/region_mean": sums["region"] / tokens,
-            "_trained_tokens": float(trained_tokens),
         }
-        if self.reference is not None:
-            stats["kl"] = sums["kl"] / tokens
-        return stats
+        return UpdateResult(metrics=metrics, trained_tokens=trained_tokens)
 
-    def _collate(self, batch: list[Rollout]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Right-padded prompt + response rows.
+    def _accumulate_gradient(
+        self, micro_batch: list[Rollout], num_seqs: int, num_tokens: int, sums: dict[str, float]
+    ) -> None:
+        """Forward and backward one micro-batch of a mini-batch of `num_seqs` sequences and
+        `num_tokens` response tokens; adds its statistics to `sums` (token sums, and the
+        loss as its share of the mini-batch loss)."""
+        spec, algo = self.spec, self.algorithm
+        batch = self._collate(micro_batch)
+        mask = batch.mask
+        # Right padding under a causal mask never touches a real token's output, so no
+        # attention mask is needed; padded positions are masked out of the loss.
+        logits = self.model(input_ids=batch.input_ids).logits
+        # logits at position t predict token t + 1.
+        logits, targets = logits[:, :-1], batch.input_ids[:, 1:]
+        logprobs = token_logprobs(logits, targets, spec.rollout.temperature)
+        log_ratio = log_importance_ratio(logprobs, batch.old_logprobs, mask, algo.ratio_level)
+        terms = ppo_clipped(log_ratio, batch.advantages, algo.clip_eps_low, algo.clip_eps_high, algo.dual_clip_c)
 
-        Returns input_ids [B, L] (padding = pad id), mask [B, L − 1] (1 where position t
-        predicts a generated token), old_logprobs [B, L − 1] (the sampler's, aligned with
-        mask) and advantages [B].
-        """
+        def agg(values: torch.Tensor) -> torch.Tensor:
+            return aggregate(values, mask, algo.aggregation, num_seqs, num_tokens, spec.rollout.max_new_tokens)
+
+        pg_loss = agg(terms.loss)
+        loss = pg_loss
+        entropy = entropy_from_logits(logits if algo.entropy_coef else logits.detach(), spec.rollout.temperature)
+        if algo.entropy_coef:
+            loss = loss - algo.entropy_coef * agg(entropy)
+        if algo.kl_placement == "loss":
+            loss = loss + algo.kl_coef * agg(kl_estimate(logprobs, batch.ref_logprobs, algo.kl_estimator))
+        loss.backward()
+
+        trained = mask > 0
+        sums["pg_loss"] += float(pg_loss.detach())
+        sums["entropy"] += float((entropy.detach() * mask).sum())
+        sums["ppo_kl"] += float(((batch.old_logprobs - logprobs.detach()) * mask).sum())
+        sums["low"] += float((terms.clipped_low & trained).sum())
+        sums["high"] += float((terms.clipped_high & trained).sum())
+        sums["dual"] += float((terms.clipped_dual & trained).sum())
+        sums["region"] += float((terms.out_of_region & trained).sum())
+        sums["tokens"] += float(mask.sum())
+
+    def _pad(self, batch: list[Rollout]) -> torch.Tensor:
+        """Right-padded prompt + response rows, [B, L], on the model's device."""
         pad = self.tokenizer.pad_token_id
         width = max(len(r.completion.prompt_ids) + len(r.completion.token_ids) for r in batch)
         input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width - 1))
-        old = torch.zeros((len(batch), width - 1))
         for row, item in enumerate(batch):
-            prompt, response = item.completion.prompt_ids, item.completion.token_ids
-            input_ids[row, : len(prompt) + len(response)] = torch.tensor(prompt + response)
-            start = len(prompt) - 1  # position that predicts the first response token
-            mask[row, start : start + len(response)] = 1.0
-            old[row, start : start + len(response)] = torch.tensor(item.completion.logprobs)
-        advantages = torch.tensor([item.advantage for item in batch])
-        return input_ids.to(self.device), mask.to(self.device), old.to(self.device), advantages.to(self.device)
+            input_ids[row, : len(item.completion.prompt_ids) + len(item.completion.token_ids)] = torch.tensor(
+                item.completion.prompt_ids + item.completion.token_ids
+            )
+        return input_ids.to(self.device)
+
+    def _collate(self, batch: list[Rollout]) -> Collated:
+        """The tensors one micro-batch trains on (see `Collated`)."""
+        input_ids = self._pad(batch)
+        shape = (len(batch), input_ids.shape[1] - 1)
+        mask, old = torch.zeros(shape), torch.zeros(shape)
+        ref = torch.zeros(shape) if self.reference is not None else None
+        for row, item in enumerate(batch):
+            start = len(item.completion.prompt_ids) - 1  # position that predicts the first response token
+            span = slice(start, start + len(item.completion.token_ids))
+            mask[row, span] = 1.0
+            old[row, span] = item.policy_logprobs()
+            if ref is not None:
+                ref[row, span] = item.ref_logprobs
+        return Collated(
+            input_ids=input_ids,
+            mask=mask.to(self.device),
+            old_logprobs=old.to(self.device),
+            ref_logprobs=ref.to(self.device) if ref is not None else None,
+            advantages=torch.tensor([item.advantage for item in batch], device=self.device),
+        )
 
     # ----------------------------------------------------------------- evaluation
     def evaluate(self, step: int) -> list[Event]:
@@ -301,8 +479,7 @@ class Trainer:
         )
         generator = torch.Generator(device=self.device).manual_seed(self.spec.seed + 1_000_003)
         rollouts, texts = self.sample(self.eval_problems, params, generator)
-        for item, text in zip(rollouts, texts):
-            item.reward = self.task.score(item.problem, text)
+        self.score(rollouts, texts)
         t_end = now()
         correct = [0] * len(self.eval_problems)
         for item in rollouts:
@@ -368,50 +545,55 @@ class Trainer:
     # ----------------------------------------------------------------- reporting
     def _step_metrics(
         self,
-        rollouts: list[Rollout],
+        generated: list[Rollout],
         rewards: torch.Tensor,
         advantages: torch.Tensor,
-        update_stats: dict[str, float],
+        update: UpdateResult,
         timings: dict[str, float],
     ) -> dict[str, float]:
-        lengths = np.array([len(item.completion.token_ids) for item in rollouts], dtype=float)
+        """The step's scalars (docs/metrics.md). What the policy did (lengths, accuracy,
+        difficulty, throughput) counts every rollout generated this step; reward and
+        advantages are those of the batch trained on (shaped, and after dynamic
+        sampling's filter, when the algorithm has them)."""
+        lengths = np.array([len(item.completion.token_ids) for item in generated], dtype=float)
         p50, p90, p99 = np.percentile(lengths, [50, 90, 99])
-        groups: dict[int, list[float]] = {}
-        for item in rollouts:
-            groups.setdefault(item.group, []).append(item.reward)
-        pass_rates = np.array([np.mean(g) for g in groups.values()])
-        all_correct = float(np.mean([min(g) >= 1.0 for g in groups.values()]))
-        all_wrong = float(np.mean([max(g) <= 0.0 for g in groups.values()]))
-        generated = float(lengths.sum())
-        trained = update_stats.pop("_trained_tokens")
+        groups = [[item.reward for item in group] for group in group_rollouts(generated)]
+        pass_rates = np.array([np.mean(g) for g in groups])
+        all_correct = float(np.mean([min(g) >= 1.0 for g in groups]))
+        all_wrong = float(np.mean([max(g) <= 0.0 for g in groups]))
+        processed_tokens = float(lengths.sum()) + update.trained_tokens
         step_time = max(timings["step"], 1e-9)
         values = {
             "reward/mean": float(rewards.mean()),
             "reward/std": float(rewards.std(unbiased=False)),
-            "acc/mean": float(np.mean([item.reward >= 1.0 for item in rollouts])),
+            "acc/mean": float(np.mean([item.reward >= 1.0 for item in generated])),
             "rollout/response_length/mean": float(lengths.mean()),
             "rollout/response_length/p50": float(p50),
             "rollout/response_length/p90": float(p90),
             "rollout/response_length/p99": float(p99),
             "rollout/response_length/max": float(lengths.max()),
-            "rollout/clip_ratio": float(np.mean([item.completion.finish_reason == "length" for item in rollouts])),
+            "rollout/clip_ratio": float(np.mean([item.completion.finish_reason == "length" for item in generated])),
             "rollout/tail_ratio": float(lengths.max() / max(p50, 1.0)),
             "advantages/abs_mean": float(advantages.abs().mean()),
+            "advantages/std": float(advantages.std(unbiased=False)),
             "difficulty/frac_all_correct": all_correct,
             "difficulty/frac_all_wrong": all_wrong,
             "difficulty/frac_mixed": 1.0 - all_correct - all_wrong,
             "difficulty/pass_rate/p10": float(np.percentile(pass_rates, 10)),
             "difficulty/pass_rate/p50": float(np.percentile(pass_rates, 50)),
             "difficulty/pass_rate/p90": float(np.percentile(pass_rates, 90)),
-            "perf/tokens_per_sec": (generated + trained) / step_time,
-            "perf/generated_tokens": generated,
+            # NeMo-RL's definition: generated + trained tokens over step time, per device.
+            "perf/throughput": processed_tokens / step_time,
+            "perf/tokens_per_sec_per_gpu": processed_tokens / step_time / DEVICES_PER_TRAINER,
+            "perf/generated_tokens": float(lengths.sum()),
+            "perf/trained_tokens": float(update.trained_tokens),
             # Generation and training share one worker here, so each role sits idle while
             # the other runs; this is the waste asynchronous orchestration recovers.
             "rollout/idle_ratio": 1.0 - timings["gen"] / step_time,
-            "trainer/idle_ratio": 1.0 - timings["update_actor"] / step_time,
+            "trainer/idle_ratio": 1.0 - (timings["old_log_prob"] + timings["ref"] + timings["update_actor"]) / step_time,
         }
         values.update({f"timing_s/{name}": seconds for name, seconds in timings.items()})
-        values.update(update_stats)
+        values.update(update.metrics)
         return values
 
     def _length_histogram(self, step: int, rollouts: list[Rollout]) -> LengthHistogram:
@@ -442,6 +624,25 @@ def prompt_results(rollouts: list[Rollout]) -> list[PromptResult]:
         )
         for pid, (problem, attempts, successes, tokens) in merged.items()
     ]
+
+
+def group_rollouts(rollouts: list[Rollout]) -> list[list[Rollout]]:
+    """Rollouts by `group`, the groups in order of first appearance."""
+    groups: dict[int, list[Rollout]] = {}
+    for item in rollouts:
+        groups.setdefault(item.group, []).append(item)
+    return list(groups.values())
+
+
+def split_evenly(items: list[T], parts: int) -> list[list[T]]:
+    """`parts` consecutive slices of `items` whose sizes differ by at most one."""
+    size, extra = divmod(len(items), parts)
+    slices, start = [], 0
+    for part in range(parts):
+        end = start + size + (1 if part < extra else 0)
+        slices.append(items[start:end])
+        start = end
+    return slices
 
 
 def micro_batches(rollouts: list[Rollout], max_tokens: int) -> list[list[Rollout]]:
