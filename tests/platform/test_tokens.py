@@ -127,3 +127,29 @@ def test_revoking_twice_keeps_the_first_time(alice):
     token, _ = create_token(alice, "cli")
     first = revoke_token(token).revoked_at
     assert revoke_token(token).revoked_at == first
+
+
+# --- the Django admin ----------------------------------------------------------------------------
+
+
+def test_site_admins_see_tokens_without_secrets_and_revoke_them(alice, staff, teams, client):
+    token, secret = create_token(alice, "laptop")
+    client.force_login(staff)
+
+    listed = client.get("/admin/accounts/apitoken/")
+    assert listed.status_code == 200
+    assert token.prefix in listed.text and secret not in listed.text
+    assert "/admin/accounts/apitoken/add/" not in listed.text  # users make their own
+    change = client.get(f"/admin/accounts/apitoken/{token.pk}/change/")
+    assert token.digest in change.text and 'name="digest"' not in change.text  # read-only
+
+    response = client.post(
+        "/admin/accounts/apitoken/", {"action": "revoke_tokens", "_selected_action": [token.pk]}, follow=True
+    )
+    token.refresh_from_db()
+    assert not token.is_active
+    assert [str(message) for message in response.context["messages"]] == ["revoked 1 token(s)"]
+
+    team_page = client.get(f"/admin/accounts/team/{teams.team.pk}/change/")
+    assert team_page.status_code == 200
+    assert "memberships-TOTAL_FORMS" in team_page.text  # members edited inline
