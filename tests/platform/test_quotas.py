@@ -270,6 +270,9 @@ def test_usage_refuses_a_window_that_ends_before_it_starts(teams):
 
     assert response.status_code == 400
     assert "since" in response.json()["error"]["fields"]
+    # No default window reaches back 30 days before the year 1.
+    too_early = teams.client(teams.member).get("/api/usage/", {"until": "0001-01-02T00:00:00Z"})
+    assert too_early.status_code == 400 and "until" in too_early.json()["error"]["fields"]
 
 
 def test_the_queue_page_shows_the_reason_a_run_waits(teams, h100, client):

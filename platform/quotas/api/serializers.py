@@ -77,7 +77,10 @@ class UsageQuerySerializer(serializers.Serializer):
 
     def validate(self, attrs: dict) -> dict:
         until = attrs.get("until") or timezone.now()
-        since = attrs.get("since") or until - timedelta(days=USAGE_DEFAULT_DAYS)
+        try:
+            since = attrs.get("since") or until - timedelta(days=USAGE_DEFAULT_DAYS)
+        except OverflowError:
+            raise serializers.ValidationError({"until": ["too early to look back from"]}) from None
         if since >= until:
             raise serializers.ValidationError({"since": [f"must be before until ({until.isoformat()})"]})
         return {**attrs, "since": since, "until": until}
