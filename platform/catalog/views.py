@@ -1,7 +1,10 @@
 """Server-rendered pages: the datasets list with its upload form, a dataset's page
-(metadata, split counts, skipped rows, a preview of its rows with each prompt's pass rate)
-and one prompt's difficulty history. Like the API they call selectors and services."""
+(metadata, split counts, skipped rows, a preview of its rows with each prompt's pass rate),
+one prompt's difficulty history, and the presets (list with a create form; a version's
+page with a form that saves the next version). Like the API they call selectors and
+services."""
 
+import yaml
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -9,11 +12,12 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 
-from accounts.models import Role
+from accounts.models import Role, Team
 from accounts.permissions import find_team, teams_of
 from accounts.services import default_team
 from catalog import selectors, services
-from catalog.models import Dataset, DatasetFormat, PromptRecord
+from catalog.models import Dataset, DatasetFormat, Preset, PresetKind, PromptRecord
+from engine.spec import SpecError
 from catalog.uploads import UploadTooLarge, check_declared_length, format_from_filename, install_capped_handler
 
 RECORDS_PER_PAGE = 50
@@ -66,6 +70,17 @@ def _dataset_list(request: HttpRequest, handler) -> HttpResponse:
     return render(request, "catalog/dataset_list.html", context, status=400 if problems else 200)
 
 
+def _team_from_form(request: HttpRequest) -> Team:
+    """The form's team among the user's (their default team when the form names none)."""
+    name = request.POST.get("team", "").strip()
+    if not name:
+        return default_team(request.user)
+    team = find_team(request.user, name)
+    if team is None:
+        raise services.CatalogError(f"no team '{name}' among yours")
+    return team
+
+
 def _upload_from_form(request: HttpRequest, handler) -> Dataset:
     check_declared_length(request)
     form, upload = request.POST, request.FILES.get("file")
@@ -73,9 +88,7 @@ def _upload_from_form(request: HttpRequest, handler) -> Dataset:
         raise UploadTooLarge(handler.limit)
     if upload is None:
         raise services.CatalogError("choose a file to upload")
-    team = find_team(request.user, form["team"]) if form.get("team") else default_team(request.user)
-    if team is None:
-        raise services.CatalogError(f"no team '{form['team']}' among yours")
+    team = _team_from_form(request)
     fmt = form.get("format") or format_from_filename(upload.name)
     if fmt is None:
         raise services.CatalogError(f"cannot tell the format of {upload.name!r}: name it .jsonl, .csv or .parquet")
@@ -105,3 +118,82 @@ def prompt_detail(request: HttpRequest, dataset_id: int, record_id: int) -> Http
         raise Http404("no such prompt in this dataset") from None
     context = {"dataset": dataset, "record": record, "history": selectors.prompt_history(request.user, record)}
     return render(request, "catalog/prompt_detail.html", context)
+
+
+# --- presets ------------------------------------------------------------------------------------
+
+
+def _visible_preset_or_404(request: HttpRequest, preset_id: int) -> Preset:
+    try:
+        return selectors.get_visible_preset(request.user, preset_id)
+    except Preset.DoesNotExist:
+        raise Http404("no such preset") from None
+
+
+def _parsed_body(text: str) -> object:
+    try:
+        return yaml.safe_load(text) or {}  # YAML is a superset of JSON
+    except yaml.YAMLError as exc:
+        raise SpecError([("body", f"not valid YAML or JSON: {exc}")]) from None
+
+
+def _to_yaml(body: dict) -> str:
+    return yaml.safe_dump(body, sort_keys=False, default_flow_style=False)
+
+
+@login_required
+def preset_list(request: HttpRequest) -> HttpResponse:
+    """Every preset version of the user's teams, and a form for a new preset (its body
+    starts as the engine's defaults for the first algorithm)."""
+    problems: list[tuple[str, str]] = []
+    form = request.POST if request.method == "POST" else {}
+    if request.method == "POST":
+        try:
+            team = _team_from_form(request)
+            preset = services.create_preset(
+                request.user, team, form.get("kind", ""), form.get("name", ""),
+                _parsed_body(form.get("body", "")), form.get("description", ""),
+            )  # fmt: skip
+        except SpecError as exc:
+            problems = exc.problems
+        except services.CatalogError as exc:
+            problems = [("preset", str(exc))]
+        else:
+            return redirect("catalog:preset-detail", preset_id=preset.pk)
+    context = {
+        "presets": selectors.visible_presets(request.user),
+        "teams": teams_of(request.user, Role.MEMBER),
+        "kinds": PresetKind.values,
+        "body_text": form.get("body") or _to_yaml(selectors.algorithm_defaults()[0]["defaults"]),
+        "form": form,
+        "problems": problems,
+    }
+    return render(request, "catalog/preset_list.html", context, status=400 if problems else 200)
+
+
+@login_required
+def preset_detail(request: HttpRequest, preset_id: int) -> HttpResponse:
+    """One version, its siblings, and a form that saves an edited body as the next version."""
+    preset = _visible_preset_or_404(request, preset_id)
+    problems: list[tuple[str, str]] = []
+    body_text = _to_yaml(preset.body)
+    if request.method == "POST":
+        body_text = request.POST.get("body", "")
+        try:
+            created = services.new_preset_version(
+                request.user, preset, _parsed_body(body_text), request.POST.get("description")
+            )
+        except SpecError as exc:
+            problems = exc.problems
+        except services.CatalogError as exc:
+            problems = [("preset", str(exc))]
+        else:
+            messages.info(request, f"saved {created.reference}")
+            return redirect("catalog:preset-detail", preset_id=created.pk)
+    context = {
+        "preset": preset,
+        "versions": selectors.preset_versions(preset),
+        "body_text": body_text,
+        "problems": problems,
+    }
+    return render(request, "catalog/preset_detail.html", context, status=400 if problems else 200)

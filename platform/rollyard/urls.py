@@ -10,7 +10,7 @@ urlpatterns = [
     path("api/", include("quotas.api.urls")),
     path("queue/", include("quotas.urls")),
     path("api/", include("catalog.api.urls")),
-    path("datasets/", include("catalog.urls")),
+    path("", include("catalog.urls")),  # /datasets/..., /presets/...
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -155,3 +155,49 @@ def test_a_missing_or_foreign_preset_reference_is_a_400_on_the_preset_field(api_
         "algorithm.preset": ["no algorithm preset 'ml/wide-clip@1' among your teams' presets"]
     }
     assert Run.objects.count() == 0
+
+
+# --- pages -------------------------------------------------------------------------------------
+
+
+def test_the_presets_page_creates_a_preset_and_lists_it(client, teams):
+    client.force_login(teams.member)
+
+    form = client.get("/presets/")
+    created = client.post("/presets/", {"name": "wide-clip", "team": "ml", "kind": "algorithm", "body": "clip_eps_high: 0.28\n"})
+
+    assert form.status_code == 200
+    assert "clip_eps_low" in form.content.decode()  # the body starts at the engine's defaults
+    assert created.status_code == 302
+    preset = Preset.objects.get()
+    assert (preset.reference, preset.body["clip_eps_high"]) == ("ml/wide-clip@1", 0.28)
+    assert "ml/wide-clip@1" in client.get("/presets/").content.decode()
+
+
+def test_saving_a_preset_page_stores_the_next_version_and_lists_field_errors(client, teams, api_member):
+    first = create(api_member, DAPO_LIKE).json()
+    client.force_login(teams.member)
+
+    refused = client.post(f"/presets/{first['id']}/", {"body": "clip_eps_low: -1\n"})
+    saved = client.post(f"/presets/{first['id']}/", {"body": "clip_eps_high: 0.3\n"})
+
+    assert refused.status_code == 400
+    assert 'data-field="body.clip_eps_low"' in refused.content.decode()
+    assert saved.status_code == 302
+    assert list(Preset.objects.order_by("version").values_list("version", "body__clip_eps_high")) == [(1, 0.28), (2, 0.3)]
+
+
+def test_a_viewer_sees_the_preset_page_but_saving_is_refused(client, teams, api_member):
+    first = create(api_member, DAPO_LIKE).json()
+    client.force_login(teams.viewer)
+
+    assert client.get(f"/presets/{first['id']}/").status_code == 200
+    assert client.post(f"/presets/{first['id']}/", {"body": "clip_eps_high: 0.3\n"}).status_code == 403
+    assert Preset.objects.count() == 1
+
+
+def test_another_teams_preset_page_is_404(client, teams, api_member):
+    first = create(api_member, DAPO_LIKE).json()
+    client.force_login(teams.outsider)
+
+    assert client.get(f"/presets/{first['id']}/").status_code == 404
