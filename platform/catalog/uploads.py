@@ -7,6 +7,7 @@ a cleaned-up display name; the bytes go to a staging file with a random name und
 """
 
 import re
+import time
 import unicodedata
 import uuid
 from pathlib import Path
@@ -31,10 +32,29 @@ def data_dir() -> Path:
     return Path(settings.ROLLYARD_DATA_DIR)
 
 
+# A staged file older than this belongs to a process that died mid-upload (a live upload
+# removes its own file when it ends, whatever happens); the next upload sweeps it.
+STALE_STAGING_SECONDS = 24 * 3600
+
+
 def staging_dir() -> Path:
     folder = data_dir() / "tmp"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def sweep_stale_staging(now: float | None = None) -> list[Path]:
+    """Remove staged uploads older than STALE_STAGING_SECONDS; returns what it removed."""
+    cutoff = (time.time() if now is None else now) - STALE_STAGING_SECONDS
+    removed = []
+    for path in staging_dir().glob("*.upload"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:
+            pass  # another upload swept it first
+    return removed
 
 
 def safe_filename(client_name: str, fallback: str = "data") -> str:
@@ -103,6 +123,7 @@ class CappedUploadHandler(FileUploadHandler):
         if field_name != FILE_FIELD or self.staged_path is not None:
             raise SkipFile()
         super().new_file(field_name, file_name, content_type, content_length, charset, content_type_extra)
+        sweep_stale_staging()
         self.staged_path = staging_dir() / f"{uuid.uuid4().hex}.upload"
         self._out = open(self.staged_path, "xb")
 

@@ -5,6 +5,7 @@ PromptRecord row, no file under the data dir (staging folder included)."""
 import io
 import json
 import os
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -443,3 +444,17 @@ def test_a_saved_hugging_face_dataset_folder_is_registered_with_its_splits(uploa
     # The DatasetDict's split names give the rows their splits ("validation" reads as test).
     assert response.json()["split_counts"] == {"train": 4, "test": 2}
     assert response.json()["size_bytes"] > 0
+
+
+def test_an_upload_sweeps_staged_files_a_dead_process_left_behind(uploader, data_dir):
+    staging = data_dir / "tmp"
+    staging.mkdir(parents=True)
+    abandoned, recent = staging / "abandoned.upload", staging / "in-flight.upload"
+    abandoned.write_bytes(b"half an upload")
+    recent.write_bytes(b"another upload, still streaming")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(abandoned, (two_days_ago, two_days_ago))
+
+    assert upload(uploader, "arith.jsonl", jsonl(*GOOD_ROWS)).status_code == 201
+
+    assert not abandoned.exists() and recent.exists()
