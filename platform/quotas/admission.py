@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from quotas.models import Allocation, Pool, Quota
 from runs import services as run_services
 from runs.models import RunStatus
-from workers import dispatch
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +68,8 @@ class PoolUsage:
 
 def quotas_of(pool: Pool, team_id: int, user_id: int) -> list[Quota]:
     """The quotas that bind a run of this team and user in this pool, team first."""
-    quotas = Quota.objects.filter(pool=pool).filter(team_id=team_id) | Quota.objects.filter(pool=pool, user_id=user_id)
-    return sorted(quotas.select_related("team", "user"), key=lambda quota: quota.team_id is None)
+    quotas = Quota.objects.filter(Q(team_id=team_id) | Q(user_id=user_id), pool=pool).select_related("team", "user")
+    return sorted(quotas, key=lambda quota: quota.team_id is None)
 
 
 def gpu_hours_used(quota: Quota, now: datetime) -> float:
@@ -178,14 +178,14 @@ def admit_pool(pool_id: int, cluster_free_gpus: float | None = None) -> list[All
                 continue
             allocation = decision.allocation
             try:
-                run_services.transition(allocation.run_id, RunStatus.ADMITTED, decision.reason)
+                run = run_services.transition(allocation.run_id, RunStatus.ADMITTED, decision.reason)
             except run_services.IllegalTransition:
                 # Cancelled after we read the queue; its release closes the allocation.
                 continue
             allocation.admitted_at = timezone.now()
             allocation.save(update_fields=["admitted_at"])
-            # Bound now: a plain closure would see the loop's last run.
-            transaction.on_commit(lambda run_id=allocation.run_id: dispatch.enqueue_run(run_id), robust=True)
+            # Its driver goes to the workers after commit (and the reconciler learns when).
+            run_services.enqueue_on_commit(run)
             admitted.append(allocation)
     if admitted:
         logger.info("pool %s admitted runs %s", pool, [allocation.run_id for allocation in admitted])
