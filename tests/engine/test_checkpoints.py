@@ -189,6 +189,24 @@ def test_a_cancel_before_any_new_step_writes_nothing(tmp_path):
     assert complete_checkpoints(tmp_path) == []
 
 
+def test_every_attribute_of_the_trainer_is_saved_or_rebuilt_from_the_spec():
+    """A tripwire for state added to the Trainer later: say here which kind it is, and
+    save it in Trainer.state_dict if a step changes it."""
+    from engine.checkpoint import generator_states
+    from engine.trainer import Trainer
+
+    trainer = Trainer(spec())
+    saved = {"model", "optimizer", "scheduler", "step_count", "_order", *generator_states(trainer)}
+    rebuilt_from_the_spec = {
+        "spec", "tokenizer", "device", "worker", "task", "algorithm", "reference", "train_pool", "eval_problems",
+        "bin_edges",
+    }  # fmt: skip
+
+    assert set(vars(trainer)) == saved | rebuilt_from_the_spec
+    assert {"_order_rng", "_sampling_rng"} <= set(generator_states(trainer))
+    assert set(trainer.state_dict()) == {"step", "optimizer", "scheduler", "prompt_order", "generators", "global_rng"}
+
+
 def test_the_checkpoint_layout_is_readable_without_torch():
     code = (
         "import sys, engine.checkpoint, engine.orchestration\n"
