@@ -16,6 +16,8 @@ from django.urls import reverse
 from django.utils.http import urlencode
 from django.views.decorators.http import require_POST
 
+from accounts.models import Role, Team
+from accounts.permissions import find_team, teams_of
 from engine.spec import SpecError
 from quotas import selectors as quota_selectors
 from quotas.models import DEFAULT_POOL
@@ -77,6 +79,7 @@ def run_new(request: HttpRequest) -> HttpResponse:
                 run = services.create_run(
                     request.user,
                     data,
+                    team=_chosen_team(request),
                     parent=_clone_source(request, request.POST),
                     pool=request.POST.get("pool") or DEFAULT_POOL,
                 )
@@ -99,10 +102,25 @@ def run_new(request: HttpRequest) -> HttpResponse:
         "quotas": quota_selectors.visible_quotas(request.user),
         # A launch from ?from=<id> records that run as its parent (clone, edit, launch).
         "clone_of": _clone_source(request, request.POST if request.method == "POST" else request.GET),
+        # Teams the user may launch in; the first is the default.
+        "teams": teams_of(request.user, Role.MEMBER),
+        "team": request.POST.get("team", ""),
     }
     # A clone goes to its source's pool unless the form chose another.
     context["pool"] = request.POST.get("pool") or quota_selectors.pool_name_of(context["clone_of"])
     return render(request, "runs/new.html", context, status=400 if problems else 200)
+
+
+def _chosen_team(request: HttpRequest) -> Team | None:
+    """The form's team (None: the user's default team). One that is not the user's is a
+    404, like any object of another team."""
+    chosen = request.POST.get("team", "").strip()
+    if not chosen:
+        return None
+    team = find_team(request.user, chosen)
+    if team is None:
+        raise Http404("no such team")
+    return team
 
 
 def _clone_source(request: HttpRequest, params) -> Run | None:

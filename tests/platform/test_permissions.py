@@ -178,3 +178,33 @@ def test_lists_page_with_limit_and_offset(teams, make_run):
     last = client.get("/api/runs/", {"limit": 2, "offset": 4}).json()
     assert [run["id"] for run in last["results"]] == [runs[0].id]
     assert last["next"] is None
+
+
+# --- the launch page follows the same rules ------------------------------------------------------------
+
+
+def test_the_launch_page_offers_the_teams_a_user_may_launch_in(teams, client):
+    add_member(teams.other_team, teams.member, Role.MEMBER)
+    client.force_login(teams.member)
+
+    form = client.get("/runs/new/").content.decode()
+    assert '<option value="ml"' in form and '<option value="other"' in form
+
+    response = client.post("/runs/new/", {"spec": "training: {steps: 2}", "team": "other"})
+    assert response.status_code == 302
+    assert Run.objects.get().team == teams.other_team
+
+
+def test_a_viewer_launching_from_the_page_sees_the_role_needed_and_nothing_runs(teams, client):
+    client.force_login(teams.viewer)
+    response = client.post("/runs/new/", {"spec": "training: {steps: 2}"})
+    assert response.status_code == 400
+    assert "member role" in response.content.decode()
+    assert Run.objects.count() == 0
+
+
+def test_the_launch_page_refuses_another_teams_name_as_not_found(teams, client):
+    client.force_login(teams.member)
+    response = client.post("/runs/new/", {"spec": "training: {steps: 2}", "team": "other"})
+    assert response.status_code == 404
+    assert Run.objects.count() == 0
