@@ -255,3 +255,25 @@ def test_a_member_of_two_teams_counts_against_each_teams_quota_separately(teams,
     in_other = launch(teams.member, teams.other_team, name="other")
 
     assert sorted(admit_queued_runs()) == sorted([in_ml.pk, in_other.pk])
+
+
+def test_the_workers_sweep_reads_the_free_gpus_of_the_ray_cluster_it_is_attached_to(teams, h100, monkeypatch):
+    import ray
+
+    from quotas.admission import cluster_free_gpus
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    ray.shutdown()  # a Ray an earlier test of the session left running (the engine re-inits on demand)
+    assert cluster_free_gpus() is None  # no cluster: trust the pool's capacity
+    runs = [launch(teams.member, teams.team, name=f"r{i}") for i in range(3)]
+    # A real local Ray whose node declares 2 GPUs (logical resources; no device needed).
+    ray.init(num_cpus=1, num_gpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    try:
+        free = cluster_free_gpus()
+        admitted = admit_queued_runs(cluster_free_gpus=free)
+    finally:
+        ray.shutdown()
+
+    assert free == 2.0
+    assert admitted == [runs[0].pk, runs[1].pk]
+    assert reasons(h100) == {}  # the pool alone would have room: Ray's numbers held r2 back
