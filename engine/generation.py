@@ -67,7 +67,11 @@ def generate(
     backend = TorchBackend(model, max_slots=max_slots, generator=generator)
     for index, prompt_ids in enumerate(encoded):
         backend.submit(Request(str(index), prompt_ids, params))
-    samples = sorted(run_to_completion(backend), key=lambda s: (int(s.request_id), s.sample_index))
+    was_training = model.training
+    try:
+        samples = sorted(run_to_completion(backend), key=lambda s: (int(s.request_id), s.sample_index))
+    finally:
+        model.train(was_training)
     return [
         Completion(
             prompt_index=int(sample.request_id),
