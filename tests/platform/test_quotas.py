@@ -312,3 +312,20 @@ def test_a_clone_is_offered_its_source_runs_pool(teams, h100, client):
     form = client.get(f"/runs/new/?from={source}").content.decode()
 
     assert '<option value="h100" selected>' in form
+
+
+def test_site_admins_set_quotas_in_the_django_admin_and_waiting_runs_are_swept(
+    teams, staff, h100, client, enqueued, django_capture_on_commit_callbacks
+):
+    quota = Quota.objects.create(pool=h100, user=teams.member, max_concurrent_gpus=1)
+    first, second = (launch(teams.client(teams.member)).json()["id"] for _ in range(2))  # both wait: no sweep yet
+    client.force_login(staff)
+    form = {"pool": h100.pk, "user": teams.member.pk, "max_concurrent_gpus": 2, "period_days": 30}
+
+    assert client.get("/admin/quotas/pool/").status_code == 200
+    with django_capture_on_commit_callbacks(execute=True):
+        saved = client.post(f"/admin/quotas/quota/{quota.pk}/change/", form)
+
+    assert saved.status_code == 302, saved.content.decode()[:2000]
+    assert Quota.objects.get().max_concurrent_gpus == 2
+    assert sorted(enqueued) == sorted([first, second])
