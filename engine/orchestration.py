@@ -94,9 +94,10 @@ class RayTrainer:
 EXECUTORS = {"inprocess": LocalTrainer, "ray": RayTrainer}
 
 
-def evaluates_after(step: int, steps: int, eval_every: int) -> bool:
-    """Evaluate after every `eval_every`-th step and after the last one."""
-    return step == steps or (eval_every > 0 and step % eval_every == 0)
+def due_after(step: int, steps: int, every: int) -> bool:
+    """Whether an evaluation or a checkpoint follows `step`: after every `every`-th step
+    (never along the way when `every` is 0) and after the last one."""
+    return step == steps or (every > 0 and step % every == 0)
 
 
 def run(
@@ -144,9 +145,9 @@ def run(
                 sink.emit(Status(status="cancelled", message=f"cancelled on request before step {step}"))
                 return "cancelled"
             _forward(sink, trainer.step())
-            if evaluates_after(step, spec.training.steps, spec.training.eval_every):
+            if due_after(step, spec.training.steps, spec.training.eval_every):
                 latest_val.update(_forward(sink, trainer.evaluate(step)))
-            if run_dir is not None and checkpoints_after(step, spec.training.steps, spec.training.checkpoint_every):
+            if run_dir is not None and due_after(step, spec.training.steps, spec.training.checkpoint_every):
                 checkpoint(step)
                 saved_step = step
             sink.emit(Heartbeat(step=step))
@@ -162,11 +163,6 @@ def run(
 
 
 RESTORED = "model weights, optimiser, LR scheduler, random generators, prompt order and step counter"
-
-
-def checkpoints_after(step: int, steps: int, checkpoint_every: int) -> bool:
-    """Checkpoint after every `checkpoint_every`-th step and after the last one."""
-    return step == steps or (checkpoint_every > 0 and step % checkpoint_every == 0)
 
 
 def describe(exc: BaseException) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from engine.assets import resolve_model_path
 from engine.events import ListSink
-from engine.orchestration import evaluates_after, run
+from engine.orchestration import due_after, run
 from engine.spec import parse_spec
 
 
@@ -24,9 +24,9 @@ def tiny_spec(**overrides) -> dict:
     return spec | overrides
 
 
-def test_evaluation_happens_every_eval_every_steps_and_after_the_last():
-    assert [s for s in range(1, 8) if evaluates_after(s, steps=7, eval_every=3)] == [3, 6, 7]
-    assert [s for s in range(1, 5) if evaluates_after(s, steps=4, eval_every=0)] == [4]
+def test_evaluations_and_checkpoints_follow_every_nth_step_and_the_last():
+    assert [s for s in range(1, 8) if due_after(s, steps=7, every=3)] == [3, 6, 7]
+    assert [s for s in range(1, 5) if due_after(s, steps=4, every=0)] == [4]
 
 
 def test_a_run_reports_status_evaluations_steps_and_heartbeats_in_order():
