@@ -11,23 +11,19 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-
-class DatasetFormat(models.TextChoices):
-    JSONL = "jsonl", "JSON lines"
-    CSV = "csv", "CSV"
-    PARQUET = "parquet", "Parquet"
-    # A folder written by Hugging Face `datasets.save_to_disk`: only registered server paths.
-    HF_DISK = "hf_disk", "Hugging Face dataset on disk"
+from engine.data import ANSWER_FORMATS, FORMATS
 
 
 class Dataset(models.Model):
     team = models.ForeignKey("accounts.Team", on_delete=models.PROTECT, related_name="datasets")
     name = models.CharField(max_length=100)
     description = models.TextField(blank=True, default="")
-    format = models.CharField(max_length=16, choices=DatasetFormat.choices)
+    # The engine loader's formats; hf_disk (a datasets.save_to_disk folder) only for
+    # registered server paths.
+    format = models.CharField(max_length=16, choices=[(name, name) for name in FORMATS])
     # role → column name: {"prompt": ..., "answer": ..., "id": ..., "difficulty": ..., "split": ...}
     columns = models.JSONField(default=dict)
-    answer_format = models.CharField(max_length=16, default="plain")
+    answer_format = models.CharField(max_length=16, choices=[(name, name) for name in ANSWER_FORMATS], default="plain")
     # Absolute path the engine reads: a file under ROLLYARD_DATA_DIR for uploads, the
     # server's own path for registered datasets (which are never moved or deleted by us).
     path = models.CharField(max_length=1024)

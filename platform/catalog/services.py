@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -23,13 +23,12 @@ from django.db.models import Max
 
 from accounts.models import Role, Team
 from accounts.permissions import require_role, visible_to
-from catalog.models import Dataset, DatasetFormat, Preset, PresetKind, PromptRecord, PromptStat, RunInputs
+from catalog.models import Dataset, Preset, PresetKind, PromptRecord, PromptStat, RunInputs
 from catalog.uploads import FORMAT_SUFFIXES, data_dir, safe_filename
+from engine.data import FORMATS, ColumnMapping, DatasetError, LoadReport, RowError, load_dataset_rows
 from engine.events import Event, PromptResults
 from engine.spec import DatasetSpec, RunSpec, SpecError, parse_spec
-
-if TYPE_CHECKING:
-    from engine.data import ColumnMapping, DatasetError, LoadReport, RowError
+from engine.tasks.file import split_problems
 
 # A 400 lists at most this many bad rows (and says how many there were in all).
 REPORTED_ROW_ERRORS = 100
@@ -76,20 +75,18 @@ def _check_name(name: str, what: str) -> str:
 class LoadOptions:
     """How to read a dataset file: the engine loader's arguments."""
 
-    format: str
+    format: str | None  # None: the loader tells it from the suffix (or a folder)
     columns: dict[str, str] = field(default_factory=lambda: dict(REQUIRED_COLUMNS))
     answer_format: str = "plain"
 
-    def column_mapping(self) -> "ColumnMapping":
-        from engine.data import ColumnMapping  # see _load
-
+    def column_mapping(self) -> ColumnMapping:
         return ColumnMapping(**{role: self.columns.get(role) for role in COLUMN_ROLES})
 
 
 def load_options(format: str | None, columns: Mapping[str, Any] | None, answer_format: str | None) -> LoadOptions:
     """Validated loader options. Raises CatalogError naming an unknown format or role."""
-    if format not in DatasetFormat.values:
-        raise CatalogError(f"unknown format {format!r}; choose one of: {', '.join(DatasetFormat.values)}")
+    if format is not None and format not in FORMATS:
+        raise CatalogError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
     mapping = dict(REQUIRED_COLUMNS)
     for role, column in (columns or {}).items():
         if role not in COLUMN_ROLES:
@@ -205,7 +202,7 @@ def _store_dataset(
                 team=team,
                 name=name,
                 description=description,
-                format=options.format,
+                format=report.format,
                 columns=options.columns,
                 answer_format=options.answer_format,
                 path=str(final_path),
@@ -247,11 +244,7 @@ def _store_dataset(
     return dataset
 
 
-def _load(path: Path, options: LoadOptions) -> "LoadReport":
-    # Imported here, not at the top: runs.services imports this module on every launch and
-    # every telemetry batch, and only uploads need the loader and its file-format readers.
-    from engine.data import DatasetError, load_dataset_rows
-
+def _load(path: Path, options: LoadOptions) -> LoadReport:
     try:
         return load_dataset_rows(
             path, format=options.format, columns=options.column_mapping(), answer_format=options.answer_format
@@ -260,13 +253,10 @@ def _load(path: Path, options: LoadOptions) -> "LoadReport":
         raise _rejected(exc) from None
 
 
-def _splits(report: "LoadReport") -> list[str]:
+def _splits(report: LoadReport) -> list[str]:
     """Each accepted row's split exactly as a run will read it: the file's split column
     when mapped, else the engine's hash rule at the default eval_size. Raises
     DatasetRejected when no run could split the rows (e.g. no test row at all)."""
-    from engine.data import DatasetError
-    from engine.tasks.file import split_problems
-
     try:
         by_split = split_problems(report.problems, DatasetSpec.model_fields["eval_size"].default)
     except DatasetError as exc:
@@ -275,12 +265,12 @@ def _splits(report: "LoadReport") -> list[str]:
     return [split_of[problem.id] for problem in report.problems]
 
 
-def _rejected(exc: "DatasetError") -> DatasetRejected:
+def _rejected(exc: DatasetError) -> DatasetRejected:
     errors = [_row_error(error) for error in exc.errors[:REPORTED_ROW_ERRORS]]
     return DatasetRejected(f"not a usable dataset: {_short(str(exc))}; nothing was stored", errors, len(exc.errors))
 
 
-def _row_error(error: "RowError") -> dict[str, Any]:
+def _row_error(error: RowError) -> dict[str, Any]:
     return {"line": error.line, "unit": error.unit, "reason": _short(error.reason)}
 
 

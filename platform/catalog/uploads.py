@@ -17,12 +17,14 @@ from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import FileUploadHandler, SkipFile, StopUpload
 from django.http import HttpRequest
 
+from engine.data.loading import SUFFIX_FORMATS
+
 # Multipart framing and the small form fields around the file: a request whose declared
 # length passes the limit by more than this is refused before a byte of it is read.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 FILE_FIELD = "file"
 
-SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+# The formats an upload may have (hf_disk is a folder), with the suffix a stored file gets.
 FORMAT_SUFFIXES = {"jsonl": ".jsonl", "csv": ".csv", "parquet": ".parquet"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_FILENAME_CHARS = 100
@@ -70,7 +72,8 @@ def safe_filename(client_name: str, fallback: str = "data") -> str:
 
 
 def format_from_filename(name: str) -> str | None:
-    """The dataset format a file's suffix names, None when it names none we read."""
+    """The dataset format a file's suffix names (the engine loader's rule), None when it
+    names none the loader reads."""
     return SUFFIX_FORMATS.get(Path(name).suffix.lower())
 
 

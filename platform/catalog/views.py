@@ -16,9 +16,10 @@ from accounts.models import Role, Team
 from accounts.permissions import find_team, teams_of
 from accounts.services import default_team
 from catalog import selectors, services
-from catalog.models import Dataset, DatasetFormat, Preset, PresetKind, PromptRecord
+from catalog.models import Dataset, Preset, PresetKind, PromptRecord
+from catalog.uploads import FORMAT_SUFFIXES, UploadTooLarge, check_declared_length, format_from_filename, install_capped_handler
+from engine.data import ANSWER_FORMATS
 from engine.spec import SpecError
-from catalog.uploads import UploadTooLarge, check_declared_length, format_from_filename, install_capped_handler
 
 RECORDS_PER_PAGE = 50
 
@@ -61,7 +62,8 @@ def _dataset_list(request: HttpRequest, handler) -> HttpResponse:
     context = {
         "datasets": selectors.visible_datasets(request.user),
         "teams": teams_of(request.user, Role.MEMBER),
-        "formats": [value for value in DatasetFormat.values if value != DatasetFormat.HF_DISK],
+        "formats": list(FORMAT_SUFFIXES),
+        "answer_formats": ANSWER_FORMATS,
         "problems": problems,
         "row_errors": row_errors,
         "bad_row_count": bad_row_count,

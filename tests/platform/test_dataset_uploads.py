@@ -336,7 +336,7 @@ def test_an_anonymous_upload_is_refused(data_dir, teams):
 
 
 def register(client: APIClient, path: str, **fields):
-    return client.post(API, {"name": "shared", "team": "ml", "path": path, "format": "jsonl", **fields}, format="json")
+    return client.post(API, {"name": "shared", "team": "ml", "path": path, **fields}, format="json")
 
 
 def test_registering_a_path_is_refused_when_no_roots_are_configured(uploader, tmp_path, data_dir):
@@ -360,7 +360,7 @@ def test_a_path_inside_a_root_is_registered_in_place(uploader, tmp_path, setting
     response = register(uploader, str(file))
 
     assert response.status_code == 201, response.json()
-    assert response.json()["registered"] is True
+    assert (response.json()["registered"], response.json()["format"]) == (True, "jsonl")  # from the suffix
     assert Dataset.objects.get().path == str(file.resolve())
     assert file.exists() and stored_files(data_dir) == []
 
@@ -438,10 +438,11 @@ def test_a_saved_hugging_face_dataset_folder_is_registered_with_its_splits(uploa
     ).save_to_disk(str(root / "sums"))
     settings.ROLLYARD_DATASET_ROOTS = [root]
 
-    response = register(uploader, str(root / "sums"), format="hf_disk")
+    response = register(uploader, str(root / "sums"))
 
     assert response.status_code == 201, response.json()
     # The DatasetDict's split names give the rows their splits ("validation" reads as test).
+    assert response.json()["format"] == "hf_disk"  # a save_to_disk folder, recognised
     assert response.json()["split_counts"] == {"train": 4, "test": 2}
     assert response.json()["size_bytes"] > 0
 

@@ -7,6 +7,7 @@ from django.urls import reverse
 from rest_framework import serializers
 
 from catalog.models import Dataset, Preset, PresetKind, PromptRecord, PromptStat
+from engine.data import ANSWER_FORMATS
 
 
 class DatasetSerializer(serializers.ModelSerializer):
@@ -44,7 +45,7 @@ class DatasetCreateSerializer(serializers.Serializer):
     columns = serializers.JSONField(
         required=False, help_text='role → column, e.g. {"prompt": "question", "answer": "answer", "split": "split"}'
     )
-    answer_format = serializers.CharField(required=False, default="plain", help_text="plain, gsm8k or boxed")
+    answer_format = serializers.ChoiceField(choices=ANSWER_FORMATS, required=False, default="plain")
     skip_bad_rows = serializers.BooleanField(
         required=False, default=False, help_text="store the good rows and report the bad ones instead of refusing"
     )
