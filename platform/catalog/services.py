@@ -432,7 +432,10 @@ def resolve_references(
         overrides = dict(section)
         reference = overrides.pop("catalog")
         references.dataset = _find_dataset(user, team, reference)
-        if references.dataset is None:
+        if "path" in overrides:
+            # The run's prompt history is the referenced dataset's: it must read that file.
+            problems.append(("dataset.path", "give either a catalog reference or a path, not both"))
+        elif references.dataset is None:
             problems.append(("dataset.catalog", f"no dataset {reference!r} among your teams' datasets"))
         else:
             data["dataset"] = {**dataset_spec_section(references.dataset), **overrides}

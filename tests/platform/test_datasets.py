@@ -84,6 +84,16 @@ def test_a_run_launched_from_a_dataset_reference_stores_the_resolved_spec_and_th
     assert RunInputs.objects.get(run=run).dataset == dataset
 
 
+def test_a_reference_cannot_be_pointed_at_another_file(dataset, teams, tmp_path):
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"prompt": "1 + 1 =", "answer": "2"}\n{"prompt": "2 + 2 =", "answer": "4"}\n')
+
+    response = launch(teams.client(teams.member), {"dataset": {"catalog": "ml/sums", "path": str(other)}})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {"dataset.path": ["give either a catalog reference or a path, not both"]}
+
+
 def test_a_bare_dataset_name_means_the_launch_teams_dataset(dataset, teams):
     response = launch(teams.client(teams.member), {"dataset": {"catalog": "sums"}, "training": {"steps": 2}})
 
