@@ -1,7 +1,8 @@
 """`python -m devstack demo`: the whole platform on one machine, a run learning live.
 
 Starts the embedded services (Redis; SQLite unless DATABASE_URL says otherwise), applies
-migrations, creates the demo user, starts the web server and a worker, launches a GRPO
+migrations, creates the demo user, starts the web server, a run worker and a housekeeping
+worker with Celery beat (reconciler, retention, admission sweeps), launches a GRPO
 run on the built-in task and prints where to watch it. Ctrl-C stops everything.
 """
 
@@ -10,7 +11,7 @@ import os
 import sys
 import time
 
-from devstack.processes import start_web, start_worker, stack_env, stop, wait_for_http
+from devstack.processes import start_housekeeper, start_web, start_worker, stack_env, stop, wait_for_http
 from devstack.services import VAR_DIR, ensure_redis, redis_url
 
 DEMO_USER = "demo"
@@ -53,11 +54,12 @@ def demo(port: int) -> int:
     redis = ensure_redis()
     env = stack_env(REDIS_URL=redis_url())
     os.environ.update(REDIS_URL=env["REDIS_URL"])
-    web = worker = None
+    web = worker = housekeeper = None
     try:
         token, user = prepare_database()
         web = start_web(port, env, VAR_DIR / "web.log")
         worker = start_worker(env, VAR_DIR / "worker.log")
+        housekeeper = start_housekeeper(env, VAR_DIR / "housekeeper.log")
         base = f"http://127.0.0.1:{port}"
         wait_for_http(f"{base}/accounts/login/", web)
         run_id = launch_demo_run(user)
@@ -67,18 +69,18 @@ def demo(port: int) -> int:
             f"  log in as:           {DEMO_USER} / {DEMO_PASSWORD}\n"
             f"  API token:           {token}\n"
             f"  REST API schema:     {base}/api/schema/\n"
-            f"  logs:                {VAR_DIR}/web.log, {VAR_DIR}/worker.log\n"
+            f"  logs:                {VAR_DIR}/web.log, {VAR_DIR}/worker.log, {VAR_DIR}/housekeeper.log\n"
             f"Ctrl-C stops everything.\n",
             flush=True,
         )
-        while web.poll() is None and worker.poll() is None:
+        while web.poll() is None and worker.poll() is None and housekeeper.poll() is None:
             time.sleep(1)
         print("a stack process exited; see the logs above", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
     finally:
-        stop(web, worker, redis)
+        stop(web, worker, housekeeper, redis)
 
 
 def main(argv: list[str] | None = None) -> int:

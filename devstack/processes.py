@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from devstack.services import REPO_ROOT
+from devstack.services import REPO_ROOT, VAR_DIR
 
 PLATFORM_DIR = REPO_ROOT / "platform"
 
@@ -45,6 +45,23 @@ def start_worker(env: dict[str, str], log: Path | None = None, pool: str = "pref
             sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
             "--queues", "runs,celery", "--concurrency", "1", "--pool", pool,
             "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+        ],
+        env,
+        log,
+    )
+
+
+def start_housekeeper(env: dict[str, str], log: Path | None = None) -> subprocess.Popen:
+    """A Celery worker for the default queue only, with Celery beat inside it: the periodic
+    reconciler, checkpoint retention and admission sweeps. Apart from the run workers,
+    because a run holds its worker for its whole life and a dead run worker is exactly what
+    the reconciler must notice. Beat's schedule file lives under var/."""
+    return _spawn(
+        [
+            sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+            "--queues", "celery", "--concurrency", "1", "--pool", "solo",
+            "--beat", "--schedule", str(VAR_DIR / "celerybeat-schedule"),
+            "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--hostname", "housekeeper@%h",
         ],
         env,
         log,

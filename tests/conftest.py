@@ -78,9 +78,18 @@ def purge_run_queue() -> None:
 
 
 @pytest.fixture(scope="session")
-def live_stack(django_db_setup, django_db_blocker):
+def stack_process_env(django_db_setup, tmp_path_factory) -> dict[str, str]:
+    """The environment of a stack process that shares the test database and Redis. Run
+    folders go to a folder of this session: run ids restart with every test database, and
+    a worker must never resume another session's run 1 from var/runs/1."""
+    runs_dir = tmp_path_factory.mktemp("runs")
+    return stack_env(DATABASE_URL=database_url_of_test_db(), REDIS_URL=redis_url(), ROLLYARD_RUNS_DIR=str(runs_dir))
+
+
+@pytest.fixture(scope="session")
+def live_stack(stack_process_env, django_db_blocker):
     VAR_DIR.mkdir(exist_ok=True)
-    env = stack_env(DATABASE_URL=database_url_of_test_db(), REDIS_URL=redis_url())
+    env = stack_process_env
     web_log, worker_log = VAR_DIR / "test-web.log", VAR_DIR / "test-worker.log"
     for log in (web_log, worker_log):
         log.write_text("")

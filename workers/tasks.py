@@ -20,7 +20,13 @@ def execute_run(run_id: int) -> str:
     from engine.spec import parse_spec
     from runs.models import Run, RunStatus
     from runs.selectors import cancel_requested
-    from runs.services import IllegalTransition, attempt_is_current, claim_run, end_attempt, transition
+    from runs.services import (
+        IllegalTransition,
+        attempt_is_current,
+        claim_run,
+        end_attempt,
+        set_aside_stale_run_dir,
+    )
 
     try:
         run = Run.objects.get(pk=run_id)
@@ -35,6 +41,8 @@ def execute_run(run_id: int) -> str:
         logger.info("run %s not started: %s", run_id, exc)
         return "skipped"
 
+    if aside := set_aside_stale_run_dir(claim):
+        logger.warning("run %s: a folder from an earlier run with this id was moved to %s", run_id, aside)
     attempt_id = claim.attempt.pk
     sink = DatabaseSink(run_id)
 

@@ -304,6 +304,17 @@ def end_attempt(attempt_id: int, to_status: RunStatus | str, reason: str) -> Run
         return transition(attempt.run_id, to_status, reason)
 
 
+def set_aside_stale_run_dir(claim: Claim) -> Path | None:
+    """Before a run's first attempt, its folder must not exist: one left by an earlier
+    database that reused this id would make the engine resume someone else's checkpoint.
+    Such a folder is renamed, never deleted. Returns where it went, if anywhere."""
+    if claim.attempt.number != 1 or not claim.run_dir.exists():
+        return None
+    aside = claim.run_dir.with_name(f"{claim.run_dir.name}.stale-{timezone.now():%Y%m%dT%H%M%S}")
+    claim.run_dir.rename(aside)
+    return aside
+
+
 def attempt_is_current(attempt_id: int) -> bool:
     """Is this attempt still the run's live one? False once the reconciler gave up on it
     (its worker was presumed dead) or the run ended: its driver must stop."""

@@ -111,6 +111,18 @@ def test_the_end_of_a_run_closes_its_attempt_with_the_outcome(alice):
     assert Run.objects.get(pk=run.pk).status == "succeeded"
 
 
+def test_a_first_attempt_sets_aside_a_folder_an_earlier_database_left_under_its_id(alice):
+    run = admitted_run(alice)
+    left_over = services.run_dir(run.pk) / "checkpoints" / "step-000009"
+    left_over.mkdir(parents=True)
+
+    claim = services.claim_run(run.pk, "host-a", 1111)
+    aside = services.set_aside_stale_run_dir(claim)
+
+    assert not claim.run_dir.exists()  # the engine starts fresh instead of resuming step 9
+    assert (aside / "checkpoints" / "step-000009").is_dir() and aside.parent == claim.run_dir.parent
+
+
 def test_checkpoint_events_become_rows_with_their_size_and_metrics(alice):
     run, _ = running_run(alice)
     write_checkpoint(run, 5, {"val/acc/mean@1": 0.6})
@@ -437,3 +449,88 @@ def test_a_failing_webhook_never_breaks_the_sweep_and_is_retried(alice, admissio
     finally:
         hook.close()
     assert [body["kind"] for body in hook.received] == ["dead"]
+
+
+# --- the REST API and the pages -------------------------------------------------------------------
+
+
+def test_the_api_lists_attempts_and_checkpoints_and_forks_from_one(alice, api_alice):
+    run, _ = running_run(alice)
+    write_checkpoint(run, 3, {"val/acc/mean@1": 0.5})
+
+    attempts = api_alice.get(f"/api/runs/{run.pk}/attempts/").json()
+    assert [(a["number"], a["outcome"], a["worker_host"]) for a in attempts] == [(1, "running", "host-a")]
+    checkpoints = api_alice.get(f"/api/runs/{run.pk}/checkpoints/").json()
+    assert [(c["step"], c["size_bytes"], c["deleted"]) for c in checkpoints] == [(3, 1024, False)]
+
+    response = api_alice.post(
+        f"/api/runs/{run.pk}/fork/", {"step": 3, "overrides": {"training": {"lr": 1e-4}}}, format="json"
+    )
+    assert response.status_code == 201, response.content
+    child = response.json()
+    assert (child["parent"], child["forked_from_step"], child["spec"]["training"]["lr"]) == (run.pk, 3, 1e-4)
+
+    missing = api_alice.post(f"/api/runs/{run.pk}/fork/", {"step": 2}, format="json")
+    assert missing.status_code == 400
+    assert "no checkpoint at step 2" in missing.json()["error"]["fields"]["step"][0]
+
+
+def test_the_api_clones_and_launches_with_a_retention_override(alice, api_alice):
+    run = services.create_run(alice, {"name": "first", "training": {"steps": 9}}, retention={"keep_last": 5})
+
+    clone = api_alice.get(f"/api/runs/{run.pk}/clone/").json()
+    assert clone["spec"]["training"]["steps"] == 9 and "name" not in clone["spec"]
+    assert clone["retention"]["keep_last"] == 5
+    clone["spec"]["training"]["steps"] = 12
+    launched = api_alice.post("/api/runs/", {"spec": clone["spec"], "retention": {"keep_best": 2}}, format="json")
+    assert launched.status_code == 201, launched.content
+    assert launched.json()["retention"] == {"keep_last": 3, "keep_best": 2, "metric": "val/acc/mean@1", "mode": "max"}
+
+    refused = api_alice.post("/api/runs/", {"spec": {}, "retention": {"keep_last": 0}}, format="json")
+    assert refused.status_code == 400
+    assert "retention.keep_last" in refused.json()["error"]["fields"]
+
+
+def test_the_api_diffs_two_runs_and_hides_another_teams(alice, bob, api_alice):
+    a = services.create_run(alice, {"training": {"lr": 3e-4}})
+    b = services.create_run(alice, {"training": {"lr": 1e-3}, "seed": 7})
+    hidden = services.create_run(bob, {})
+
+    diff = api_alice.get(f"/api/runs/diff/?a={a.pk}&b={b.pk}").json()
+    paths = {d["path"]: (d["a"], d["b"]) for d in diff["differences"]}
+    assert paths == {"training.lr": (3e-4, 1e-3), "seed": (0, 7)}  # both are named "grpo on arith"
+    assert api_alice.get(f"/api/runs/diff/?a={a.pk}&b={hidden.pk}").status_code == 404
+    assert api_alice.get(f"/api/runs/diff/?a={a.pk}").status_code == 400
+
+
+def test_the_run_page_shows_attempts_checkpoints_and_forks_from_a_form(alice, client):
+    client.force_login(alice)
+    run, _ = running_run(alice)
+    write_checkpoint(run, 3, {"val/acc/mean@1": 0.625})
+
+    page = client.get(f"/runs/{run.pk}/").content.decode()
+    assert 'id="run-attempts"' in page and "host-a (pid 1111)" in page
+    assert 'data-step="3"' in page and "0.625" in page
+    assert "keep the last 3 and the best 1" in page
+
+    response = client.post(f"/runs/{run.pk}/fork/", {"step": "3", "overrides": "training: {lr: 0.0001}"})
+    child = Run.objects.get(parent=run)
+    assert response.status_code == 302 and response["Location"] == f"/runs/{child.pk}/"
+    assert child.spec["training"]["lr"] == 1e-4
+    child_page = client.get(f"/runs/{child.pk}/").content.decode()
+    assert f"forked from <a href=\"/runs/{run.pk}/\">#{run.pk}</a> at step 3" in child_page
+
+    diff = client.get(f"/runs/diff/?a={run.pk}&b={child.pk}").content.decode()
+    assert 'data-path="training.lr"' in diff
+
+
+def test_launching_from_the_clone_form_records_the_parent(alice, client):
+    client.force_login(alice)
+    source = services.create_run(alice, {"name": "source"})
+
+    form = client.get(f"/runs/new/?from={source.pk}").content.decode()
+    assert 'id="clone-of"' in form and 'name="from"' in form
+    response = client.post("/runs/new/", {"spec": "training: {steps: 5}", "from": str(source.pk)})
+
+    assert response.status_code == 302
+    assert Run.objects.get(parent=source).total_steps == 5
