@@ -136,3 +136,9 @@ def test_the_installed_rollyard_command_lists_runs(live_stack, alice_secret):
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "status" in result.stdout and "progress" in result.stdout
+
+
+def test_rollyard_demo_is_still_a_command():
+    result = CliRunner().invoke(app, ["demo", "--help"])
+    assert result.exit_code == 0
+    assert "--port" in result.output
