@@ -391,9 +391,9 @@ def fork_run(
 
     Raises SpecError (fields `step` or spec paths) when the parent has no checkpoint at
     that step still on disk, when the merged spec is invalid, or when it ends at or before
-    `step`; RunPermissionDenied unless the user may manage the parent.
+    `step`; RunPermissionDenied unless the user may launch runs in the parent's team (the
+    fork lives there; forking leaves the parent untouched, so owning it is not needed).
     """
-    check_can_manage(user, parent)
     spec = merge_spec(parent.spec, overrides or {})
     spec.pop("name", None)
     with transaction.atomic():

@@ -157,6 +157,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         "raw": raw_links,
         "attempts": run.attempts.order_by("number"),
         "checkpoints": run.checkpoints.order_by("-step"),
+        "checkpoint_bytes": sum(run.checkpoints.filter(deleted_at__isnull=True).values_list("size_bytes", flat=True)),
         "retention": services.resolve_retention(run.retention),
         "children": selectors.visible_runs(request.user).filter(parent=run).order_by("id"),
         "open_alerts": run.alerts.filter(resolved_at__isnull=True),

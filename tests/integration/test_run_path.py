@@ -11,7 +11,7 @@ from django.contrib.auth import get_user_model
 from websockets.sync.client import connect
 
 from accounts.services import create_token
-from runs.models import MetricPoint, Run, RunStatusChange
+from runs.models import Checkpoint, MetricPoint, Run, RunAttempt, RunStatusChange
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(600)]
 
@@ -77,6 +77,11 @@ def test_a_launched_run_trains_on_a_worker_and_streams_its_events_live(live_stac
     assert history == ["queued", "admitted", "running", "succeeded"]
     # Every step's metrics are in the database, not only what the socket carried.
     assert set(MetricPoint.objects.filter(run=run, name="reward/mean").values_list("step", flat=True)) == {1, 2, 3}
+    # One worker's attempt, from the start; the engine checkpointed the last step in the run's folder.
+    attempt = RunAttempt.objects.get(run=run)
+    assert (attempt.number, attempt.outcome, attempt.resumed_from_step) == (1, "succeeded", None)
+    checkpoint = Checkpoint.objects.get(run=run)
+    assert checkpoint.step == 3 and checkpoint.size_bytes > 0 and checkpoint.path.endswith(f"/{run_id}/checkpoints/step-000003")
 
 
 def test_cancel_stops_a_running_run_between_steps(live_stack, token):

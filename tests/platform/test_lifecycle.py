@@ -251,6 +251,18 @@ def test_retention_keeps_the_last_n_and_the_best_k_and_deletes_the_rest(alice):
     assert Checkpoint.objects.filter(run=run).count() == 5  # deleted rows stay as history
 
 
+def test_the_periodic_retention_task_applies_every_runs_policy(alice):
+    from workers.tasks import apply_checkpoint_retention
+
+    first, _ = running_run(alice, retention={"keep_last": 1, "keep_best": 0})
+    second, _ = running_run(alice, retention={"keep_last": 2, "keep_best": 0})
+    for run in (first, second):
+        make_checkpoints(run, {1: 0.1, 2: 0.2, 3: 0.3})
+
+    assert apply_checkpoint_retention() == {str(first.pk): [1, 2], str(second.pk): [1]}
+    assert apply_checkpoint_retention() == {}  # nothing left to delete
+
+
 def test_retention_by_min_keeps_the_lowest_and_ignores_checkpoints_without_the_metric(alice):
     run, _ = running_run(alice, retention={"keep_last": 1, "keep_best": 1, "metric": "val/loss", "mode": "min"})
     write_checkpoint(run, 10, {"val/loss": 0.3})
@@ -511,6 +523,7 @@ def test_the_run_page_shows_attempts_checkpoints_and_forks_from_a_form(alice, cl
     page = client.get(f"/runs/{run.pk}/").content.decode()
     assert 'id="run-attempts"' in page and "host-a (pid 1111)" in page
     assert 'data-step="3"' in page and "0.625" in page
+    assert '<span id="run-checkpoint-bytes">1.0\xa0KB</span>' in page  # 1024 bytes
     assert "keep the last 3 and the best 1" in page
 
     response = client.post(f"/runs/{run.pk}/fork/", {"step": "3", "overrides": "training: {lr: 0.0001}"})
@@ -534,3 +547,15 @@ def test_launching_from_the_clone_form_records_the_parent(alice, client):
 
     assert response.status_code == 302
     assert Run.objects.get(parent=source).total_steps == 5
+
+
+def test_a_member_forks_a_teammates_run_but_a_viewer_and_another_team_cannot(teams):
+    run, _ = running_run(teams.admin, team=teams.team)
+    write_checkpoint(run, 3)
+    fork = {"step": 3}
+
+    assert teams.client(teams.member).post(f"/api/runs/{run.pk}/fork/", fork, format="json").status_code == 201
+    refused = teams.client(teams.viewer).post(f"/api/runs/{run.pk}/fork/", fork, format="json")
+    assert refused.status_code == 403 and "member" in refused.json()["error"]["message"]
+    assert teams.client(teams.outsider).post(f"/api/runs/{run.pk}/fork/", fork, format="json").status_code == 404
+    assert Run.objects.filter(parent=run).count() == 1
