@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from engine.inference import PartialResponse, Request, SamplingParams, TorchBackend, run_to_completion
 from engine.losses import token_logprobs
@@ -182,3 +183,29 @@ def test_bad_requests_are_refused_with_the_reason(model):
     backend.submit(Request("a", PROMPT, greedy(2)))
     with pytest.raises(ValueError, match="already in flight"):
         backend.submit(Request("a", PROMPT, greedy(2)))
+
+
+def test_a_qwen2_model_decodes_ragged_rows_like_transformers_generate():
+    # Qwen2 adds q/k/v biases and grouped KV heads to what the Llama tests cover.
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+    )
+    qwen = Qwen2ForCausalLM(config).eval()
+    prompts = [torch.randint(3, 300, (length,)).tolist() for length in (3, 11, 6)]
+    backend = TorchBackend(qwen, max_slots=2, generator=torch.Generator().manual_seed(0))
+    for index, prompt in enumerate(prompts):
+        backend.submit(Request(str(index), prompt, SamplingParams(temperature=0.0, max_new_tokens=10 + 5 * index)))
+    samples = sorted(run_to_completion(backend), key=lambda sample: sample.request_id)
+
+    for prompt, sample in zip(prompts, samples):
+        ids = torch.tensor([prompt])
+        with torch.no_grad():
+            reference = qwen.generate(
+                ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=len(sample.token_ids),
+                eos_token_id=None, pad_token_id=0,
+            )
+        assert sample.token_ids == reference[0, len(prompt) :].tolist()
+        expected = recomputed_logprobs(qwen, prompt, sample.token_ids)
+        assert torch.allclose(torch.tensor(sample.logprobs), expected, atol=1e-4)
