@@ -33,7 +33,6 @@ from workers import dispatch
 User = AbstractBaseUser | AnonymousUser
 
 
-
 class RequestRefused(Exception):
     """A launch that can never fit its pool or quotas. `problems` holds one (field,
     message) per limit at fault; each message names the limit and its value."""
