@@ -221,7 +221,7 @@ class Trainer:
             generated.extend(groups)
             return groups
 
-        sampling_stats: dict[str, float] = {}
+        algorithm_metrics: dict[str, float] = {}
         if algo.dynamic_sampling:
             filled = fill_batch(
                 generate_groups,
@@ -231,12 +231,12 @@ class Trainer:
                 algo.max_gen_rounds,
             )
             groups = filled.groups
-            sampling_stats = {"dapo/keep_rate": filled.keep_rate, "dapo/gen_rounds": float(filled.rounds)}
+            algorithm_metrics = {"dapo/keep_rate": filled.keep_rate, "dapo/gen_rounds": float(filled.rounds)}
         else:
             groups = generate_groups(rollout.prompts_per_step)
         batch = [item for group in groups for item in group]
         t_generated = now()
-        sampling_stats.update(self._shape_overlong(batch))
+        algorithm_metrics.update(self._shape_overlong(batch))
         t_shaped = now()
 
         # 4. log-probs of the old policy (when the update takes several optimiser steps)
@@ -246,7 +246,7 @@ class Trainer:
                 item.old_logprobs = logprobs
         t_old = now()
         if self.reference is not None:
-            sampling_stats["kl"] = self._attach_reference(batch)
+            algorithm_metrics["kl"] = self._attach_reference(batch)
         t_ref = now()
 
         # 5. advantages, keyed by group (groups may differ in size)
@@ -272,7 +272,7 @@ class Trainer:
         }
         every_rollout = [item for group in generated for item in group]
         values = self._step_metrics(every_rollout, rewards, advantages, update, timings)
-        values.update(sampling_stats)
+        values.update(algorithm_metrics)
         return [
             Metrics(step=step, values=values),
             self._length_histogram(step, every_rollout),
@@ -283,6 +283,7 @@ class Trainer:
 
     @property
     def updates_per_batch(self) -> int:
+        """Optimiser steps per rollout batch: from the second on, π_θ is not π_old."""
         return self.spec.training.mini_batches * self.spec.training.epochs
 
     def _shape_overlong(self, batch: list[Rollout]) -> dict[str, float]:
