@@ -163,7 +163,7 @@ def transition(run_id: int, to_status: RunStatus | str, reason: str = "") -> Run
         now = timezone.now()
         run.status, run.status_reason, run.status_changed_at = target, reason, now
         update = ["status", "status_reason", "status_changed_at"]
-        if target == RunStatus.RUNNING:
+        if target == RunStatus.RUNNING and run.started_at is None:  # the first attempt's start
             run.started_at = now
             update.append("started_at")
         if target in RunStatus.TERMINAL:
@@ -275,7 +275,6 @@ def claim_run(run_id: int, worker_host: str, worker_pid: int) -> Claim:
             number=run.attempts.count() + 1,
             worker_host=worker_host,
             worker_pid=worker_pid,
-            started_at=run.started_at,
             resumed_from=checkpoint,
             resumed_from_step=checkpoint.step if checkpoint else None,
         )
@@ -284,7 +283,8 @@ def claim_run(run_id: int, worker_host: str, worker_pid: int) -> Claim:
             (run.metric_points.filter(step__gt=start_step) if checkpoint else run.metric_points.all()).delete()
             (run.events.filter(step__gt=start_step) if checkpoint else run.events.filter(step__isnull=False)).delete()
             run.current_step = start_step
-            run.step_advanced_at = run.last_heartbeat_at = None
+            # Being claimed is a sign of life: the reconciler's clock restarts for this attempt.
+            run.step_advanced_at = run.last_heartbeat_at = attempt.started_at
             run.save(update_fields=["current_step", "step_advanced_at", "last_heartbeat_at"])
     # The engine resumes from the newest complete checkpoint in run_dir by itself; it needs
     # a folder named only for a fork that has none of its own yet.

@@ -25,6 +25,9 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(900)]
 
 # Small, so that it stays quick on a loaded 2-core machine: a step is a few rollouts.
 STEPS, CHECKPOINT_EVERY = 10, 3
+# The reconciler's timeout in these tests (the test process's setting): short, so a dead
+# worker is noticed seconds after the kill.
+HEARTBEAT_TIMEOUT_S = 2
 SPEC = {
     "training": {"steps": STEPS, "eval_every": 0, "checkpoint_every": CHECKPOINT_EVERY},
     "rollout": {"prompts_per_step": 2, "n": 2, "max_new_tokens": 32},
@@ -87,10 +90,15 @@ def kill_after_a_checkpoint(run_id: int, worker) -> int:
     return Checkpoint.objects.filter(run_id=run_id).order_by("-step").first().step
 
 
-def wait_until_silent(run_id: int, timeout_s: float) -> None:
-    """Sleep until the run's last heartbeat is older than the reconciler's timeout."""
-    last = Run.objects.get(pk=run_id).last_heartbeat_at.timestamp()
-    time.sleep(max(0.0, last + timeout_s + 0.5 - time.time()))
+def launch_kill_and_reconcile(user, start_worker) -> tuple[int, int, int, dict]:
+    """Launch a run, SIGKILL its worker after a checkpoint, wait until its last heartbeat
+    is older than HEARTBEAT_TIMEOUT_S, and run the reconciler's task. Returns the run's id, the
+    step of its last checkpoint, the step it had reached, and the reconciler's report."""
+    run_id = services.create_run(user, SPEC).pk
+    checkpoint_step = kill_after_a_checkpoint(run_id, start_worker("worker-1"))
+    run = Run.objects.get(pk=run_id)
+    time.sleep(max(0.0, run.last_heartbeat_at.timestamp() + HEARTBEAT_TIMEOUT_S + 0.5 - time.time()))
+    return run_id, checkpoint_step, run.current_step, reconcile_runs()
 
 
 @pytest.fixture
@@ -101,15 +109,10 @@ def alice(db):
 def test_a_run_whose_worker_is_killed_is_requeued_and_resumes_from_its_last_checkpoint(
     alice, start_killable_worker, settings
 ):
-    settings.ROLLYARD_HEARTBEAT_TIMEOUT_S = 2
+    settings.ROLLYARD_HEARTBEAT_TIMEOUT_S = HEARTBEAT_TIMEOUT_S
     settings.ROLLYARD_MAX_ATTEMPTS = 3
-    run_id = services.create_run(alice, SPEC).pk
-    first_worker = start_killable_worker("worker-1")
 
-    checkpoint_step = kill_after_a_checkpoint(run_id, first_worker)
-    killed_at_step = Run.objects.get(pk=run_id).current_step
-    wait_until_silent(run_id, settings.ROLLYARD_HEARTBEAT_TIMEOUT_S)
-    report = reconcile_runs()
+    run_id, checkpoint_step, killed_at_step, report = launch_kill_and_reconcile(alice, start_killable_worker)
 
     assert report["requeued"] == [run_id]
     requeued = Run.objects.get(pk=run_id)
@@ -140,14 +143,10 @@ def test_a_run_whose_worker_is_killed_is_requeued_and_resumes_from_its_last_chec
 
 
 def test_a_run_out_of_attempts_is_failed_when_its_worker_dies(alice, start_killable_worker, settings):
-    settings.ROLLYARD_HEARTBEAT_TIMEOUT_S = 2
+    settings.ROLLYARD_HEARTBEAT_TIMEOUT_S = HEARTBEAT_TIMEOUT_S
     settings.ROLLYARD_MAX_ATTEMPTS = 1
-    run_id = services.create_run(alice, SPEC).pk
-    worker = start_killable_worker("worker-1")
 
-    kill_after_a_checkpoint(run_id, worker)
-    wait_until_silent(run_id, settings.ROLLYARD_HEARTBEAT_TIMEOUT_S)
-    report = reconcile_runs()
+    run_id, _, _, report = launch_kill_and_reconcile(alice, start_killable_worker)
 
     assert report["failed"] == [run_id]
     run = Run.objects.get(pk=run_id)

@@ -165,6 +165,10 @@ def test_a_silent_running_run_is_requeued_with_a_reason_and_resumes_from_its_che
     assert second.resume_from is None  # the engine finds its own checkpoint in run_dir
     assert Run.objects.get(pk=run.pk).current_step == 5
     assert sorted(MetricPoint.objects.filter(run=run).values_list("step", flat=True)) == [1, 2, 3, 4, 5]
+    # The run keeps its first start; the new attempt's claim counts as a sign of life.
+    resumed = Run.objects.get(pk=run.pk)
+    assert resumed.started_at == claim.run.started_at < second.attempt.started_at == resumed.last_heartbeat_at
+    assert sweep(now=later(TIMEOUT_S - 5)).requeued == []
 
 
 def test_a_run_out_of_attempts_is_failed_naming_the_lost_heartbeat(alice, admissions, sweep):
