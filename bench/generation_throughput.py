@@ -19,6 +19,8 @@ the model's own dtype, `num_return_sequences=n` (it expands the prompts), top-k 
 both sample from the same distribution, and batches of the same number of rows as the
 backend's slots. Generated tokens count every sampled token up to and including the
 stop token (what the trainer trains on); padding after a finished row does not count.
+Both sides run with the same torch CPU thread count (--threads, default 1: on a shared
+machine extra threads only wait on each other).
 
     .venv/bin/python -m bench.generation_throughput [--prompts 64] [--n 8] [--requests 512] [--slots 128]
 """

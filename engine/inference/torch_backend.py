@@ -38,7 +38,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicLayer
 
-from engine.inference.interface import PartialResponse, Request, Sample, SamplingParams
+from engine.inference.interface import PartialResponse, Request, Sample
 from engine.inference.sampling import sample_rows
 
 
