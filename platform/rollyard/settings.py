@@ -192,6 +192,9 @@ ROLLYARD_MAX_UPLOAD_BYTES = int(os.environ.get("ROLLYARD_MAX_UPLOAD_BYTES", 200 
 # Server folders whose files may be registered as datasets in place (comma-separated);
 # none by default, so nobody can point the platform at arbitrary server files.
 ROLLYARD_DATASET_ROOTS = [Path(root) for root in _env_list("ROLLYARD_DATASET_ROOTS", "")]
+# Server folders holding model folders a run spec may name by absolute path
+# (comma-separated); none by default: runs use built-in models (builtin:<name>).
+ROLLYARD_MODEL_ROOTS = [Path(root) for root in _env_list("ROLLYARD_MODEL_ROOTS", "")]
 
 # --- static files ------------------------------------------------------------------------
 STATIC_URL = "/static/"

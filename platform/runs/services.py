@@ -38,6 +38,7 @@ from runs.models import (
     RunStatus,
     RunStatusChange,
 )
+from runs.spec_paths import check_spec_paths
 from quotas import selectors as quota_selectors
 from quotas import services as quotas
 from quotas.models import DEFAULT_POOL, DEFAULT_PRIORITY
@@ -110,6 +111,7 @@ def create_run(
     if name and isinstance(data, dict):
         data["name"] = name
     data, catalog_inputs = catalog.resolve_references(user, team, data)  # dataset and preset references
+    check_spec_paths(data)
     spec = parse_spec(data)
     if not spec.name:
         spec = spec.model_copy(update={"name": f"{spec.algorithm.name} on {spec.dataset.name}"})
@@ -120,7 +122,7 @@ def create_run(
         now = timezone.now()
         run = Run.objects.create(
             owner=user,
-            team=team or default_team(user),
+            team=team,
             name=spec.name,
             spec=spec.model_dump(mode="json"),
             status=RunStatus.QUEUED,
