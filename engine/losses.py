@@ -1,9 +1,10 @@
 """Advantages and policy-loss parts: the shared blocks every algorithm configures.
 
-See docs/algorithms.md §0. Everything here is a plain function on tensors so a reader
-can check it against the formulas, and so the trainer can micro-batch: `aggregate` takes
-the *whole batch's* sequence and token counts, so summing its result over micro-batches
-gives exactly the loss of the full batch.
+The formulas are in the team brief (algorithms.md §0); docs/algorithms.md says which
+algorithm uses which. Everything here is a plain function on tensors so a reader can
+check it against the formulas, and so the trainer can micro-batch: `aggregate` takes the
+*whole (mini-)batch's* sequence and token counts, so summing its result over
+micro-batches gives exactly the loss of the (mini-)batch.
 
 Shapes: B sequences in a (micro-)batch, T token positions, V vocabulary entries.
 `mask` [B, T] is 1.0 on generated (trained) tokens and 0.0 on prompt and padding.
