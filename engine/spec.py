@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from engine.algorithms import ALGORITHMS, Advantage, Aggregation, KLEstimator, KLPlacement, RatioLevel
 from engine.assets import BUILTIN_PREFIX, check_model_folder
+from engine.curriculum import CURRICULA
 from engine.data import AnswerFormat, DatasetError, DatasetFormat, check_template, detect_format
 from engine.tasks import TASKS
 from engine.verifiers import VERIFIERS
@@ -227,6 +228,42 @@ class AlgorithmSpec(_Strict):
         return dual_clip_c
 
 
+class CurriculumSpec(_Strict):
+    """Which train prompts a step may draw (engine.curriculum). A strategy's parameters
+    take its defaults when the spec is parsed; a parameter it does not read stays unset."""
+
+    strategy: str = Field("uniform", description="uniform: every prompt; easy_to_hard: difficulty pacing")
+    start_quantile: float | None = Field(
+        None, gt=0, le=1, description="easy_to_hard: the share of the pool (by difficulty) admissible at step 1"
+    )
+    ramp_steps: int | None = Field(
+        None, ge=1, le=1_000_000, description="easy_to_hard: steps over which the admissible share rises to 1"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("strategy", "uniform") not in CURRICULA:
+            return data  # the strategy check below names an unknown one
+        defaults = CURRICULA.get(data.get("strategy", "uniform")).parameters
+        return defaults | {key: value for key, value in data.items() if value is not None}
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy_known(cls, strategy: str) -> str:
+        if strategy not in CURRICULA:
+            raise ValueError(CURRICULA.unknown_message(strategy))
+        return strategy
+
+    @field_validator("start_quantile", "ramp_steps")
+    @classmethod
+    def _read_by_the_strategy(cls, value: Any, info: ValidationInfo) -> Any:
+        strategy = info.data.get("strategy")
+        if value is not None and strategy in CURRICULA and info.field_name not in CURRICULA.get(strategy).parameters:
+            raise ValueError(f"strategy {strategy!r} does not use {info.field_name}; leave it unset")
+        return value
+
+
 # The defaults are the live demo: on a 2-core CPU with the built-in model a step takes
 # about 1 s, and held-out accuracy climbs from about 0.55-0.6 to about 0.8 within 30
 # steps (seeds 0-2). n = 16 is a little steadier at 1.5 s a step.
@@ -298,10 +335,23 @@ class RunSpec(_Strict):
     model: ModelSpec = ModelSpec()
     dataset: DatasetSpec = DatasetSpec()
     algorithm: AlgorithmSpec = AlgorithmSpec()
+    curriculum: CurriculumSpec = CurriculumSpec()
     rollout: RolloutSpec = RolloutSpec()
     training: TrainingSpec = TrainingSpec()
     resources: ResourcesSpec = ResourcesSpec()
     seed: int = Field(0, ge=0, le=2**32 - 1)
+
+    @field_validator("curriculum")
+    @classmethod
+    def _difficulties_for_pacing(cls, curriculum: CurriculumSpec, info: ValidationInfo) -> CurriculumSpec:
+        dataset = info.data.get("dataset")
+        if curriculum.strategy == "easy_to_hard" and dataset is not None and dataset.path is not None:
+            if dataset.columns.difficulty is None:
+                raise ValueError(
+                    "easy_to_hard paces prompts by difficulty, and this dataset file has none: "
+                    "name its difficulty column in dataset.columns.difficulty"
+                )
+        return curriculum
 
     @field_validator("training")
     @classmethod

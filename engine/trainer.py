@@ -2,7 +2,8 @@
 
 One `step()` is a plain loop with named stages, top to bottom:
 
-    1. prompts    next `prompts_per_step` train prompts in a seeded order
+    1. prompts    next `prompts_per_step` train prompts in a seeded order, those the
+                  curriculum admits at this step (engine.curriculum)
     2. generate   `n` completions of each (engine.generation, KV cache)
     3. reward     the task's checker scores each completion; with dynamic sampling
                   (DAPO), rounds 1-3 repeat until enough groups have mixed rewards;
@@ -39,6 +40,7 @@ from engine.checkpoint import (
     restore_global_rng_state,
     save_checkpoint,
 )
+from engine.curriculum import DifficultyPacing
 from engine.evaluation import mean_pass_at_k
 from engine.events import Event, LengthHistogram, Metrics, PromptResult, PromptResults, Span, now
 from engine.generation import Completion, SamplingParams, generate
@@ -156,6 +158,11 @@ class Trainer:
 
         self.train_pool = self.task.problems("train", TRAIN_POOL_SIZE, seed=spec.seed)
         self.eval_problems = self.task.problems("test", spec.dataset.eval_size, seed=EVAL_SEED)
+        self.curriculum = DifficultyPacing(
+            spec.curriculum.strategy,
+            [problem.difficulty for problem in self.train_pool],
+            **spec.curriculum.model_dump(exclude={"strategy"}, exclude_none=True),
+        )
         self._order_rng = random.Random(spec.seed)
         self._order: list[int] = []
         # Generators live on the model's device: torch.multinomial on CUDA needs a CUDA one.
@@ -165,14 +172,28 @@ class Trainer:
 
     # ----------------------------------------------------------------- data
     def next_prompts(self, count: int) -> list[Problem]:
-        """The next `count` train prompts: passes over the pool, each in a fresh seeded order."""
+        """The next `count` train prompts the curriculum admits at this step: passes over
+        the pool, each in a fresh seeded order. A prompt the curriculum does not admit yet
+        is passed over and stays in the pass for a later step; a new pass begins when the
+        current one holds no admissible prompt. With `uniform` every prompt is admissible,
+        so this is the plain seeded pass."""
+        threshold = self.curriculum.threshold(self.step_count)
         batch = []
         while len(batch) < count:
-            if not self._order:
+            position = self._last_admissible(threshold)
+            if position is None:
                 self._order = list(range(len(self.train_pool)))
                 self._order_rng.shuffle(self._order)
-            batch.append(self.train_pool[self._order.pop()])
+                continue
+            batch.append(self.train_pool[self._order.pop(position)])
         return batch
+
+    def _last_admissible(self, threshold: float) -> int | None:
+        """Position in the pass of the next prompt to draw (passes are drawn from the end)."""
+        for position in range(len(self._order) - 1, -1, -1):
+            if self.curriculum.admits(self.train_pool[self._order[position]].difficulty, threshold):
+                return position
+        return None
 
     def sample(
         self, problems: list[Problem], params: SamplingParams, generator: torch.Generator
@@ -273,6 +294,7 @@ class Trainer:
         every_rollout = [item for group in generated for item in group]
         values = self._step_metrics(every_rollout, rewards, advantages, update, timings)
         values.update(algorithm_metrics)
+        values.update(self.curriculum.metrics(step))
         return [
             Metrics(step=step, values=values),
             self._length_histogram(step, every_rollout),

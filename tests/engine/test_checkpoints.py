@@ -199,7 +199,7 @@ def test_every_attribute_of_the_trainer_is_saved_or_rebuilt_from_the_spec():
     saved = {"model", "optimizer", "scheduler", "step_count", "_order", *generator_states(trainer)}
     rebuilt_from_the_spec = {
         "spec", "tokenizer", "device", "worker", "task", "algorithm", "reference", "train_pool", "eval_problems",
-        "bin_edges",
+        "bin_edges", "curriculum",
     }  # fmt: skip
 
     assert set(vars(trainer)) == saved | rebuilt_from_the_spec
