@@ -8,7 +8,8 @@ from django.db.models.functions import Cast, NullIf
 from accounts.permissions import visible_to
 from catalog.models import Dataset, Preset, PromptRecord, PromptStat
 from engine.algorithms import ALGORITHMS
-from engine.spec import AlgorithmSpec
+from engine.curriculum import CURRICULA
+from engine.spec import AlgorithmSpec, CurriculumSpec
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -70,4 +71,17 @@ def algorithm_defaults() -> list[dict]:
             "defaults": AlgorithmSpec.model_validate({"name": name}).model_dump(mode="json"),
         }
         for name in ALGORITHMS.names()
+    ]
+
+
+def curriculum_defaults() -> list[dict]:
+    """The engine's curriculum strategies: each with the spec section it resolves to
+    (what a curriculum preset starts from)."""
+    return [
+        {
+            "name": name,
+            "description": CURRICULA.get(name).description,
+            "defaults": CurriculumSpec.model_validate({"strategy": name}).model_dump(mode="json"),
+        }
+        for name in CURRICULA.names()
     ]

@@ -6,7 +6,8 @@ from rest_framework.test import APIClient
 
 from catalog.models import Preset
 from engine.algorithms import ALGORITHMS
-from engine.spec import AlgorithmSpec, RunSpec
+from engine.curriculum import CURRICULA
+from engine.spec import AlgorithmSpec
 from runs.models import Run
 
 API = "/api/presets/"
@@ -72,14 +73,47 @@ def test_an_unknown_algorithm_is_refused_naming_the_choices(api_member):
     assert "grpo" in " ".join(sum(response.json()["error"]["fields"].values(), []))
 
 
-@pytest.mark.skipif("curriculum" in RunSpec.model_fields, reason="the engine has a curriculum section now")
-def test_curriculum_presets_are_refused_until_the_engine_has_a_curriculum_section(api_member):
-    response = create(api_member, {"kind": "cures"}, kind="curriculum")
+def test_a_curriculum_preset_is_validated_by_the_engines_curriculum_section(api_member):
+    response = create(api_member, {"strategy": "easy_to_hard", "ramp_steps": 40}, name="slow-ramp", kind="curriculum")
 
-    assert response.status_code == 400
-    assert response.json()["error"]["fields"] == {
-        "kind": ["this engine has no curriculum section yet, so curriculum presets cannot be validated"]
+    assert response.status_code == 201, response.json()
+    preset = response.json()
+    assert (preset["reference"], preset["kind"]) == ("ml/slow-ramp@1", "curriculum")
+    # The strategy's other parameter is filled in with its default.
+    assert preset["body"] == {"strategy": "easy_to_hard", "start_quantile": 0.3, "ramp_steps": 40}
+
+
+def test_a_curriculum_body_the_engine_refuses_is_a_400_naming_each_field(api_member):
+    unknown = create(api_member, {"strategy": "cures"}, kind="curriculum")
+    out_of_range = create(api_member, {"strategy": "easy_to_hard", "start_quantile": 0, "ramp_steps": 0}, kind="curriculum")
+
+    assert unknown.status_code == 400
+    assert unknown.json()["error"]["fields"] == {
+        "body.strategy": ["unknown curriculum strategy 'cures'; choose one of: easy_to_hard, uniform"]
     }
+    assert out_of_range.status_code == 400
+    assert set(out_of_range.json()["error"]["fields"]) == {"body.start_quantile", "body.ramp_steps"}
+    assert Preset.objects.count() == 0
+
+
+def test_a_run_referencing_a_curriculum_preset_stores_the_resolved_section_and_the_version(api_member):
+    first = create(api_member, {"strategy": "easy_to_hard"}, name="pacing", kind="curriculum").json()
+    second = api_member.post(
+        f"{API}{first['id']}/versions/", {"body": {"strategy": "easy_to_hard", "start_quantile": 0.5}}, format="json"
+    )
+    assert (second.status_code, second.json()["version"]) == (201, 2)
+
+    response = api_member.post(
+        "/api/runs/",
+        {"team": "ml", "spec": {"curriculum": {"preset": "ml/pacing", "ramp_steps": 5}, "training": {"steps": 2}}},
+        format="json",
+    )
+
+    assert response.status_code == 201, response.json()
+    run = Run.objects.get()
+    # The latest version, under the override next to the reference.
+    assert run.spec["curriculum"] == {"strategy": "easy_to_hard", "start_quantile": 0.5, "ramp_steps": 5}
+    assert [preset.reference for preset in run.inputs.presets.all()] == ["ml/pacing@2"]
 
 
 def test_the_algorithm_registry_is_listed_with_its_defaults(api_member):
@@ -88,7 +122,17 @@ def test_the_algorithm_registry_is_listed_with_its_defaults(api_member):
     assert [entry["name"] for entry in body["algorithms"]] == ALGORITHMS.names()
     grpo = next(entry for entry in body["algorithms"] if entry["name"] == "grpo")
     assert grpo["defaults"]["clip_eps_low"] == ALGORITHMS.get("grpo").clip_eps_low
-    assert "algorithm" in body["preset_kinds"]
+    assert body["preset_kinds"] == ["algorithm", "curriculum"]
+
+
+def test_the_curriculum_strategies_are_listed_with_their_defaults(api_member):
+    body = api_member.get(f"{API}curricula/").json()
+
+    assert [entry["name"] for entry in body["curricula"]] == CURRICULA.names() == ["easy_to_hard", "uniform"]
+    strategies = {entry["name"]: entry for entry in body["curricula"]}
+    assert strategies["uniform"]["defaults"] == {"strategy": "uniform", "start_quantile": None, "ramp_steps": None}
+    assert strategies["easy_to_hard"]["defaults"] == {"strategy": "easy_to_hard", "start_quantile": 0.3, "ramp_steps": 20}
+    assert "difficulty" in strategies["easy_to_hard"]["description"]
 
 
 def test_a_viewer_may_read_presets_but_not_create_them(api_member, teams):

@@ -15,6 +15,7 @@ urlpatterns = [
     ),
     path("presets/", views.PresetListView.as_view(), name="preset-list"),
     path("presets/algorithms/", views.AlgorithmDefaultsView.as_view(), name="preset-algorithms"),
+    path("presets/curricula/", views.CurriculumDefaultsView.as_view(), name="preset-curricula"),
     path("presets/<int:preset_id>/", views.PresetDetailView.as_view(), name="preset-detail"),
     path("presets/<int:preset_id>/versions/", views.PresetVersionsView.as_view(), name="preset-versions"),
 ]

@@ -241,3 +241,13 @@ class AlgorithmDefaultsView(APIView):
         return Response(
             {"algorithms": selectors.algorithm_defaults(), "preset_kinds": services.preset_kinds_supported()}
         )
+
+
+class CurriculumDefaultsView(APIView):
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    def get(self, request: Request) -> Response:
+        """The engine's curriculum strategies with their resolved defaults, and the preset
+        kinds this engine can validate."""
+        return Response(
+            {"curricula": selectors.curriculum_defaults(), "preset_kinds": services.preset_kinds_supported()}
+        )
