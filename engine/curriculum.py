@@ -37,13 +37,16 @@ CURRICULA: Registry[CurriculumStrategy] = Registry("curriculum strategy")
 
 CURRICULA.register(
     "uniform",
-    CurriculumStrategy(description="every train prompt in the run's seeded order, whatever its difficulty", parameters={}),
+    CurriculumStrategy(
+        description="every train prompt in the run's seeded order, whatever its difficulty", parameters={}
+    ),
 )
 CURRICULA.register(
     "easy_to_hard",
     CurriculumStrategy(
         description="difficulty pacing: at step s only prompts at or below the q(s)-quantile of the pool's "
-        "difficulties, q rising linearly from start_quantile to 1 over ramp_steps; unknown difficulty counts as hardest",
+        "difficulties, q rising linearly from start_quantile to 1 over ramp_steps; "
+        "unknown difficulty counts as hardest",
         parameters={"start_quantile": 0.3, "ramp_steps": 20},
     ),
 )

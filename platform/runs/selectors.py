@@ -11,6 +11,7 @@ from tsdownsample import M4Downsampler
 from accounts.permissions import visible_to
 from engine.algorithms import ALGORITHMS
 from engine.assets import BUILTIN_MODELS, BUILTIN_PREFIX
+from engine.curriculum import CURRICULA
 from engine.spec import RunSpec, parse_spec
 from engine.tasks import TASKS
 from runs.models import MetricPoint, Run, RunEvent, RunStatus
@@ -144,6 +145,7 @@ def spec_choices() -> dict[str, list[dict[str, str]]]:
     """Named choices from the engine's registries: the UI never keeps a second list."""
     return {
         "algorithm": [{"name": name, "description": ALGORITHMS.get(name).description} for name in ALGORITHMS],
+        "curriculum": [{"name": name, "description": CURRICULA.get(name).description} for name in CURRICULA],
         "dataset": [{"name": name} for name in TASKS],
         "model": [{"name": f"{BUILTIN_PREFIX}{name}"} for name in BUILTIN_MODELS],
     }

@@ -126,8 +126,11 @@ def test_a_run_resumed_mid_ramp_continues_bit_for_bit(tmp_path):
     assert run(spec, second, run_dir=resumed_dir) == "succeeded"
 
     assert f"resumed at step {resume_at}" in second.of_kind("log")[0].message
-    assert checkpoints.per_step_record(second, after=resume_at) == checkpoints.per_step_record(straight, after=resume_at)
-    checkpoints.assert_same_weights_and_state(checkpoint_folder(straight_dir, steps), checkpoint_folder(resumed_dir, steps))
+    record = checkpoints.per_step_record
+    assert record(second, after=resume_at) == record(straight, after=resume_at)
+    checkpoints.assert_same_weights_and_state(
+        checkpoint_folder(straight_dir, steps), checkpoint_folder(resumed_dir, steps)
+    )
     # The resumed steps were mid-ramp: the curriculum still held prompts back.
     step_after_resume = next(m.values for m in second.of_kind("metrics") if "curriculum/admission_rate" in m.values)
     assert step_after_resume["curriculum/difficulty_quantile"] == pytest.approx(pacing_quantile(resume_at + 1, 0.3, 4))
@@ -159,9 +162,8 @@ def test_easy_to_hard_needs_the_difficulty_column_of_a_dataset_file():
 
     with pytest.raises(SpecError) as refused:
         parse_spec({"dataset": dataset, "curriculum": {"strategy": "easy_to_hard"}})
-    paced = parse_spec(
-        {"dataset": dataset | {"columns": columns | {"difficulty": "difficulty"}}, "curriculum": {"strategy": "easy_to_hard"}}
-    )
+    labelled = dataset | {"columns": columns | {"difficulty": "difficulty"}}
+    paced = parse_spec({"dataset": labelled, "curriculum": {"strategy": "easy_to_hard"}})
 
     assert refused.value.problems[0][0] == "curriculum"
     assert "dataset.columns.difficulty" in refused.value.problems[0][1]

@@ -24,6 +24,10 @@ def create(client: APIClient, body: dict, name: str = "wide-clip", kind: str = "
     return client.post(API, {"team": team, "kind": kind, "name": name, "body": body}, format="json")
 
 
+def launch(client: APIClient, spec: dict, team: str = "ml"):
+    return client.post("/api/runs/", {"team": team, "spec": spec}, format="json")
+
+
 def test_a_new_preset_is_version_1_with_the_engines_defaults_filled_in(api_member):
     response = create(api_member, DAPO_LIKE)
 
@@ -85,7 +89,9 @@ def test_a_curriculum_preset_is_validated_by_the_engines_curriculum_section(api_
 
 def test_a_curriculum_body_the_engine_refuses_is_a_400_naming_each_field(api_member):
     unknown = create(api_member, {"strategy": "cures"}, kind="curriculum")
-    out_of_range = create(api_member, {"strategy": "easy_to_hard", "start_quantile": 0, "ramp_steps": 0}, kind="curriculum")
+    out_of_range = create(
+        api_member, {"strategy": "easy_to_hard", "start_quantile": 0, "ramp_steps": 0}, kind="curriculum"
+    )
 
     assert unknown.status_code == 400
     assert unknown.json()["error"]["fields"] == {
@@ -103,11 +109,7 @@ def test_a_run_referencing_a_curriculum_preset_stores_the_resolved_section_and_t
     )
     assert (second.status_code, second.json()["version"]) == (201, 2)
 
-    response = api_member.post(
-        "/api/runs/",
-        {"team": "ml", "spec": {"curriculum": {"preset": "ml/pacing", "ramp_steps": 5}, "training": {"steps": 2}}},
-        format="json",
-    )
+    response = launch(api_member, {"curriculum": {"preset": "ml/pacing", "ramp_steps": 5}, "training": {"steps": 2}})
 
     assert response.status_code == 201, response.json()
     run = Run.objects.get()
@@ -160,11 +162,7 @@ def test_a_run_referencing_a_preset_stores_its_body_under_the_overrides_and_the_
     second = api_member.post(f"{API}{Preset.objects.get().pk}/versions/", {"body": {**DAPO_LIKE, "clip_eps_high": 0.3}}, format="json")
     assert second.status_code == 201
 
-    response = api_member.post(
-        "/api/runs/",
-        {"team": "ml", "spec": {"algorithm": {"preset": "ml/wide-clip@1", "kl_coef": 0.01}, "training": {"steps": 2}}},
-        format="json",
-    )
+    response = launch(api_member, {"algorithm": {"preset": "ml/wide-clip@1", "kl_coef": 0.01}, "training": {"steps": 2}})
 
     assert response.status_code == 201, response.json()
     run = Run.objects.get()
@@ -179,9 +177,7 @@ def test_a_preset_reference_without_a_version_takes_the_latest(api_member):
     first = create(api_member, DAPO_LIKE).json()
     api_member.post(f"{API}{first['id']}/versions/", {"body": {**DAPO_LIKE, "clip_eps_high": 0.3}}, format="json")
 
-    response = api_member.post(
-        "/api/runs/", {"team": "ml", "spec": {"algorithm": {"preset": "wide-clip"}, "training": {"steps": 2}}}, format="json"
-    )
+    response = launch(api_member, {"algorithm": {"preset": "wide-clip"}, "training": {"steps": 2}})
 
     assert response.status_code == 201, response.json()
     assert Run.objects.get().spec["algorithm"]["clip_eps_high"] == 0.3
@@ -190,9 +186,7 @@ def test_a_preset_reference_without_a_version_takes_the_latest(api_member):
 def test_a_missing_or_foreign_preset_reference_is_a_400_on_the_preset_field(api_member, teams):
     create(api_member, DAPO_LIKE)
 
-    response = teams.client(teams.outsider).post(
-        "/api/runs/", {"team": "other", "spec": {"algorithm": {"preset": "ml/wide-clip@1"}}}, format="json"
-    )
+    response = launch(teams.client(teams.outsider), {"algorithm": {"preset": "ml/wide-clip@1"}}, team="other")
 
     assert response.status_code == 400
     assert response.json()["error"]["fields"] == {
