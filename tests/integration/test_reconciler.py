@@ -10,15 +10,18 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlparse, urlunparse
 
 import pytest
 from django.contrib.auth import get_user_model
 
 from devstack.processes import start_worker, stop
+from devstack.services import redis_url
 from runs import services
 from runs.models import Checkpoint, MetricPoint, Run, RunAttempt, RunEvent
+from workers import dispatch
 from workers.celery_app import app
-from workers.names import RUNS_QUEUE
+from workers.names import ADMIT_RUNS, EXECUTE_RUN, RUNS_QUEUE
 from workers.tasks import reconcile_runs
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(900)]
@@ -37,16 +40,34 @@ SPEC = {
 }
 
 
+def broker_of_its_own() -> str:
+    """Another database of the same Redis: the session's live stack (started by other
+    tests) has a worker on the shared broker that would otherwise take our run, and we
+    would kill a worker that never had it."""
+    parsed = urlparse(redis_url())
+    database = int(parsed.path.strip("/") or 0)
+    return urlunparse(parsed._replace(path=f"/{(database + 8) % 16}"))
+
+
 @pytest.fixture
-def start_killable_worker(stack_process_env, settings, tmp_path) -> Callable[[str], object]:
-    """Starts Celery workers (runs and housekeeping queues) writing run folders under
-    tmp_path; stops whatever is left at the end."""
+def start_killable_worker(stack_process_env, settings, tmp_path, monkeypatch) -> Callable[[str], object]:
+    """Starts Celery workers (runs and housekeeping queues) on a broker of their own,
+    writing run folders under tmp_path; this process's hand-offs (launch, reconciler) go
+    to that broker too. Stops whatever is left at the end."""
     runs_dir = tmp_path / "runs"
     settings.ROLLYARD_RUNS_DIR = runs_dir
-    env = {**stack_process_env, "ROLLYARD_RUNS_DIR": str(runs_dir)}
-    with app.connection_for_write() as connection:  # messages an earlier session left
+    broker = broker_of_its_own()
+    env = {**stack_process_env, "ROLLYARD_RUNS_DIR": str(runs_dir), "REDIS_URL": broker}
+    with app.connection_for_write(broker) as connection:  # messages an earlier session left
         for queue in (RUNS_QUEUE, "celery"):
             connection.default_channel.queue_purge(queue)
+
+    def send(task: str, args: list, **options) -> None:
+        with app.connection_for_write(broker) as connection:
+            app.send_task(task, args=args, connection=connection, **options)
+
+    monkeypatch.setattr(dispatch, "enqueue_run", lambda run_id: send(EXECUTE_RUN, [run_id], queue=RUNS_QUEUE))
+    monkeypatch.setattr(dispatch, "request_admission", lambda pool_id=None: send(ADMIT_RUNS, [pool_id]))
     started = []
 
     def start(name: str):
