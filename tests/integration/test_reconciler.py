@@ -153,11 +153,14 @@ def test_a_run_whose_worker_is_killed_is_requeued_and_resumes_from_its_last_chec
     assert second.worker_pid != first.worker_pid
     assert RunEvent.objects.filter(run=run, kind="log", payload__message__startswith=f"resumed at step {checkpoint_step} ").exists()
     # The second attempt's first step is the one after the checkpoint, not step 1; the steps
-    # the killed worker reported after its checkpoint were replaced, not doubled.
+    # the killed worker reported after its checkpoint (usually some: the kill waits for a
+    # step past one, but the worker may write the next checkpoint just before it dies)
+    # were replaced, not doubled.
     resumed_steps = MetricPoint.objects.filter(
         run=run, name="reward/mean", wall_time__gte=second.started_at.timestamp()
     ).values_list("step", flat=True)
-    assert min(resumed_steps) == checkpoint_step + 1 <= killed_at_step
+    assert min(resumed_steps) == checkpoint_step + 1
+    assert killed_at_step >= checkpoint_step
     every_step = sorted(MetricPoint.objects.filter(run=run, name="reward/mean").values_list("step", flat=True))
     assert every_step == list(range(1, STEPS + 1))
     assert run.current_step == STEPS
