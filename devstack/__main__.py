@@ -3,11 +3,12 @@
 Starts the embedded services (Redis; SQLite unless DATABASE_URL says otherwise), applies
 migrations, creates the demo user, starts the web server, a run worker and a housekeeping
 worker with Celery beat (reconciler, retention, admission sweeps), launches a GRPO
-run on the built-in task and prints where to watch it. Ctrl-C stops everything.
+run on the built-in task and prints where to watch it. Ctrl-C (or SIGTERM) stops everything.
 """
 
 import argparse
 import os
+import signal
 import sys
 import time
 
@@ -54,6 +55,9 @@ def demo(port: int) -> int:
     redis = ensure_redis()
     env = stack_env(REDIS_URL=redis_url())
     os.environ.update(REDIS_URL=env["REDIS_URL"])
+    # `kill`, a service manager or `docker stop` send SIGTERM, not Ctrl-C's SIGINT: take
+    # the same way out, so the web server and workers never outlive the demo.
+    signal.signal(signal.SIGTERM, _interrupt)
     web = worker = housekeeper = None
     try:
         token, user = prepare_database()
@@ -81,6 +85,10 @@ def demo(port: int) -> int:
         return 0
     finally:
         stop(web, worker, housekeeper, redis)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,6 @@
 """The README's first command: `python -m devstack demo` (what bin/demo runs after setup)
-brings up the platform, launches a run that a worker picks up, and stops cleanly on Ctrl-C."""
+brings up the platform, launches a run that a worker picks up, and stops cleanly, web
+server and workers included, on Ctrl-C and on a SIGTERM sent to it alone."""
 
 import os
 import re
@@ -25,7 +26,16 @@ def separate_redis_database(url: str) -> str:
     return urlunparse(parsed._replace(path="/9"))
 
 
-def test_the_demo_command_serves_a_running_run_and_stops_on_ctrl_c(tmp_path):
+def ctrl_c(demo: subprocess.Popen) -> None:
+    os.killpg(demo.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
+
+
+def sigterm_to_the_launcher_alone(demo: subprocess.Popen) -> None:
+    os.kill(demo.pid, signal.SIGTERM)  # kill, a service manager, docker stop
+
+
+@pytest.mark.parametrize("stop_demo", [ctrl_c, sigterm_to_the_launcher_alone])
+def test_the_demo_command_serves_a_running_run_and_stops_cleanly(tmp_path, stop_demo):
     port = free_port()
     env = dict(
         os.environ,
@@ -59,7 +69,7 @@ def test_the_demo_command_serves_a_running_run_and_stops_on_ctrl_c(tmp_path):
         assert status == "running"
         assert httpx.get(run_url).status_code == 302  # the page asks for a login first
     finally:
-        os.killpg(demo.pid, signal.SIGINT)
+        stop_demo(demo)
         assert demo.wait(timeout=60) == 0
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/accounts/login/")
