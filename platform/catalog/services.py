@@ -29,6 +29,7 @@ from engine.data import FORMATS, ColumnMapping, DatasetError, LoadReport, RowErr
 from engine.events import Event, PromptResults
 from engine.spec import DatasetSpec, RunSpec, SpecError, parse_spec
 from engine.tasks.file import split_problems
+from runs.spec_paths import is_inside
 
 # A 400 lists at most this many bad rows (and says how many there were in all).
 REPORTED_ROW_ERRORS = 100
@@ -161,11 +162,11 @@ def _path_inside_roots(server_path: str) -> Path:
         )
     if not server_path or "\x00" in server_path or not os.path.isabs(server_path):
         raise CatalogError(f"the server path must be an absolute path, got {server_path!r}")
-    path = Path(server_path).resolve()
-    if not any(path.is_relative_to(root) for root in roots):
+    if not is_inside(server_path, roots):
         raise CatalogError(
             f"{server_path!r} is outside the dataset roots ({', '.join(str(root) for root in roots)})"
         )
+    path = Path(server_path).resolve()
     if not path.exists():
         raise CatalogError(f"nothing exists at {server_path!r}")
     return path

@@ -43,14 +43,16 @@ def check_spec_paths(spec_data: Any) -> None:
         value = block.get(field) if isinstance(block, Mapping) else None
         if not isinstance(value, str) or value.startswith(BUILTIN_PREFIX):
             continue
-        if not _inside(value, roots):
+        if not is_inside(value, roots):
             where = ", ".join(str(root) for root in roots) or "none configured"
             problems.append((f"{section}.{field}", f"{value!r} is outside the folders this server allows ({where}; set {setting})"))
     if problems:
         raise SpecError(problems)
 
 
-def _inside(value: str, roots: Iterable[Path]) -> bool:
+def is_inside(value: str, roots: Iterable[Path]) -> bool:
+    """Whether `value` is an absolute path inside one of `roots`. Also the rule for
+    registering a dataset in place (catalog.services)."""
     if "\x00" in value or not os.path.isabs(value):
         return False
     # resolve() follows symlinks and '..', so a link inside a root cannot lead out of it.
