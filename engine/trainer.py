@@ -95,6 +95,14 @@ class Rollout:
     old_logprobs: torch.Tensor | None = None  # π_old per response token, when the trainer recomputed it
     ref_logprobs: torch.Tensor | None = None  # π_ref per response token, when a KL term is on
 
+    @property
+    def response_positions(self) -> slice:
+        """Where the response's log-probs sit in a row of shifted logits (position t
+        predicts token t + 1, so the first response token is predicted at the prompt's
+        last position)."""
+        start = len(self.completion.prompt_ids) - 1
+        return slice(start, start + len(self.completion.token_ids))
+
     def policy_logprobs(self) -> torch.Tensor:
         """π_old's log-prob of each response token: the trainer's recomputation when it
         made one, else the sampler's (the same weights, the same convention)."""
@@ -354,8 +362,7 @@ class Trainer:
                 model(input_ids=input_ids).logits[:, :-1], input_ids[:, 1:], self.spec.rollout.temperature
             ).cpu()
             for row, item in enumerate(batch):
-                start = len(item.completion.prompt_ids) - 1  # position that predicts the first response token
-                by_rollout[id(item)] = logprobs[row, start : start + len(item.completion.token_ids)]
+                by_rollout[id(item)] = logprobs[row, item.response_positions]
         return [by_rollout[id(item)] for item in rollouts]
 
     def update(self, rollouts: list[Rollout]) -> UpdateResult:
@@ -463,8 +470,7 @@ class Trainer:
         mask, old = torch.zeros(shape), torch.zeros(shape)
         ref = torch.zeros(shape) if self.reference is not None else None
         for row, item in enumerate(batch):
-            start = len(item.completion.prompt_ids) - 1  # position that predicts the first response token
-            span = slice(start, start + len(item.completion.token_ids))
+            span = item.response_positions
             mask[row, span] = 1.0
             old[row, span] = item.policy_logprobs()
             if ref is not None:
