@@ -14,9 +14,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from engine.inference import Request, SamplingParams, TorchBackend, run_to_completion
-from engine.inference.sampling import sample_next
 
-__all__ = ["Completion", "FinishReason", "SamplingParams", "generate", "sample_next", "stop_token_ids"]
+__all__ = ["Completion", "FinishReason", "SamplingParams", "generate", "stop_token_ids"]
 
 FinishReason = Literal["stop", "length"]
 

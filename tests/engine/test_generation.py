@@ -5,7 +5,8 @@ sequence, and completions come back grouped by prompt."""
 import pytest
 import torch
 
-from engine.generation import SamplingParams, generate, sample_next, stop_token_ids
+from engine.generation import SamplingParams, generate, stop_token_ids
+from engine.inference.sampling import sample_next
 from engine.inference.sampling import sample_rows
 from engine.losses import token_logprobs
 from engine.models import TinyModelConfig, build_tiny_model, build_tokenizer, load_policy
