@@ -104,8 +104,16 @@ def event_from_dict(data: dict) -> Event:
     return _EVENT_ADAPTER.validate_python(data)
 
 
+class Superseded(RuntimeError):
+    """Raised by a sink's `emit` or `flush` when the platform refused the batch because
+    this driver's attempt is no longer the run's current one (the reconciler requeued
+    the run and another worker may own it now). `engine.orchestration.run` stops at
+    once on it: no further step, no checkpoint into the shared run folder, no status."""
+
+
 class EventSink(Protocol):
-    """Where a run's events go. `emit` must be cheap; `flush` makes them durable."""
+    """Where a run's events go. `emit` must be cheap; `flush` makes them durable (and
+    raises `Superseded` when the platform refuses this driver's writes)."""
 
     def emit(self, event: Event) -> None: ...
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from engine.checkpoint import CheckpointInfo, latest_checkpoint, read_info
-from engine.events import Checkpoint, Event, EventSink, Heartbeat, Log, Metrics, Status
+from engine.events import Checkpoint, Event, EventSink, Heartbeat, Log, Metrics, Status, Superseded
 from engine.spec import RunSpec
 
 Outcome = Literal["succeeded", "cancelled"]
@@ -112,10 +112,13 @@ def run(
     Every event goes to `sink`; a Heartbeat closes each step (and the evaluation before
     the first), which is when a batching sink writes. On an exception the sink gets a
     Status('failed') naming it, and the exception propagates to the caller. See the
-    module docstring for checkpoints, `run_dir` and `resume_from`.
+    module docstring for checkpoints, `run_dir` and `resume_from`. When the sink raises
+    `Superseded` (another attempt owns the run now), the run stops where it is, writes
+    nothing more and re-raises it.
     """
-    sink.emit(Status(status="running"))
     trainer = None
+    superseded = False  # the platform refused our writes: leave without another one
+    sink.emit(Status(status="running"))
     try:
         own_checkpoint = latest_checkpoint(run_dir) if run_dir is not None else None
         if resume_from is not None:
@@ -135,6 +138,9 @@ def run(
         saved_step = first_step
 
         def checkpoint(step: int) -> None:
+            # Flush first: a driver whose attempt was superseded learns it here (the sink
+            # raises Superseded) before it writes into the run folder another worker owns.
+            sink.flush()
             folder = trainer.save_checkpoint(run_dir, step, latest_val)
             sink.emit(Checkpoint(step=step, path=str(folder), metrics=dict(latest_val)))
 
@@ -153,13 +159,17 @@ def run(
             sink.emit(Heartbeat(step=step))
         sink.emit(Status(status="succeeded"))
         return "succeeded"
+    except Superseded:
+        superseded = True
+        raise
     except Exception as exc:
         sink.emit(Status(status="failed", message=describe(exc)))
         raise
     finally:
         if trainer is not None:
             trainer.close()
-        sink.flush()
+        if not superseded:
+            sink.flush()
 
 
 RESTORED = "model weights, optimiser, LR scheduler, random generators, prompt order and step counter"
