@@ -1,6 +1,8 @@
 """Reads of datasets, prompt records and presets, always scoped to what the user may see:
 another team's dataset or preset does not exist for them (404, like a missing one)."""
 
+from pathlib import Path
+
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import F, FloatField, QuerySet, Sum
 from django.db.models.functions import Cast, NullIf
@@ -16,6 +18,20 @@ User = AbstractBaseUser | AnonymousUser
 
 def visible_datasets(user: User) -> QuerySet[Dataset]:
     return visible_to(user, Dataset.objects.select_related("team", "created_by"))
+
+
+def visible_dataset_at(user: User, path: str) -> Dataset | None:
+    """The dataset the user may see whose file is at `path` (after resolving symlinks and
+    '..' on both sides), None when none is: how a raw path in a run spec (a clone's, a
+    fork's) is tied back to its catalog entry."""
+    if "\x00" in path or not Path(path).is_absolute():
+        return None  # no stored path looks like this (and resolve() refuses a NUL)
+    target = Path(path).resolve()
+    # Stored paths end with the file's own name; that narrows the rows to compare.
+    for dataset in visible_to(user, Dataset.objects.filter(path__endswith=target.name)):
+        if Path(dataset.path).resolve() == target:
+            return dataset
+    return None
 
 
 def get_visible_dataset(user: User, dataset_id: int) -> Dataset:

@@ -24,12 +24,14 @@ from django.db.models import Max
 from accounts.models import Role, Team
 from accounts.permissions import require_role, visible_to
 from catalog.models import Dataset, Preset, PresetKind, PromptRecord, PromptStat, RunInputs
+from catalog.selectors import visible_dataset_at
 from catalog.uploads import FORMAT_SUFFIXES, data_dir, safe_filename
 from engine.data import FORMATS, ColumnMapping, DatasetError, LoadReport, RowError, load_dataset_rows
 from engine.events import Event, PromptResults
 from engine.spec import DatasetSpec, RunSpec, SpecError, parse_spec
 from engine.tasks.file import split_problems
-from runs.spec_paths import is_inside
+from rollyard.params import whole_number
+from runs.spec_paths import is_inside, os_reason
 
 # A 400 lists at most this many bad rows (and says how many there were in all).
 REPORTED_ROW_ERRORS = 100
@@ -42,7 +44,12 @@ NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123
 
 
 class CatalogError(Exception):
-    """A request the catalog refuses; the message says why."""
+    """A request the catalog refuses; the message says why, `field` names the request
+    field at fault when one is (the API puts it in the error's fields)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        self.field = field
+        super().__init__(message)
 
 
 class CatalogConflict(CatalogError):
@@ -155,20 +162,27 @@ def register_dataset(
 
 
 def _path_inside_roots(server_path: str) -> Path:
-    roots = [Path(root).resolve() for root in settings.ROLLYARD_DATASET_ROOTS]
+    """The resolved path to register. Refusals name the field, never the roots: which
+    folders the server exposes is the operator's business."""
+    roots = settings.ROLLYARD_DATASET_ROOTS
     if not roots:
         raise CatalogError(
-            "registering server paths is disabled: no ROLLYARD_DATASET_ROOTS are configured; upload the file instead"
+            "registering server paths is disabled: no ROLLYARD_DATASET_ROOTS are configured; upload the file instead",
+            "path",
         )
     if not server_path or "\x00" in server_path or not os.path.isabs(server_path):
-        raise CatalogError(f"the server path must be an absolute path, got {server_path!r}")
+        raise CatalogError("the server path must be an absolute path", "path")
     if not is_inside(server_path, roots):
-        raise CatalogError(
-            f"{server_path!r} is outside the dataset roots ({', '.join(str(root) for root in roots)})"
-        )
+        raise CatalogError("the path is outside the folders this server lets datasets be registered from", "path")
+    if len(server_path) > Dataset._meta.get_field("path").max_length:
+        raise CatalogError(f"the path is longer than {Dataset._meta.get_field('path').max_length} characters", "path")
     path = Path(server_path).resolve()
-    if not path.exists():
-        raise CatalogError(f"nothing exists at {server_path!r}")
+    try:
+        exists = path.exists()  # ENAMETOOLONG, EACCES: not "missing", and not a server error
+    except OSError as exc:
+        raise CatalogError(os_reason(exc), "path") from None
+    if not exists:
+        raise CatalogError(f"nothing exists at {server_path!r}", "path")
     return path
 
 
@@ -186,7 +200,7 @@ def _store_dataset(
 ) -> Dataset:
     if Dataset.objects.filter(team=team, name=name).exists():
         raise CatalogConflict(f"team '{team.name}' already has a dataset named '{name}'")
-    report = _load(source, options)
+    report = _load(source, options, original_filename)
     bad_rows = [_row_error(error) for error in report.errors[:REPORTED_ROW_ERRORS]]
     if report.rejected_rows and not skip_bad_rows:
         raise DatasetRejected(
@@ -245,13 +259,18 @@ def _store_dataset(
     return dataset
 
 
-def _load(path: Path, options: LoadOptions) -> LoadReport:
+def _load(path: Path, options: LoadOptions, upload_name: str = "") -> LoadReport:
+    """The engine loader's report. For an upload, errors call the file by `upload_name`:
+    the staging path they would quote is the server's, not the user's."""
     try:
         return load_dataset_rows(
             path, format=options.format, columns=options.column_mapping(), answer_format=options.answer_format
         )
     except DatasetError as exc:
-        raise _rejected(exc) from None
+        message = str(exc)
+        if upload_name:
+            message = message.replace(str(path), upload_name).replace(path.name, upload_name)
+        raise _rejected(exc, message) from None
 
 
 def _splits(report: LoadReport) -> list[str]:
@@ -266,9 +285,10 @@ def _splits(report: LoadReport) -> list[str]:
     return [split_of[problem.id] for problem in report.problems]
 
 
-def _rejected(exc: DatasetError) -> DatasetRejected:
+def _rejected(exc: DatasetError, message: str | None = None) -> DatasetRejected:
     errors = [_row_error(error) for error in exc.errors[:REPORTED_ROW_ERRORS]]
-    return DatasetRejected(f"not a usable dataset: {_short(str(exc))}; nothing was stored", errors, len(exc.errors))
+    message = _short(str(exc) if message is None else message)
+    return DatasetRejected(f"not a usable dataset: {message}; nothing was stored", errors, len(exc.errors))
 
 
 def _row_error(error: RowError) -> dict[str, Any]:
@@ -426,7 +446,7 @@ def resolve_references(
     section = data.get("dataset")
     if isinstance(section, Mapping) and isinstance(section.get("path"), str) and "catalog" not in section:
         # A resolved spec (a clone, a fork) still feeds its dataset's prompt history.
-        references.dataset = visible_to(user, Dataset.objects.filter(path=section["path"])).first()
+        references.dataset = visible_dataset_at(user, section["path"])
     if isinstance(section, Mapping) and "catalog" in section:
         overrides = dict(section)
         reference = overrides.pop("catalog")
@@ -490,5 +510,6 @@ def _find_preset(user: AbstractBaseUser, team: Team, kind: str, reference: Any) 
         team__name=team_name, kind=kind, name=name
     )
     if version:
-        return presets.filter(version=int(version)).first() if version.isdigit() else None
+        number = whole_number(version)
+        return presets.filter(version=number).first() if number is not None else None
     return presets.order_by("-version").first()

@@ -210,6 +210,10 @@ STATICFILES_DIRS = [
 ]
 # WhiteNoise finds files through the static finders, so Daphne serves them without a
 # collectstatic step (production may still collect into STATIC_ROOT).
+# The trainer uses one device until multi-device training lands (the DeepSpeed issue):
+# a launch asking for more is refused. Not an operator setting; tests of multi-GPU quota
+# arithmetic raise it.
+ROLLYARD_MAX_GPUS_PER_RUN = 1
 WHITENOISE_USE_FINDERS = True
 
 # --- i18n, time ---------------------------------------------------------------------------

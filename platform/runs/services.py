@@ -25,7 +25,7 @@ from accounts.services import default_team
 from catalog import services as catalog
 from engine.events import Checkpoint as CheckpointEvent
 from engine.events import Event, Heartbeat, Metrics
-from engine.spec import SpecError, parse_spec
+from engine.spec import RunSpec, SpecError
 from runs import live
 from runs.models import (
     TRANSITIONS,
@@ -38,7 +38,7 @@ from runs.models import (
     RunStatus,
     RunStatusChange,
 )
-from runs.spec_paths import check_spec_paths
+from runs.spec_paths import check_spec_paths, check_spec_paths_for_run, parse_server_spec
 from quotas import selectors as quota_selectors
 from quotas import services as quotas
 from quotas.models import DEFAULT_POOL, DEFAULT_PRIORITY
@@ -111,8 +111,9 @@ def create_run(
     if name and isinstance(data, dict):
         data["name"] = name
     data, catalog_inputs = catalog.resolve_references(user, team, data)  # dataset and preset references
-    check_spec_paths(data)
-    spec = parse_spec(data)
+    check_spec_paths(user, data)
+    spec = parse_server_spec(data)
+    check_launch_resources(spec)
     if not spec.name:
         spec = spec.model_copy(update={"name": f"{spec.algorithm.name} on {spec.dataset.name}"})
     policy = resolve_retention(retention)
@@ -147,6 +148,34 @@ def create_run(
 
 def transition(run_id: int, to_status: RunStatus | str, reason: str = "") -> Run:
     """Move a run to `to_status` if the state machine allows it (models.TRANSITIONS).
+
+def check_launch_resources(spec: RunSpec) -> None:
+    """Raise SpecError (field resources.gpus) for more GPUs than a run can use: until
+    multi-device training exists (the DeepSpeed issue) the trainer uses one device, and
+    a second GPU would be reserved in Ray and counted against quotas, idle."""
+    most = settings.ROLLYARD_MAX_GPUS_PER_RUN
+    if spec.resources.gpus > most:
+        reason = f"multi-device training is not available yet; ask for at most {most} GPU"
+        reason += f" (this run asks for {spec.resources.gpus})"
+        raise SpecError([("resources.gpus", reason)])
+
+
+def fail_if_spec_paths_refused(run_id: int) -> None:
+    """Check an admitted run's stored spec paths again before a worker claims it
+    (runs.spec_paths.check_spec_paths_for_run: the owner may have left the team whose
+    dataset it reads, or the operator narrowed the roots while it waited). A refused run
+    fails here, naming the field; the claim that follows then finds it failed and
+    refuses (IllegalTransition), so no engine ever reads the path. Anything but an
+    admitted run is left to the claim's own transition to judge."""
+    with transaction.atomic():
+        run = Run.objects.select_for_update(of=("self",)).select_related("owner").get(pk=run_id)
+        if run.status != RunStatus.ADMITTED:
+            return
+        try:
+            check_spec_paths_for_run(run)
+        except SpecError as refused:
+            transition(run_id, RunStatus.FAILED, f"refused when a worker claimed it: {refused}")
+
 
     Locks the row, writes a history row, stamps started_at (→ running) or finished_at
     (→ a terminal state), closes the open attempt when the run leaves `running` (as
@@ -274,6 +303,7 @@ def claim_run(run_id: int, worker_host: str, worker_pid: int) -> Claim:
         start_step = checkpoint.step if checkpoint else 0
         attempt = RunAttempt.objects.create(
             run=run,
+    fail_if_spec_paths_refused(run_id)  # a run whose paths are refused now fails, and the claim below refuses it
             number=run.attempts.count() + 1,
             worker_host=worker_host,
             worker_pid=worker_pid,

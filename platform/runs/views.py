@@ -22,6 +22,7 @@ from engine.spec import SpecError
 from quotas import selectors as quota_selectors
 from quotas.models import DEFAULT_POOL
 from quotas.services import RequestRefused
+from rollyard.params import whole_number
 from runs import selectors, services
 from runs.api.serializers import RunDetailSerializer
 from runs.models import Run
@@ -90,7 +91,8 @@ def run_new(request: HttpRequest) -> HttpResponse:
             else:
                 return redirect("runs:detail", run_id=run.pk)
     elif source := request.GET.get("from", "").strip():
-        text = _to_yaml(_visible_run_or_404(request, int(source) if source.isdigit() else 0).spec)
+        # 0: no run has that id, so anything but a number is a 404 like a missing run.
+        text = _to_yaml(_visible_run_or_404(request, whole_number(source, default=0)).spec)
     else:
         text = _to_yaml(selectors.spec_defaults())
     context = {
@@ -125,7 +127,7 @@ def _chosen_team(request: HttpRequest) -> Team | None:
 
 def _clone_source(request: HttpRequest, params) -> Run | None:
     source = params.get("from", "").strip()
-    return _visible_run_or_404(request, int(source) if source.isdigit() else 0) if source else None
+    return _visible_run_or_404(request, whole_number(source, default=0)) if source else None
 
 
 @login_required
@@ -175,10 +177,10 @@ def run_fork(request: HttpRequest, run_id: int) -> HttpResponse:
         overrides = yaml.safe_load(request.POST.get("overrides", "")) or {}
         if not isinstance(overrides, dict):
             raise SpecError([("overrides", "must be a mapping of spec settings")])
-        child = services.fork_run(request.user, parent, int(step) if step.isdigit() else -1, overrides)
+        child = services.fork_run(request.user, parent, whole_number(step, default=-1), overrides)
     except yaml.YAMLError as exc:
         messages.error(request, f"overrides are not valid YAML: {exc}")
-    except SpecError as exc:
+    except (SpecError, RequestRefused) as exc:  # a bad spec; a pool or quota that can never admit it
         messages.error(request, "not forked: " + "; ".join(f"{field}: {reason}" for field, reason in exc.problems))
     except services.RunError as exc:
         messages.error(request, str(exc))
@@ -191,9 +193,9 @@ def run_fork(request: HttpRequest, run_id: int) -> HttpResponse:
 def run_diff(request: HttpRequest) -> HttpResponse:
     """Config diff of two runs (?a=&b=): every leaf where their resolved specs differ."""
     ids = [request.GET.get(side, "").strip() for side in ("a", "b")]
-    if not all(value.isdigit() for value in ids):
+    if None in (numbers := [whole_number(value) for value in ids]):
         return render(request, "runs/diff.html", {"error": "give two run ids: ?a=<id>&b=<id>"}, status=400)
-    a, b = (_visible_run_or_404(request, int(value)) for value in ids)
+    a, b = (_visible_run_or_404(request, number) for number in numbers)
     return render(request, "runs/diff.html", {"a": a, "b": b, "differences": spec_differences(a.spec, b.spec)})
 
 

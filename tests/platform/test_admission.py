@@ -24,6 +24,13 @@ from runs.models import Run, RunStatus
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def multi_gpu_runs(settings) -> None:
+    """The quota arithmetic for runs of several GPUs, which the platform refuses until
+    multi-device training exists (runs.services.check_launch_resources)."""
+    settings.ROLLYARD_MAX_GPUS_PER_RUN = 16
+
+
 @pytest.fixture
 def h100() -> Pool:
     return Pool.objects.create(name="h100", accelerator=Accelerator.GPU, gpu_type="H100", capacity=8)

@@ -56,7 +56,8 @@ def catalog_error_response(exc: Exception) -> Response | None:
         code, http_status = "invalid_request", status.HTTP_400_BAD_REQUEST
     else:
         return None
-    return Response({"error": {"code": code, "message": str(exc), "fields": {}, **extra}}, status=http_status)
+    fields = {exc.field: [str(exc)]} if isinstance(exc, services.CatalogError) and exc.field else {}
+    return Response({"error": {"code": code, "message": str(exc), "fields": fields, **extra}}, status=http_status)
 
 
 class CatalogErrors:
