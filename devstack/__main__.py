@@ -52,14 +52,18 @@ def launch_demo_run(user) -> int:
 
 def demo(port: int) -> int:
     VAR_DIR.mkdir(exist_ok=True)
-    redis = ensure_redis()
-    env = stack_env(REDIS_URL=redis_url())
-    os.environ.update(REDIS_URL=env["REDIS_URL"])
-    # `kill`, a service manager or `docker stop` send SIGTERM, not Ctrl-C's SIGINT: take
-    # the same way out, so the web server and workers never outlive the demo.
+    # Ctrl-C (SIGINT) and `kill`, a service manager or `docker stop` (SIGTERM) take the same
+    # way out, through `finally`, so nothing started here outlives the demo. Set before
+    # anything starts, and for SIGINT too: a non-interactive shell starts background jobs
+    # with SIGINT ignored, and every process started here leads a group of its own, out of
+    # reach of a terminal's Ctrl-C, so only this launcher can stop them.
     signal.signal(signal.SIGTERM, _interrupt)
-    web = worker = housekeeper = None
+    signal.signal(signal.SIGINT, _interrupt)
+    redis = web = worker = housekeeper = None
     try:
+        redis = ensure_redis()
+        env = stack_env(REDIS_URL=redis_url())
+        os.environ.update(REDIS_URL=env["REDIS_URL"])
         token, user = prepare_database()
         web = start_web(port, env, VAR_DIR / "web.log")
         worker = start_worker(env, VAR_DIR / "worker.log")
@@ -84,7 +88,12 @@ def demo(port: int) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        stop(web, worker, housekeeper, redis)
+        # A second signal must not cut the cleanup short (stop is bounded by its grace
+        # period anyway). Redis last: the workers talk to it while they shut down.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stop(web, worker, housekeeper)
+        stop(redis)
 
 
 def _interrupt(signum: int, frame: object) -> None:

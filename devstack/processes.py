@@ -11,6 +11,9 @@ from pathlib import Path
 from devstack.services import REPO_ROOT, VAR_DIR
 
 PLATFORM_DIR = REPO_ROOT / "platform"
+# How long `stop` waits after SIGTERM before it kills: long enough for Daphne and an idle
+# Celery worker to close (about a second each), short enough that a demo stops promptly.
+STOP_GRACE_S = 10.0
 
 
 def stack_env(**overrides: str) -> dict[str, str]:
@@ -83,22 +86,23 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 60.0) ->
     raise RuntimeError(f"nothing served {url} within {timeout:.0f} s")
 
 
-def stop(*processes: subprocess.Popen | None, grace_s: float = 10.0) -> None:
+def stop(*processes: subprocess.Popen | None, grace_s: float = STOP_GRACE_S) -> None:
     """Stop processes and everything they started (each leads its own process group).
 
     SIGTERM first (Celery's warm shutdown, Daphne's graceful close), SIGKILL after
-    `grace_s`: a worker mid-run would otherwise wait for the whole run to finish.
+    `grace_s`: a worker mid-run would otherwise wait for the whole run to finish. Every
+    group is signalled, also one whose leader has already exited: its children (Celery's
+    pool, Ray's raylet) may outlive it.
     """
-    running = [p for p in processes if p is not None and p.poll() is None]
-    for process in running:
+    started = [p for p in processes if p is not None]
+    for process in started:
         _signal_group(process, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    for process in running:
+    for process in started:
         try:
             process.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             pass
-        # Children (Celery's pool, Ray's raylet) may outlive their leader: sweep the group.
         _signal_group(process, signal.SIGKILL)
         process.wait()
 

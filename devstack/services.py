@@ -21,7 +21,7 @@ def redis_url() -> str:
     return os.environ.get("REDIS_URL", EMBEDDED_REDIS_URL)
 
 
-def _answers_ping(host: str, port: int) -> bool:
+def answers_ping(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5) as conn:
             conn.sendall(b"PING\r\n")
@@ -44,21 +44,29 @@ def ensure_redis(url: str | None = None, timeout: float = 10.0) -> subprocess.Po
     url = url or redis_url()
     parsed = urlparse(url)
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 6379
-    if _answers_ping(host, port):
+    if answers_ping(host, port):
         return None
     embedded = urlparse(EMBEDDED_REDIS_URL)
     if (host, port) != (embedded.hostname, embedded.port):
         raise RuntimeError(f"Redis at {url} does not answer; start it or unset REDIS_URL for the embedded one")
     VAR_DIR.mkdir(exist_ok=True)
+    # A process group of its own, like every process of the stack (devstack.processes.stop
+    # signals groups): left in ours, a group signal to it would miss it and the caller
+    # would wait on it forever.
     process = subprocess.Popen(
         [_embedded_redis_binary(), "--bind", host, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(VAR_DIR)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.monotonic() + timeout
-    while not _answers_ping(host, port):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"the embedded Redis did not start on {host}:{port}")
-        time.sleep(0.05)
+    try:
+        while not answers_ping(host, port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the embedded Redis did not start on {host}:{port}")
+            time.sleep(0.05)
+    except BaseException:  # also a SIGTERM or Ctrl-C while it starts: nobody else holds it yet
+        process.kill()
+        process.wait()
+        raise
     return process
