@@ -32,6 +32,15 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(pytest.mark.skip(reason=f"no CUDA device here; {reason}"))
 
 
+@pytest.fixture(autouse=True)
+def own_cache_namespace(settings) -> None:
+    """Each test counts failed sign-ins and token uses (accounts.ratelimit) afresh: the test
+    client always comes from 127.0.0.1, so one test's refusals would throttle the next."""
+    import uuid
+
+    settings.CACHES = {"default": {**settings.CACHES["default"], "KEY_PREFIX": f"test-{uuid.uuid4().hex}"}}
+
+
 @pytest.fixture(scope="session", autouse=True)
 def redis_server():
     """A Redis that answers at settings' REDIS_URL for the whole session."""

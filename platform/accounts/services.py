@@ -8,6 +8,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
+from accounts import live
 from accounts.models import ApiToken, Membership, Role, Team
 
 
@@ -57,10 +58,13 @@ def create_token(user: AbstractBaseUser, name: str) -> tuple[ApiToken, str]:
 
 
 def revoke_token(token: ApiToken) -> ApiToken:
-    """Revoke for good. Revoking twice keeps the first revocation's time."""
+    """Revoke for good: the token's next API call answers 401 and its open websockets are
+    closed (4401) once the revocation commits. Revoking twice keeps the first time."""
     if token.revoked_at is None:
         token.revoked_at = timezone.now()
         token.save(update_fields=["revoked_at"])
+        token_id = token.pk
+        transaction.on_commit(lambda: live.close_token_sockets(token_id), robust=True)
     return token
 
 

@@ -1,5 +1,6 @@
 """The ASGI entry point (Daphne): HTTP pages, REST API and static files through Django;
-websockets through Channels, behind an origin check and session-or-token auth."""
+websockets through Channels, behind the origin check and session-or-token auth of
+`rollyard.ws_auth`."""
 
 import os
 
@@ -11,13 +12,13 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from rollyard.ws_auth import TokenOrSessionAuthMiddlewareStack, allowed_hosts_origin_validator  # noqa: E402
 from catalog.asgi import UploadSizeLimit  # noqa: E402
+from rollyard.ws_auth import WebsocketAuthMiddleware  # noqa: E402
 from runs.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": UploadSizeLimit(django_asgi_app),  # dataset uploads: 413 as soon as the body passes the limit
-        "websocket": allowed_hosts_origin_validator(TokenOrSessionAuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": WebsocketAuthMiddleware(URLRouter(websocket_urlpatterns)),
     }
 )

@@ -61,6 +61,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "accounts.middleware.LoginRateLimitMiddleware",  # after CSRF and auth: counts only real sign-in attempts
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -131,6 +132,15 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 7 * 24 * 3600}
 CELERY_RESULT_EXPIRES = 7 * 24 * 3600
 
+# The cache holds the rate limits' counters (accounts.ratelimit), shared by every web process.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": os.environ.get("ROLLYARD_CHANNEL_PREFIX", "rollyard"),
+    }
+}
+
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
@@ -157,6 +167,11 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "runs:list"
 LOGOUT_REDIRECT_URL = "login"
+# Failures allowed per window, (count, seconds), before 429 + Retry-After (accounts.ratelimit):
+# sign-ins per address and username, sign-ins per address, API token uses per address.
+ROLLYARD_RATE_LIMITS = {"login": (5, 300), "login_address": (30, 300), "token": (20, 60)}
+# A websocket without credentials in its handshake must send {"type": "auth", ...} this soon.
+ROLLYARD_WS_AUTH_TIMEOUT_S = float(os.environ.get("ROLLYARD_WS_AUTH_TIMEOUT_S", 10))
 
 # --- REST API --------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -195,6 +210,10 @@ ROLLYARD_DATASET_ROOTS = [Path(root) for root in _env_list("ROLLYARD_DATASET_ROO
 # Server folders holding model folders a run spec may name by absolute path
 # (comma-separated); none by default: runs use built-in models (builtin:<name>).
 ROLLYARD_MODEL_ROOTS = [Path(root) for root in _env_list("ROLLYARD_MODEL_ROOTS", "")]
+# The trainer uses one device until multi-device training lands (the DeepSpeed issue):
+# a launch asking for more is refused. Not an operator setting; tests of multi-GPU quota
+# arithmetic raise it.
+ROLLYARD_MAX_GPUS_PER_RUN = 1
 
 # --- static files ------------------------------------------------------------------------
 STATIC_URL = "/static/"
@@ -210,10 +229,6 @@ STATICFILES_DIRS = [
 ]
 # WhiteNoise finds files through the static finders, so Daphne serves them without a
 # collectstatic step (production may still collect into STATIC_ROOT).
-# The trainer uses one device until multi-device training lands (the DeepSpeed issue):
-# a launch asking for more is refused. Not an operator setting; tests of multi-GPU quota
-# arithmetic raise it.
-ROLLYARD_MAX_GPUS_PER_RUN = 1
 WHITENOISE_USE_FINDERS = True
 
 # --- i18n, time ---------------------------------------------------------------------------
@@ -234,6 +249,8 @@ LOGGING = {
 ROLLYARD_RUNS_DIR = Path(os.environ.get("ROLLYARD_RUNS_DIR", VAR_DIR / "runs"))
 # A running run whose last heartbeat is older than this lost its worker: requeue or fail it.
 ROLLYARD_HEARTBEAT_TIMEOUT_S = float(os.environ.get("ROLLYARD_HEARTBEAT_TIMEOUT_S", 600))
+# How often a run's driver beats while its steps run (workers.attempt): well under the timeout.
+ROLLYARD_HEARTBEAT_EVERY_S = float(os.environ.get("ROLLYARD_HEARTBEAT_EVERY_S", 10))
 # Attempts a run gets in all (the first included) before a lost worker fails it.
 ROLLYARD_MAX_ATTEMPTS = int(os.environ.get("ROLLYARD_MAX_ATTEMPTS", 3))
 # A queued or admitted run whose message no worker took within this is enqueued again.

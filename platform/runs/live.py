@@ -2,8 +2,7 @@
 
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from accounts.live import send_to_group
 
 
 def run_group(run_id: int) -> str:
@@ -17,6 +16,4 @@ def publish(run_id: int, message: dict[str, Any]) -> None:
     Call it from transaction.on_commit only, so nobody sees what the database may yet
     roll back. Synchronous callers only (services, workers).
     """
-    layer = get_channel_layer()
-    if layer is not None:
-        async_to_sync(layer.group_send)(run_group(run_id), message)
+    send_to_group(run_group(run_id), message)

@@ -2,6 +2,7 @@
 routing) and the real Redis channel layer at REDIS_URL. transaction=True: the services'
 on_commit pushes must really fire."""
 
+import asyncio
 import copy
 import os
 import uuid
@@ -21,7 +22,9 @@ from runs.models import Run, RunStatus
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 
-ORIGIN = (b"origin", b"http://localhost")
+# A browser on the dashboard at http://localhost:8000: its Origin and the Host it asks for.
+HOST = (b"host", b"localhost:8000")
+ORIGIN = (b"origin", b"http://localhost:8000")
 
 
 @pytest.fixture(autouse=True)
@@ -52,8 +55,30 @@ def session_cookie_of(user) -> bytes:
     return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}".encode()
 
 
-def socket(path: str, *headers: tuple[bytes, bytes]) -> WebsocketCommunicator:
-    return WebsocketCommunicator(application, path, headers=[ORIGIN, *headers])
+def socket(path: str, *headers: tuple[bytes, bytes], origin: bytes | None = ORIGIN[1], host: bytes = HOST[1],
+           scheme: str = "ws") -> WebsocketCommunicator:
+    """A handshake as Daphne hands it to the app: Host always, Origin when a browser sends
+    it (None: a script's), over ws:// or wss://."""
+    sent = [(b"host", host), *([(b"origin", origin)] if origin is not None else []), *headers]
+
+    async def app(scope, receive, send):
+        return await application({**scope, "scheme": scheme}, receive, send)
+
+    communicator = WebsocketCommunicator(app, path, headers=sent)
+    OPENED.append(communicator)
+    return communicator
+
+
+OPENED: list[WebsocketCommunicator] = []
+
+
+@pytest.fixture(autouse=True)
+async def close_every_socket():
+    """Each test's sockets end with the test: a consumer still waiting on the channel
+    layer would hold the event loop's teardown."""
+    yield
+    while OPENED:
+        await OPENED.pop().disconnect()
 
 
 async def closed_with(communicator: WebsocketCommunicator) -> int:
@@ -65,25 +90,192 @@ async def closed_with(communicator: WebsocketCommunicator) -> int:
     return message["code"]
 
 
-async def test_without_credentials_the_socket_is_closed_with_4401():
-    alice, _ = await user_with_token("alice")
-    run = await run_of(alice)
-    assert await closed_with(socket(f"/ws/runs/{run.id}/")) == 4401
+async def refused_at_handshake(communicator: WebsocketCommunicator) -> bool:
+    """True when the handshake itself is refused (Daphne answers it with HTTP 403)."""
+    connected, _ = await communicator.connect(timeout=10)
+    return not connected
 
 
-async def test_a_forged_token_is_closed_with_4401_even_with_a_session():
+async def hello_of(communicator: WebsocketCommunicator) -> dict:
+    connected, _ = await communicator.connect(timeout=10)
+    assert connected
+    hello = await communicator.receive_json_from(timeout=10)
+    assert hello["type"] == "hello", hello
+    return hello
+
+
+@pytest.fixture
+def quick_auth_timeout(settings) -> float:
+    settings.ROLLYARD_WS_AUTH_TIMEOUT_S = 0.3
+    return 0.3
+
+
+# --- origin: a session cookie counts only from an allowed origin ---------------------------
+
+
+async def test_a_session_cookie_from_the_sockets_own_origin_authenticates():
     alice, _ = await user_with_token("alice")
     run = await run_of(alice)
-    cookie = await session_cookie_of(alice)
-    communicator = socket(f"/ws/runs/{run.id}/?token=forged", (b"cookie", cookie))
+    hello = await hello_of(socket(f"/ws/runs/{run.id}/", (b"cookie", await session_cookie_of(alice))))
+    assert hello["run"]["id"] == run.id
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "scheme"),
+    [
+        (b"http://localhost:9000", b"localhost:8000", "ws"),  # same host, another port
+        (b"http://localhost", b"localhost:8000", "ws"),  # no port is port 80, not 8000
+        (b"https://localhost:8000", b"localhost:8000", "ws"),  # another scheme
+        (b"http://localhost:8000", b"localhost:8000", "wss"),  # an http page on a wss socket
+        (b"http://evil.example", b"localhost:8000", "ws"),  # another host
+        (b"http://evil.example", b"evil.example", "ws"),  # a Host outside ALLOWED_HOSTS
+        (b"null", b"localhost:8000", "ws"),  # sandboxed frames and file:// pages
+        (b"\xff\xfe", b"localhost:8000", "ws"),
+    ],
+)
+async def test_a_handshake_from_another_origin_is_refused_even_with_a_token(origin, host, scheme):
+    alice, token = await user_with_token("alice")
+    run = await run_of(alice)
+    cookie = (b"cookie", await session_cookie_of(alice))
+    assert await refused_at_handshake(socket(f"/ws/runs/{run.id}/", cookie, origin=origin, host=host, scheme=scheme))
+    assert await refused_at_handshake(socket(f"/ws/runs/{run.id}/?token={token}", origin=origin, host=host, scheme=scheme))
+
+
+async def test_an_https_page_on_a_wss_socket_is_its_own_origin():
+    alice, _ = await user_with_token("alice")
+    run = await run_of(alice)
+    communicator = socket(
+        f"/ws/runs/{run.id}/", (b"cookie", await session_cookie_of(alice)),
+        origin=b"https://localhost:8000", host=b"localhost:8000", scheme="wss",
+    )
+    assert (await hello_of(communicator))["run"]["id"] == run.id
+
+
+async def test_a_trusted_origin_is_compared_by_scheme_host_and_port(settings):
+    # The dashboard served from https://dash.example.com (a proxy in front of Daphne).
+    settings.CSRF_TRUSTED_ORIGINS = ["https://dash.example.com"]
+    alice, _ = await user_with_token("alice")
+    run = await run_of(alice)
+    cookie = (b"cookie", await session_cookie_of(alice))
+    path = f"/ws/runs/{run.id}/"
+
+    assert (await hello_of(socket(path, cookie, origin=b"https://dash.example.com")))["run"]["id"] == run.id
+    assert (await hello_of(socket(path, cookie, origin=b"https://DASH.example.com:443")))["run"]["id"] == run.id
+    for origin in (b"http://dash.example.com", b"https://dash.example.com:8443", b"https://evil.dash.example.com"):
+        assert await refused_at_handshake(socket(path, cookie, origin=origin)), origin
+
+
+async def test_without_an_origin_a_session_cookie_is_ignored(quick_auth_timeout):
+    # A script with a stolen cookie: no Origin, so no session; it must bring a token.
+    alice, _ = await user_with_token("alice")
+    run = await run_of(alice)
+    communicator = socket(f"/ws/runs/{run.id}/", (b"cookie", await session_cookie_of(alice)), origin=None)
     assert await closed_with(communicator) == 4401
 
 
-async def test_a_revoked_token_is_closed_with_4401():
+async def test_without_credentials_the_socket_is_closed_with_4401_after_the_auth_timeout(quick_auth_timeout):
+    alice, _ = await user_with_token("alice")
+    run = await run_of(alice)
+    loop = asyncio.get_running_loop()
+    communicator = socket(f"/ws/runs/{run.id}/")
+    connected, _ = await communicator.connect(timeout=10)
+    assert connected
+    opened = loop.time()
+    message = await communicator.receive_output(timeout=10)
+    assert (message["type"], message["code"]) == ("websocket.close", 4401)
+    assert loop.time() - opened >= quick_auth_timeout * 0.9
+
+
+# --- tokens: header, query, first message ---------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "Token", "bearer"])
+async def test_a_token_in_the_authorization_header_authenticates_a_client_without_origin(scheme):
     alice, token = await user_with_token("alice")
     run = await run_of(alice)
+    communicator = socket(f"/ws/runs/{run.id}/", (b"authorization", f"{scheme} {token}".encode()), origin=None)
+    assert (await hello_of(communicator))["run"]["id"] == run.id
+    await communicator.disconnect()
+
+
+async def test_a_token_in_the_query_authenticates_a_client_without_origin():
+    alice, token = await user_with_token("alice")
+    run = await run_of(alice)
+    assert (await hello_of(socket(f"/ws/runs/{run.id}/?token={token}", origin=None)))["run"]["id"] == run.id
+
+
+async def test_a_token_in_the_first_message_authenticates():
+    alice, token = await user_with_token("alice")
+    run = await run_of(alice)
+    communicator = socket(f"/ws/runs/{run.id}/", origin=None)
+    connected, _ = await communicator.connect(timeout=10)
+    assert connected
+    await communicator.send_json_to({"type": "auth", "token": token})
+    hello = await communicator.receive_json_from(timeout=10)
+    assert (hello["type"], hello["run"]["id"]) == ("hello", run.id)
+    await communicator.disconnect()
+
+
+@pytest.mark.parametrize(
+    "first_message",
+    [
+        {"text_data": '{"type": "auth", "token": "ry_forged"}'},
+        {"text_data": '{"type": "auth", "token": 7}'},
+        {"text_data": '{"type": "hello"}'},
+        {"text_data": "[1, 2"},
+        {"bytes_data": b"\x00\x01"},
+    ],
+)
+async def test_a_first_message_that_does_not_authenticate_closes_with_4401(first_message):
+    alice, _ = await user_with_token("alice")
+    run = await run_of(alice)
+    communicator = socket(f"/ws/runs/{run.id}/", origin=None)
+    connected, _ = await communicator.connect(timeout=10)
+    assert connected
+    await communicator.send_to(**first_message)
+    message = await communicator.receive_output(timeout=10)
+    assert (message["type"], message["code"]) == ("websocket.close", 4401)
+
+
+async def test_a_token_beats_a_cookie_and_speaks_for_its_own_user():
+    alice, _ = await user_with_token("alice")
+    _, bob_token = await user_with_token("bob")
+    run = await run_of(alice)
+    cookie = (b"cookie", await session_cookie_of(alice))
+    # Alice's cookie, Bob's token: the socket is Bob's, who may not see Alice's run.
+    assert await closed_with(socket(f"/ws/runs/{run.id}/?token={bob_token}", cookie)) == 4403
+
+
+async def test_revoking_the_token_closes_its_open_socket_with_4401():
+    alice, token = await user_with_token("alice")
+    run = await run_of(alice)
+    communicator = socket(f"/ws/runs/{run.id}/", (b"authorization", f"Bearer {token}".encode()), origin=None)
+    await hello_of(communicator)
+    loop = asyncio.get_running_loop()
+    revoked_at = loop.time()
     await database_sync_to_async(lambda: revoke_token(ApiToken.objects.get(user=alice)))()
-    assert await closed_with(socket(f"/ws/runs/{run.id}/?token={token}")) == 4401
+    message = await communicator.receive_output(timeout=5)
+    assert (message["type"], message["code"]) == ("websocket.close", 4401)
+    assert loop.time() - revoked_at < 1.0
+
+
+async def test_failed_token_uses_are_rate_limited_with_4429_shared_with_the_api(settings):
+    settings.ROLLYARD_RATE_LIMITS = {**settings.ROLLYARD_RATE_LIMITS, "token": (3, 60)}
+    alice, token = await user_with_token("alice")
+    run = await run_of(alice)
+
+    # The communicator has no peer address, so its failures count against "unknown":
+    # failures 1 and 2 on sockets, 3 through the API from the same address make the limit of 3.
+    for _ in range(2):
+        assert await closed_with(socket(f"/ws/runs/{run.id}/?token=ry_guess", origin=None)) == 4401
+    api = await database_sync_to_async(
+        lambda: Client(REMOTE_ADDR="unknown").get("/api/me/", HTTP_AUTHORIZATION="Bearer ry_guess").status_code
+    )()
+    assert api == 401
+    # The 4th try is refused before the token is looked at, even the right one.
+    assert await closed_with(socket(f"/ws/runs/{run.id}/?token={token}", origin=None)) == 4429
+    # A browser's session is no token use: it still gets in.
+    assert (await hello_of(socket(f"/ws/runs/{run.id}/", (b"cookie", await session_cookie_of(alice)))))["run"]["id"] == run.id
 
 
 async def test_another_teams_run_is_closed_with_4403():
@@ -107,16 +299,6 @@ async def test_a_viewer_of_the_runs_team_may_watch_it():
     await communicator.disconnect()
 
 
-async def test_a_foreign_origin_is_refused():
-    alice, token = await user_with_token("alice")
-    run = await run_of(alice)
-    communicator = WebsocketCommunicator(
-        application, f"/ws/runs/{run.id}/?token={token}", headers=[(b"origin", b"http://evil.example")]
-    )
-    connected, _ = await communicator.connect(timeout=10)
-    assert not connected
-
-
 async def test_a_session_cookie_authenticates_and_hello_describes_the_run():
     alice, _ = await user_with_token("alice")
     run = await run_of(alice, RunStatus.RUNNING)
@@ -136,7 +318,7 @@ async def test_a_session_cookie_authenticates_and_hello_describes_the_run():
     await communicator.disconnect()
 
 
-async def test_recorded_events_and_status_changes_are_pushed_live():
+async def test_recorded_events_and_status_changes_are_pushed_live(record):
     alice, token = await user_with_token("alice")
     run = await run_of(alice)
     communicator = socket(f"/ws/runs/{run.id}/?token={token}")
@@ -156,7 +338,7 @@ async def test_recorded_events_and_status_changes_are_pushed_live():
         Metrics(step=1, values={"reward/mean": 0.5}),
         LengthHistogram(step=1, bin_edges=[0, 32, 64], counts=[7, 1]),
     ]
-    await database_sync_to_async(services.record_events)(run.id, batch)
+    await database_sync_to_async(record)(run.id, batch)
     pushed = await communicator.receive_json_from(timeout=10)
 
     assert pushed["type"] == "events"
