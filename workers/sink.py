@@ -4,11 +4,17 @@ Events are buffered and written in batches (one transaction, one channel-layer m
 batch) so a chatty run costs few round trips; `runs.services.record_events` publishes each
 batch only after its transaction commits, so a browser never sees an event the database
 does not hold.
+
+Every batch goes out for the driver's attempt, through its fence (workers.attempt): the
+platform refuses the writes of an attempt that is no longer current, and the sink raises
+engine.events.Superseded, which stops the engine before its next step or checkpoint.
+Batches are numbered, so one re-sent after a lost database reply is stored once.
 """
 
 import time
 
 from engine.events import Event
+from workers.attempt import AttemptFence
 
 
 class DatabaseSink:
@@ -16,14 +22,16 @@ class DatabaseSink:
     engine's Heartbeat or Status event), when it grows to `max_batch`, or when
     `max_delay_s` has passed since the last write."""
 
-    def __init__(self, run_id: int, max_batch: int = 500, max_delay_s: float = 0.5):
-        self.run_id = run_id
+    def __init__(self, fence: AttemptFence, max_batch: int = 500, max_delay_s: float = 0.5):
+        self.fence = fence
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self._buffer: list[Event] = []
+        self._batches = 0  # batches stored so far; the next one is numbered one more
         self._last_write = time.monotonic()
 
     def emit(self, event: Event) -> None:
+        self.fence.check()
         self._buffer.append(event)
         step_complete = event.kind in ("heartbeat", "status")
         overdue = time.monotonic() - self._last_write >= self.max_delay_s
@@ -31,9 +39,15 @@ class DatabaseSink:
             self.flush()
 
     def flush(self) -> None:
+        """Write what is buffered. With nothing buffered it still asks the platform whether
+        the attempt is current: the engine flushes right before each checkpoint, and a
+        superseded driver must learn it there, before it writes into the run's folder."""
         from runs.services import record_events
 
-        if self._buffer:
-            batch, self._buffer = self._buffer, []
-            record_events(self.run_id, batch)
+        batch = self._buffer
+        number = self._batches + 1 if batch else None
+        # Kept in the buffer until stored: a write that fails is retried with the same number.
+        self.fence.call(record_events, self.fence.run_id, self.fence.attempt_id, batch, number)
+        if batch:
+            self._buffer, self._batches = [], self._batches + 1
         self._last_write = time.monotonic()

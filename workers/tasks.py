@@ -3,7 +3,9 @@
 import logging
 import os
 import socket
+import sys
 
+from workers.attempt import AttemptFence, AttemptHeartbeat
 from workers.celery_app import app
 from workers.names import APPLY_CHECKPOINT_RETENTION, EXECUTE_RUN, RECONCILE_RUNS
 from workers.sink import DatabaseSink
@@ -14,19 +16,20 @@ logger = logging.getLogger(__name__)
 @app.task(name=EXECUTE_RUN)
 def execute_run(run_id: int) -> str:
     """Drive one run: claim it, run the engine (locally on Ray or in-process), record its
-    end. Cancellation arrives through the database, polled by the engine between steps."""
+    end. Cancellation arrives through the database, polled by the engine between steps.
+
+    The attempt is fenced (workers.attempt): a heartbeat thread keeps it current while
+    steps run, and once the reconciler gives it up every write is refused and the engine
+    stops without a checkpoint; the run is then left to whoever owns it now."""
     # The engine pulls in torch; keep it out of the web tier and of Celery's start-up.
+    from django.conf import settings
+
+    from engine.events import Superseded
     from engine.orchestration import describe, run as run_engine
     from engine.spec import parse_spec
     from runs.models import Run, RunStatus
     from runs.selectors import cancel_requested
-    from runs.services import (
-        IllegalTransition,
-        attempt_is_current,
-        claim_run,
-        end_attempt,
-        set_aside_stale_run_dir,
-    )
+    from runs.services import IllegalTransition, claim_run, end_attempt, give_up_attempt, set_aside_stale_run_dir
 
     try:
         run = Run.objects.get(pk=run_id)
@@ -43,28 +46,55 @@ def execute_run(run_id: int) -> str:
 
     if aside := set_aside_stale_run_dir(claim):
         logger.warning("run %s: a folder from an earlier run with this id was moved to %s", run_id, aside)
-    attempt_id = claim.attempt.pk
-    sink = DatabaseSink(run_id)
+    # Writes wait out a database outage as long as the reconciler waits for a heartbeat.
+    fence = AttemptFence(run_id, claim.attempt.pk, outage_s=settings.ROLLYARD_HEARTBEAT_TIMEOUT_S)
+    sink = DatabaseSink(fence)
+    heartbeat = AttemptHeartbeat(fence, every_s=settings.ROLLYARD_HEARTBEAT_EVERY_S)
 
     def should_stop() -> bool:
-        # Also once the reconciler gave this attempt up (a stall it took for a dead worker):
-        # the run may be another worker's by now.
-        return cancel_requested(run_id) or not attempt_is_current(attempt_id)
+        fence.check()  # given up by the reconciler: raises Superseded, the engine stops dead
+        return fence.call(cancel_requested, run_id)
 
+    heartbeat.start()
     try:
         outcome = run_engine(
             parse_spec(run.spec), sink, should_stop=should_stop, run_dir=claim.run_dir, resume_from=claim.resume_from
         )
         reason = "cancelled on request" if outcome == RunStatus.CANCELLED else "all steps done"
+    except Superseded:
+        logger.warning("run %s: attempt %s stopped, superseded: %s", run_id, claim.attempt.number, fence.reason)
+        return "superseded"
     except Exception as exc:
+        if trainer_lost(exc):
+            # The worker is fine, the trainer's process died (killed, out of memory): the
+            # run goes on from its last checkpoint as for a lost worker, on this worker or
+            # another.
+            ended = fence.call(give_up_attempt, claim.attempt.pk, f"trainer lost: {describe(exc)}")
+            logger.warning("run %s: %s", run_id, ended.status_reason if ended else "trainer lost, attempt superseded")
+            return "trainer lost"
         logger.exception("run %s failed", run_id)
         outcome, reason = RunStatus.FAILED, describe(exc)
-    sink.flush()
-    if end_attempt(attempt_id, outcome, reason) is None:
+    finally:
+        heartbeat.stop()
+    try:
+        sink.flush()
+        ended = fence.call(end_attempt, claim.attempt.pk, outcome, reason)
+    except Superseded:
+        ended = None
+    if ended is None:
         logger.warning("run %s: attempt %s was given up by the reconciler; leaving the run as it is",
                        run_id, claim.attempt.number)
         return "superseded"
     return outcome
+
+
+def trainer_lost(exc: BaseException) -> bool:
+    """Did the run fail because its trainer's Ray actor died, not because of the run?"""
+    if "ray" not in sys.modules:
+        return False
+    from ray.exceptions import RayActorError
+
+    return isinstance(exc, RayActorError)
 
 
 @app.task(name=RECONCILE_RUNS)

@@ -59,6 +59,7 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "rollyard.middleware.RefuseNulCharacters",  # a NUL in a query or form field would 500 at PostgreSQL
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "accounts.middleware.LoginRateLimitMiddleware",  # after CSRF and auth: counts only real sign-in attempts

@@ -117,7 +117,11 @@ class RunStatusChange(models.Model):
 
 
 class MetricPoint(models.Model):
-    """One scalar of one step. Append-only; charts read it downsampled."""
+    """One scalar of one step. Charts read it downsampled.
+
+    One point per (run, name, step): a re-sent batch overwrites its own points, and a
+    resumed attempt that reports a step again (it replays from its checkpoint) replaces
+    the earlier attempt's point; only the current attempt may write (services.record_events)."""
 
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="metric_points")
     name = models.CharField(max_length=200)
@@ -128,7 +132,8 @@ class MetricPoint(models.Model):
     value = models.FloatField(null=True)
 
     class Meta:
-        indexes = [models.Index(fields=["run", "name", "step"], name="metricpoint_run_name_step")]
+        # Its index also serves the (run, name, step) reads of charts.
+        constraints = [models.UniqueConstraint(fields=["run", "name", "step"], name="metricpoint_one_per_run_name_step")]
 
     def __str__(self) -> str:
         return f"{self.name}@{self.step}={self.value}"
@@ -177,6 +182,9 @@ class RunAttempt(models.Model):
         "Checkpoint", null=True, blank=True, on_delete=models.SET_NULL, related_name="resumed_attempts"
     )
     resumed_from_step = models.PositiveIntegerField(null=True, blank=True)
+    # How many of its driver's event batches are stored (the sink numbers them 1, 2, …): a
+    # batch numbered at or below it is a re-send after a lost reply, and is ignored whole.
+    batches_recorded = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["run", "number"]

@@ -60,6 +60,12 @@ class RunPermissionDenied(RunError):
     """The user may see the run but not change it."""
 
 
+class AttemptSuperseded(RunError):
+    """A driver wrote for an attempt that is no longer the run's current one: the
+    reconciler gave it up (a worker presumed dead) and the run may be another's by now.
+    The worker's sink turns it into engine.events.Superseded, which stops the engine."""
+
+
 # --- checks -----------------------------------------------------------------------------
 
 
@@ -143,12 +149,6 @@ def create_run(
     return run
 
 
-# --- the state machine ------------------------------------------------------------------------
-
-
-def transition(run_id: int, to_status: RunStatus | str, reason: str = "") -> Run:
-    """Move a run to `to_status` if the state machine allows it (models.TRANSITIONS).
-
 def check_launch_resources(spec: RunSpec) -> None:
     """Raise SpecError (field resources.gpus) for more GPUs than a run can use: until
     multi-device training exists (the DeepSpeed issue) the trainer uses one device, and
@@ -176,6 +176,12 @@ def fail_if_spec_paths_refused(run_id: int) -> None:
         except SpecError as refused:
             transition(run_id, RunStatus.FAILED, f"refused when a worker claimed it: {refused}")
 
+
+# --- the state machine ------------------------------------------------------------------------
+
+
+def transition(run_id: int, to_status: RunStatus | str, reason: str = "") -> Run:
+    """Move a run to `to_status` if the state machine allows it (models.TRANSITIONS).
 
     Locks the row, writes a history row, stamps started_at (→ running) or finished_at
     (→ a terminal state), closes the open attempt when the run leaves `running` (as
@@ -297,14 +303,15 @@ def claim_run(run_id: int, worker_host: str, worker_pid: int) -> Claim:
     Raises IllegalTransition unless the run is admitted, so a redelivered message (or one
     of two messages the reconciler sent) can never start a second driver.
     """
+    fail_if_spec_paths_refused(run_id)  # a run whose paths are refused now fails, and the claim below refuses it
     with transaction.atomic():
         run = transition(run_id, RunStatus.RUNNING, f"picked up by worker {worker_host} (pid {worker_pid})")
-        checkpoint = latest_checkpoint(run) or run.forked_from
+        number = run.attempts.count() + 1
+        checkpoint = (adopt_unreported_checkpoint(run) if number > 1 else None) or latest_checkpoint(run) or run.forked_from
         start_step = checkpoint.step if checkpoint else 0
         attempt = RunAttempt.objects.create(
             run=run,
-    fail_if_spec_paths_refused(run_id)  # a run whose paths are refused now fails, and the claim below refuses it
-            number=run.attempts.count() + 1,
+            number=number,
             worker_host=worker_host,
             worker_pid=worker_pid,
             resumed_from=checkpoint,
@@ -324,16 +331,67 @@ def claim_run(run_id: int, worker_host: str, worker_pid: int) -> Claim:
     return Claim(run=run, attempt=attempt, run_dir=run_dir(run_id), resume_from=Path(checkpoint.path) if forking else None)
 
 
+def adopt_unreported_checkpoint(run: Run) -> Checkpoint | None:
+    """The newest complete checkpoint in the run's folder when the database does not know
+    it yet, recorded now; else None. A worker lost between writing a checkpoint and
+    reporting it leaves such a folder, and the engine resumes from the newest folder on
+    disk: the claim must drop the metrics after that step, not after an older one, or the
+    steps between would be lost. Call it under the run's row lock."""
+    from engine.checkpoint import complete_checkpoints, read_info
+
+    on_disk = complete_checkpoints(run_dir(run.pk))
+    known = latest_checkpoint(run)
+    if not on_disk or (known is not None and known.step >= on_disk[-1][0]):
+        return None
+    folder = on_disk[-1][1]
+    info = read_info(folder)
+    checkpoint, _ = Checkpoint.objects.update_or_create(
+        run=run,
+        step=info.step,
+        defaults={"path": str(folder), "metrics": info.metrics, "size_bytes": folder_size(folder), "deleted_at": None},
+    )
+    return checkpoint
+
+
+def lock_current_attempt(run_id: int, attempt_id: int) -> tuple[Run, RunAttempt]:
+    """Lock the run's row and return it with the attempt, or raise AttemptSuperseded when
+    the attempt is not the run's open one. Every write a driver makes goes through here
+    inside its transaction: the reconciler closes attempts under the same lock, so a
+    write either lands before the attempt is given up or is refused after."""
+    run = Run.objects.select_for_update().get(pk=run_id)
+    attempt = RunAttempt.objects.filter(pk=attempt_id, run_id=run_id).first()
+    if attempt is None or attempt.ended_at is not None:
+        closed = f"{attempt.outcome}: {attempt.reason}" if attempt else "no such attempt"
+        raise AttemptSuperseded(f"run #{run_id}: attempt #{attempt_id} is no longer current ({closed})")
+    return run, attempt
+
+
 def end_attempt(attempt_id: int, to_status: RunStatus | str, reason: str) -> Run | None:
     """The driver of an attempt reports the run's end (succeeded, failed, cancelled).
     Returns None, changing nothing, when the attempt is no longer the run's live one: the
     reconciler presumed its worker dead and another attempt may own the run by now."""
     with transaction.atomic():
-        attempt = RunAttempt.objects.get(pk=attempt_id)
-        Run.objects.select_for_update().get(pk=attempt.run_id)  # orders us with the reconciler
-        if not attempt_is_current(attempt_id):
+        run_id = RunAttempt.objects.values_list("run_id", flat=True).get(pk=attempt_id)
+        try:
+            lock_current_attempt(run_id, attempt_id)
+        except AttemptSuperseded:
             return None
-        return transition(attempt.run_id, to_status, reason)
+        return transition(run_id, to_status, reason)
+
+
+def keep_attempt_alive(attempt_id: int) -> bool:
+    """A driver's heartbeat, sent every few seconds while its steps run (a step may last
+    longer than the reconciler's timeout): stamps the run's last heartbeat if the attempt
+    is still current. Returns False, stamping nothing, once it is not."""
+    with transaction.atomic():
+        run_id = RunAttempt.objects.values_list("run_id", flat=True).filter(pk=attempt_id).first()
+        try:
+            run, _ = lock_current_attempt(run_id, attempt_id)
+        except (AttemptSuperseded, Run.DoesNotExist):  # given up, or the run was deleted
+            return False
+        run.last_heartbeat_at = timezone.now()
+        run.save(update_fields=["last_heartbeat_at"])
+    return True
 
 
 def set_aside_stale_run_dir(claim: Claim) -> Path | None:
@@ -349,7 +407,8 @@ def set_aside_stale_run_dir(claim: Claim) -> Path | None:
 
 def attempt_is_current(attempt_id: int) -> bool:
     """Is this attempt still the run's live one? False once the reconciler gave up on it
-    (its worker was presumed dead) or the run ended: its driver must stop."""
+    (its worker was presumed dead) or the run ended. A read without the lock, for
+    reports; a driver's writes are fenced by lock_current_attempt instead."""
     return RunAttempt.objects.filter(pk=attempt_id, ended_at__isnull=True).exists()
 
 
@@ -367,18 +426,39 @@ def requeue_or_fail_lost_run(run_id: int, now: datetime) -> Run | None:
         silent_s = (now - last_sign).total_seconds() if last_sign else 0.0
         if run.status != RunStatus.RUNNING or silent_s <= settings.ROLLYARD_HEARTBEAT_TIMEOUT_S:
             return None
-        attempts = run.attempts.count()
-        limit = settings.ROLLYARD_MAX_ATTEMPTS
-        lost = f"worker lost: no heartbeat for {silent_s:.0f} s on attempt {attempts} of {limit}"
-        if attempts >= limit:
-            reason = f"{lost}; no attempts left"
-            # The attempt was lost, whatever the run's fate.
-            run.attempts.filter(ended_at__isnull=True).update(ended_at=now, outcome=AttemptOutcome.LOST, reason=reason)
-            return transition(run_id, RunStatus.FAILED, reason)
-        checkpoint = latest_checkpoint(run) or run.forked_from
-        resume = f"resumes from the checkpoint of step {checkpoint.step}" if checkpoint else "starts over (no checkpoint)"
-        # Back in the queue, admission (quotas) admits it again and enqueues its driver.
-        return transition(run_id, RunStatus.QUEUED, f"{lost}; requeued, {resume}")
+        return _requeue_or_fail(run, f"worker lost: no heartbeat for {silent_s:.0f} s", now)
+
+
+def give_up_attempt(attempt_id: int, cause: str) -> Run | None:
+    """The driver of a current attempt lost what it drives the run on (its trainer's Ray
+    actor died) and the run can go on elsewhere: close the attempt as lost and requeue the
+    run, or fail it when no attempts are left, as for a lost worker; `cause` opens the
+    reason. Returns None, changing nothing, when the attempt is no longer current."""
+    with transaction.atomic():
+        run_id = RunAttempt.objects.values_list("run_id", flat=True).get(pk=attempt_id)
+        try:
+            run, _ = lock_current_attempt(run_id, attempt_id)
+        except AttemptSuperseded:
+            return None
+        return _requeue_or_fail(run, cause, timezone.now())
+
+
+def _requeue_or_fail(run: Run, lost: str, now: datetime) -> Run:
+    """Close the running run's open attempt as lost; requeue the run (it resumes from its
+    newest checkpoint) while it has attempts left, else fail it. The reason is `lost`,
+    the attempt count and what happens next. Call it under the run's row lock."""
+    attempts = run.attempts.count()
+    limit = settings.ROLLYARD_MAX_ATTEMPTS
+    lost = f"{lost} on attempt {attempts} of {limit}"
+    if attempts >= limit:
+        reason = f"{lost}; no attempts left"
+        # The attempt was lost, whatever the run's fate.
+        run.attempts.filter(ended_at__isnull=True).update(ended_at=now, outcome=AttemptOutcome.LOST, reason=reason)
+        return transition(run.pk, RunStatus.FAILED, reason)
+    checkpoint = latest_checkpoint(run) or run.forked_from
+    resume = f"resumes from the checkpoint of step {checkpoint.step}" if checkpoint else "starts over (no checkpoint)"
+    # Back in the queue, admission (quotas) admits it again and enqueues its driver.
+    return transition(run.pk, RunStatus.QUEUED, f"{lost}; requeued, {resume}")
 
 
 def enqueue_again_if_stale(run_id: int, now: datetime) -> Run | None:
@@ -498,11 +578,19 @@ def folder_size(path: Path) -> int:
     return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
 
 
-def record_events(run_id: int, events: Sequence[Event]) -> None:
-    """Store one batch of a run's engine events in one transaction, then push the batch to
-    the run's watchers after commit (one channel-layer message).
+def record_events(run_id: int, attempt_id: int, events: Sequence[Event], batch: int | None = None) -> None:
+    """Store one batch of a run's engine events, sent by the driver of attempt
+    `attempt_id`, in one transaction, then push the batch to the run's watchers after
+    commit (one channel-layer message).
 
-    Metrics become MetricPoint rows (one per name) and refresh run.summary and
+    Fenced: under the run's row lock, raises AttemptSuperseded, storing nothing, unless
+    the attempt is the run's current one, also for an empty batch (a driver asks so before
+    it writes a checkpoint). `batch` is the driver's number for the batch (1, 2, …): one
+    at or below the attempt's batches_recorded was stored already (a re-send after a lost
+    reply) and is ignored whole.
+
+    Metrics become MetricPoint rows (one per name and step; a point already stored for
+    that name and step, by this attempt or an earlier one, is replaced) and refresh run.summary and
     current_step (stamping step_advanced_at when it grows); a Heartbeat moves
     last_heartbeat_at and current_step; a Checkpoint becomes a Checkpoint row (its folder's
     size measured here, on the worker that wrote it); every other event (Heartbeat,
@@ -510,12 +598,15 @@ def record_events(run_id: int, events: Sequence[Event]) -> None:
     do not change the run's status: the driver calls transition() for that.
     Non-finite metric values are stored and sent as null. Raises Run.DoesNotExist.
     """
-    if not events:
-        return
     with transaction.atomic():
-        # The lock serialises concurrent batches of one run, so summary merges don't race.
-        run = Run.objects.select_for_update().get(pk=run_id)
-        points: list[MetricPoint] = []
+        # The lock also serialises concurrent batches of one run, so summary merges don't race.
+        run, attempt = lock_current_attempt(run_id, attempt_id)
+        if not events or (batch is not None and batch <= attempt.batches_recorded):
+            return
+        if batch is not None:
+            attempt.batches_recorded = batch
+            attempt.save(update_fields=["batches_recorded"])
+        points: dict[tuple[str, int], MetricPoint] = {}  # the last of a name and step wins
         rows: list[RunEvent] = []
         summary = dict(run.summary)
         step = run.current_step
@@ -526,7 +617,9 @@ def record_events(run_id: int, events: Sequence[Event]) -> None:
             if isinstance(event, Metrics):
                 for name, value in event.values.items():
                     finite = value if math.isfinite(value) else None
-                    points.append(MetricPoint(run=run, name=name, step=event.step, wall_time=event.wall_time, value=finite))
+                    points[name, event.step] = MetricPoint(
+                        run=run, name=name, step=event.step, wall_time=event.wall_time, value=finite
+                    )
                     summary[name] = finite
                 step = max(step, event.step)
                 continue
@@ -553,7 +646,13 @@ def record_events(run_id: int, events: Sequence[Event]) -> None:
                     payload=payload,
                 )
             )
-        MetricPoint.objects.bulk_create(points, batch_size=1000)
+        MetricPoint.objects.bulk_create(
+            points.values(),
+            batch_size=1000,
+            update_conflicts=True,
+            unique_fields=["run", "name", "step"],
+            update_fields=["wall_time", "value"],
+        )
         RunEvent.objects.bulk_create(rows, batch_size=500)
         catalog.record_prompt_results(run_id, events)  # per-prompt history of catalog datasets
         # A step checkpointed again (by an attempt resumed from before it) replaces its row.
@@ -570,7 +669,9 @@ def record_events(run_id: int, events: Sequence[Event]) -> None:
             update.append("step_advanced_at")
         run.summary, run.current_step = summary, step
         if heartbeat is not None:
-            run.last_heartbeat_at = datetime.fromtimestamp(heartbeat, tz=UTC)
+            # Never back in time: the driver's heartbeat thread may have stamped it later.
+            beat = datetime.fromtimestamp(heartbeat, tz=UTC)
+            run.last_heartbeat_at = max(filter(None, [run.last_heartbeat_at, beat]))
             update.append("last_heartbeat_at")
         run.save(update_fields=update)
 

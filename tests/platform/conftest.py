@@ -1,6 +1,6 @@
 """Fixtures for the platform's tests: users with real API tokens, teams, API clients, runs."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pytest
@@ -9,7 +9,9 @@ from rest_framework.test import APIClient
 
 from accounts.models import Role, Team
 from accounts.services import add_member, create_token, default_team
-from runs.models import Run, RunStatus
+from engine.events import Event
+from runs import services
+from runs.models import Run, RunAttempt, RunStatus
 
 
 @pytest.fixture(autouse=True)
@@ -112,6 +114,21 @@ def make_run(db) -> Callable[..., Run]:
         )
 
     return make
+
+
+@pytest.fixture
+def record() -> Callable[[int, Sequence[Event]], None]:
+    """Record engine events for run `run_id` as its driver does, for its open attempt
+    (opened here when there is none: read-side tests store runs directly)."""
+
+    def record_for(run_id: int, events: Sequence[Event]) -> None:
+        attempt = RunAttempt.objects.filter(run_id=run_id, ended_at__isnull=True).first()
+        if attempt is None:
+            number = RunAttempt.objects.filter(run_id=run_id).count() + 1
+            attempt = RunAttempt.objects.create(run_id=run_id, number=number, worker_host="test", worker_pid=1)
+        services.record_events(run_id, attempt.pk, events)
+
+    return record_for
 
 
 @dataclass

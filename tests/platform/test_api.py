@@ -191,9 +191,9 @@ def test_cancelling_a_finished_run_is_a_conflict(api_alice, alice, error_of):
 # --- telemetry -------------------------------------------------------------------------------------------
 
 
-def test_metrics_returns_the_series_asked_for(api_alice, alice, make_run):
+def test_metrics_returns_the_series_asked_for(api_alice, alice, make_run, record):
     run = make_run(alice)
-    services.record_events(
+    record(
         run.id,
         [
             Metrics(step=1, values={"reward/mean": 0.1, "acc/mean": 0.2}, wall_time=100.0),
@@ -237,9 +237,9 @@ def test_metrics_query_errors_name_the_parameter(api_alice, alice, make_run, err
     assert "max_points" in error_of(response)["fields"]
 
 
-def test_events_filter_by_kind_and_page_by_id(api_alice, alice, make_run):
+def test_events_filter_by_kind_and_page_by_id(api_alice, alice, make_run, record):
     run = make_run(alice)
-    services.record_events(
+    record(
         run.id,
         [
             LengthHistogram(step=1, bin_edges=[0, 8, 16], counts=[3, 1]),

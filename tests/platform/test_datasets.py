@@ -115,7 +115,7 @@ def test_another_teams_dataset_reads_exactly_like_a_missing_one(dataset, teams):
     assert Run.objects.count() == 0
 
 
-def test_prompt_results_of_a_run_become_each_prompts_difficulty_history(dataset, teams):
+def test_prompt_results_of_a_run_become_each_prompts_difficulty_history(dataset, teams, record):
     run_id = launch(teams.client(teams.member), {"dataset": {"catalog": "ml/sums"}, "training": {"steps": 2}}).json()["id"]
     first, second = dataset.records.order_by("position")[:2]
 
@@ -124,7 +124,7 @@ def test_prompt_results_of_a_run_become_each_prompts_difficulty_history(dataset,
             prompt_id=record.prompt_id, difficulty=0.0, attempts=attempts, successes=successes, mean_length=12.0
         )
 
-    run_services.record_events(
+    record(
         run_id,
         [
             PromptResults(step=1, results=[result(first, 8, 6), result(second, 8, 0)]),
@@ -148,10 +148,10 @@ def test_prompt_results_of_a_run_become_each_prompts_difficulty_history(dataset,
     ]
 
 
-def test_prompt_results_of_a_run_without_a_catalog_dataset_add_no_history(dataset, teams):
+def test_prompt_results_of_a_run_without_a_catalog_dataset_add_no_history(dataset, teams, record):
     run = run_services.create_run(teams.member, {"training": {"steps": 2}}, team=dataset.team)
 
-    run_services.record_events(
+    record(
         run.pk,
         [PromptResults(step=1, results=[PromptResult(prompt_id="0", difficulty=1, attempts=8, successes=1, mean_length=3)])],
     )
@@ -216,6 +216,7 @@ def test_a_real_run_on_a_catalog_dataset_fills_its_prompts_history(teams):
     from engine.data.sample import SAMPLE_PATH
     from engine.orchestration import run as run_engine
     from engine.spec import parse_spec
+    from workers.attempt import AttemptFence
     from workers.sink import DatabaseSink
 
     api = teams.client(teams.member)
@@ -234,7 +235,9 @@ def test_a_real_run_on_a_catalog_dataset_fills_its_prompts_history(teams):
         "resources": {"executor": "inprocess"},
     }
     run = Run.objects.get(pk=launch(api, spec).json()["id"])
-    sink = DatabaseSink(run.pk)
+    run_services.transition(run.pk, "admitted", "admitted by the test")
+    claim = run_services.claim_run(run.pk, "host-a", 1111)
+    sink = DatabaseSink(AttemptFence(run.pk, claim.attempt.pk, outage_s=5))
 
     assert run_engine(parse_spec(run.spec), sink) == "succeeded"
     sink.flush()

@@ -74,12 +74,17 @@ def write_checkpoint(run: Run, step: int, metrics: dict[str, float] | None = Non
     (folder / "model").mkdir(parents=True)
     (folder / "model" / "weights.bin").write_bytes(b"w" * 1000)
     (folder / "trainer.pt").write_bytes(b"t" * 24)
-    services.record_events(run.pk, [CheckpointEvent(step=step, path=str(folder), metrics=metrics or {})])
+    record(run, [CheckpointEvent(step=step, path=str(folder), metrics=metrics or {})])
     return folder
 
 
-def beat(run: Run, step: int) -> None:
-    services.record_events(run.pk, [Metrics(step=step, values={"reward/mean": step / 10}), Heartbeat(step=step)])
+def beat(run: Run, step: int, values: dict[str, float] | None = None) -> None:
+    record(run, [Metrics(step=step, values=values or {"reward/mean": step / 10}), Heartbeat(step=step)])
+
+
+def record(run: Run, events: list) -> None:
+    """As the driver of the run's open attempt."""
+    services.record_events(run.pk, run.attempts.get(ended_at__isnull=True).pk, events)
 
 
 def later(seconds: float = TIMEOUT_S + 1):
@@ -291,12 +296,12 @@ def test_retention_refuses_a_path_outside_the_runs_folder(alice, tmp_path):
     outside = tmp_path / "precious"
     outside.mkdir()
     (outside / "data").write_text("not ours")
-    services.record_events(run.pk, [CheckpointEvent(step=1, path=str(outside), metrics={})])
+    record(run, [CheckpointEvent(step=1, path=str(outside), metrics={})])
     # A symlink inside the run's folder that points outside is refused too.
     link = services.run_dir(run.pk) / "checkpoints" / "step-000002"
     link.parent.mkdir(parents=True)
     link.symlink_to(outside)
-    services.record_events(run.pk, [CheckpointEvent(step=2, path=str(link), metrics={})])
+    record(run, [CheckpointEvent(step=2, path=str(link), metrics={})])
     write_checkpoint(run, 3)
 
     assert retention.apply_retention(Run.objects.get(pk=run.pk)) == []
@@ -436,11 +441,11 @@ def test_a_run_idle_above_the_threshold_over_the_window_alerts(alice, webhook, l
     run, _ = running_run(alice)
     # Mean of the last three: (0.5 + 0.9 + 0.9) / 3 = 0.77, under 0.8; then (0.9 + 0.9 + 0.95) / 3 = 0.92.
     for step, idle in enumerate([0.1, 0.5, 0.9, 0.9], start=1):
-        services.record_events(run.pk, [Metrics(step=step, values={"trainer/idle_ratio": idle}), Heartbeat(step=step)])
+        beat(run, step, {"trainer/idle_ratio": idle})
     sweep()
     assert not Alert.objects.filter(run=run).exists()
 
-    services.record_events(run.pk, [Metrics(step=5, values={"trainer/idle_ratio": 0.95}), Heartbeat(step=5)])
+    beat(run, 5, {"trainer/idle_ratio": 0.95})
     sweep()
     assert "averages 0.92" in Alert.objects.get(run=run, kind="idle").message
     assert [body["kind"] for body in webhook.received] == ["idle"]

@@ -167,7 +167,7 @@ def test_a_driver_stops_when_its_run_is_gone_or_already_finished(alice):
 # --- record_events ----------------------------------------------------------------------------------------
 
 
-def test_record_events_writes_points_events_summary_and_progress(alice, make_run):
+def test_record_events_writes_points_events_summary_and_progress(alice, make_run, record):
     run = make_run(alice, status=RunStatus.RUNNING, total_steps=3)
     prompt = PromptResult(prompt_id="p1", difficulty=3.0, attempts=4, successes=1, mean_length=20.0)
     batch = [
@@ -181,7 +181,7 @@ def test_record_events_writes_points_events_summary_and_progress(alice, make_run
         Status(status="running", message="step 2 done"),
     ]
 
-    services.record_events(run.id, batch)
+    record(run.id, batch)
 
     run.refresh_from_db()
     # Points: 2 names at step 1 + 2 names at step 2 = 4 rows.
@@ -202,22 +202,24 @@ def test_record_events_writes_points_events_summary_and_progress(alice, make_run
     assert run.status == "running"
 
 
-def test_record_events_merges_summaries_across_batches(alice, make_run):
+def test_record_events_merges_summaries_across_batches(alice, make_run, record):
     run = make_run(alice)
-    services.record_events(run.id, [Metrics(step=1, values={"a": 1.0, "b": 2.0})])
-    services.record_events(run.id, [Metrics(step=2, values={"b": 3.0})])
+    record(run.id, [Metrics(step=1, values={"a": 1.0, "b": 2.0})])
+    record(run.id, [Metrics(step=2, values={"b": 3.0})])
     run.refresh_from_db()
     assert run.summary == {"a": 1.0, "b": 3.0}
     assert run.current_step == 2
 
 
-def test_record_events_publishes_one_message_after_commit(alice, make_run, monkeypatch, django_capture_on_commit_callbacks):
+def test_record_events_publishes_one_message_after_commit(
+    alice, make_run, record, monkeypatch, django_capture_on_commit_callbacks
+):
     run = make_run(alice)
     sent = []
     monkeypatch.setattr("runs.live.publish", lambda run_id, message: sent.append((run_id, message)))
 
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        services.record_events(run.id, [Metrics(step=1, values={"x": math.inf}), Log(message="hi")])
+        record(run.id, [Metrics(step=1, values={"x": math.inf}), Log(message="hi")])
     assert sent == []  # nothing before the commit
     for callback in callbacks:
         callback()
@@ -229,19 +231,19 @@ def test_record_events_publishes_one_message_after_commit(alice, make_run, monke
     assert message["events"][0]["values"] == {"x": None}  # valid JSON for browsers
 
 
-def test_recording_nothing_does_nothing(alice, make_run, django_capture_on_commit_callbacks):
+def test_recording_nothing_does_nothing(alice, make_run, record, django_capture_on_commit_callbacks):
     run = make_run(alice)
     with django_capture_on_commit_callbacks() as callbacks:
-        services.record_events(run.id, [])
+        record(run.id, [])
     assert callbacks == []
 
 
 # --- downsampling ---------------------------------------------------------------------------------------
 
 
-def test_short_series_come_back_whole_with_gaps_for_non_finite_values(alice, make_run):
+def test_short_series_come_back_whole_with_gaps_for_non_finite_values(alice, make_run, record):
     run = make_run(alice)
-    services.record_events(run.id, [Metrics(step=s, values={"m": v}) for s, v in [(1, 1.0), (2, math.nan), (3, 3.0)]])
+    record(run.id, [Metrics(step=s, values={"m": v}) for s, v in [(1, 1.0), (2, math.nan), (3, 3.0)]])
     series = selectors.metric_series(run, ["m"], max_points=100)["m"]
     assert series["steps"] == [1, 2, 3]
     assert series["values"] == [1.0, None, 3.0]
