@@ -33,10 +33,11 @@ from transformers import LlamaConfig, LlamaForCausalLM, StoppingCriteria, Stoppi
 
 from bench.record import record
 from engine.generation import SamplingParams, generate, stop_token_ids
-from engine.inference import Request, TorchBackend, run_to_completion
+from engine.inference.interface import Request, run_to_completion
+from engine.inference.torch_backend import TorchBackend
 from engine.models import load_policy
 from engine.spec import ModelSpec
-from engine.tasks import TASKS
+from engine.tasks import BUILTIN_TASKS
 
 MAX_NEW_TOKENS = 256
 
@@ -89,7 +90,7 @@ def hf_generate(model, prompt_rows: list[list[int]], pad_id: int, rows_per_batch
 def arith_workload(prompt_count: int, n: int, slots: int) -> dict:
     model, tokenizer = load_policy(ModelSpec(device="auto"))
     model.eval()
-    problems = TASKS.get("arith").problems("test", prompt_count, seed=0)
+    problems = BUILTIN_TASKS.get("arith").problems("test", prompt_count, seed=0)
     prompts = [problem.prompt for problem in problems]
     stops = stop_token_ids(model, tokenizer)
     params = SamplingParams(n=n, temperature=1.0, top_p=1.0, max_new_tokens=MAX_NEW_TOKENS, stop_token_ids=stops)

@@ -5,8 +5,9 @@ A run directory keeps its checkpoints under `checkpoints/`, one folder per step:
     <run_dir>/checkpoints/step-000010/
         model/               save_pretrained of the policy and its tokenizer: a checkpoint
                              is itself a model folder any spec can name as `model.path`
-        trainer_state.pt     the trainer's `state_dict()`: optimiser, LR scheduler, every
-                             random generator, the prompt order, the step counter
+        trainer_state.pt     the recipe's `state_dict()`: the step counter, the global
+                             random states, and each stateful part's own state under its
+                             name (sampler, strategy, collector, training, difficulty)
         checkpoint.json      {"step": 10, "metrics": {latest held-out metrics}}
 
 A checkpoint is written into a hidden `.partial-…` folder beside the others and renamed
@@ -14,8 +15,9 @@ into place when complete, so a save cut short (a lost worker, a full disk) never
 up as a step folder and is never taken as the latest. `latest_checkpoint` therefore only
 has to read the names.
 
-The random states are taken and restored here too (`generator_states`,
-`global_rng_state`), so the trainer's `state_dict` stays a list of what it holds.
+A part's state is the part's business (engine.recipes.sync.SyncRecipe.parts): renaming
+an attribute never breaks a checkpoint. Checkpoints written before the engine was cut
+into parts (one trainer's attributes) are read through `upgrade_trainer_state`.
 
 The folder layout (`latest_checkpoint`, `read_info`) is torch-free, for the driver and
 the platform; torch is imported by the functions that handle tensors.
@@ -27,6 +29,7 @@ import random
 import re
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,18 +82,20 @@ def read_info(folder: Path) -> CheckpointInfo:
     return CheckpointInfo(step=int(info["step"]), metrics={k: float(v) for k, v in info["metrics"].items()})
 
 
-def save_checkpoint(trainer: Any, run_dir: Path, step: int, metrics: dict[str, float]) -> Path:
-    """Write the trainer's model, tokenizer and state as the checkpoint of `step` and
-    return its folder. Saving a step again (a requeued run redoing it) replaces it."""
+def save_checkpoint(
+    run_dir: Path, step: int, metrics: dict[str, float], save_model: Callable[[Path], None], state: dict[str, Any]
+) -> Path:
+    """Write the checkpoint of `step`: `save_model(folder)` writes the model folder,
+    `state` (the recipe's state_dict) goes to the state file. Returns the checkpoint's
+    folder. Saving a step again (a requeued run redoing it) replaces it."""
     import torch
 
     final = checkpoint_folder(run_dir, step)
     partial = final.parent / f".partial-{final.name}-{uuid.uuid4().hex[:8]}"
     partial.mkdir(parents=True)
     try:
-        trainer.model.save_pretrained(partial / MODEL_DIR)
-        trainer.tokenizer.save_pretrained(partial / MODEL_DIR)
-        torch.save(trainer.state_dict(), partial / STATE_FILE)
+        save_model(partial / MODEL_DIR)
+        torch.save(state, partial / STATE_FILE)
         (partial / INFO_FILE).write_text(json.dumps({"step": step, "metrics": metrics}, indent=2))
         if final.exists():
             shutil.rmtree(final)
@@ -101,55 +106,36 @@ def save_checkpoint(trainer: Any, run_dir: Path, step: int, metrics: dict[str, f
     return final
 
 
-def load_checkpoint(trainer: Any, folder: Path) -> CheckpointInfo:
-    """Restore a trainer built from the run's spec to the checkpoint in `folder`: the
-    policy's weights, then its `load_state_dict`. Returns the checkpoint's step and metrics."""
+def read_state(folder: Path) -> tuple[CheckpointInfo, Path, dict[str, Any]]:
+    """A checkpoint's step and metrics, its model folder and its recipe state."""
     import torch
 
-    from engine.models import load_model_weights
-
     info = read_info(folder)
-    load_model_weights(trainer.model, Path(folder) / MODEL_DIR)
     state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-    trainer.load_state_dict(state)
-    return info
+    if "generators" in state:
+        state = upgrade_trainer_state(state)
+    return info, Path(folder) / MODEL_DIR, state
+
+
+def upgrade_trainer_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A state written by the one-object trainer, as the recipe's parts name theirs."""
+    optimizer_steps = [int(entry["step"]) for entry in state["optimizer"]["state"].values() if "step" in entry]
+    return {
+        "step": state["step"],
+        "global_rng": state["global_rng"],
+        "sampler": {"order": state["prompt_order"], "order_rng": state["generators"]["_order_rng"]},
+        "strategy": {},
+        "collector": {"generator": state["generators"]["_sampling_rng"]},
+        "training": {
+            "optimizer": state["optimizer"],
+            "scheduler": state["scheduler"],
+            "version": max(optimizer_steps, default=0),
+        },
+        "difficulty": {"records": {}, "changed": []},
+    }
 
 
 # ----------------------------------------------------------------- random states
-def generator_states(owner: object) -> dict[str, Any]:
-    """The state of every random generator `owner` holds as an attribute (torch
-    Generators, random.Random, numpy Generators), by attribute name. Found by type, so a
-    generator added to the trainer later is saved without anyone remembering to."""
-    import torch
-
-    states: dict[str, Any] = {}
-    for name, value in vars(owner).items():
-        if isinstance(value, torch.Generator):
-            states[name] = value.get_state()
-        elif isinstance(value, random.Random):
-            states[name] = value.getstate()
-        elif isinstance(value, np.random.Generator):
-            states[name] = _plain(value.bit_generator.state)
-    return states
-
-
-def restore_generator_states(owner: object, states: dict[str, Any]) -> None:
-    import torch
-
-    held = vars(owner)
-    expected = set(generator_states(owner))
-    if set(states) != expected:
-        raise ValueError(f"the checkpoint holds generators {sorted(states)}, the trainer {sorted(expected)}")
-    for name, state in states.items():
-        value = held[name]
-        if isinstance(value, torch.Generator):
-            value.set_state(state)
-        elif isinstance(value, random.Random):
-            value.setstate(_as_tuples(state))
-        else:
-            value.bit_generator.state = state
-
-
 def global_rng_state() -> dict[str, Any]:
     """Python's, numpy's and torch's global random states (and CUDA's when in use)."""
     import torch
@@ -168,7 +154,7 @@ def global_rng_state() -> dict[str, Any]:
 def restore_global_rng_state(state: dict[str, Any]) -> None:
     import torch
 
-    random.setstate(_as_tuples(state["python"]))
+    random.setstate(as_tuples(state["python"]))
     numpy_name, keys, position, has_gauss, cached = state["numpy"]
     np.random.set_state((numpy_name, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
     torch.set_rng_state(state["torch"])
@@ -176,19 +162,8 @@ def restore_global_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _plain(value: Any) -> Any:
-    """numpy scalars and arrays as plain Python values (torch.load's safe mode refuses numpy)."""
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _as_tuples(value: Any) -> Any:
+def as_tuples(value: Any) -> Any:
     """random.Random.setstate wants the nested tuples getstate gave (a save may turn them into lists)."""
     if isinstance(value, (list, tuple)):
-        return tuple(_as_tuples(item) for item in value)
+        return tuple(as_tuples(item) for item in value)
     return value

@@ -15,6 +15,16 @@ def now() -> float:
     return time.time()
 
 
+# Span times: unix seconds for the timeline, measured on the monotonic clock so that a
+# duration is never negative or skewed when the wall clock is adjusted mid-run.
+_WALL_AT_START, _MONOTONIC_AT_START = time.time(), time.monotonic()
+
+
+def monotonic_now() -> float:
+    """Unix seconds, advancing with the monotonic clock from this process's start."""
+    return _WALL_AT_START + (time.monotonic() - _MONOTONIC_AT_START)
+
+
 class _Event(BaseModel):
     model_config = ConfigDict(extra="forbid")
     wall_time: float = Field(default_factory=now, description="unix seconds when the event was made")
@@ -54,13 +64,68 @@ class PromptResults(_Event):
     results: list[PromptResult]
 
 
+class PromptDifficulty(BaseModel):
+    """One prompt's row of the difficulty store (engine.sampling.difficulty)."""
+
+    prompt_id: str
+    attempts: int
+    successes: int
+    alpha: float  # the pass rate's Beta posterior
+    beta: float
+    mean: float
+    low: float  # the central credible interval (90% unless the spec says otherwise)
+    high: float
+    last_step: int  # the last step that rolled it out (0: never)
+    allocated: int  # rollouts planned for it at last_step
+
+
+class DifficultyUpdates(_Event):
+    """The prompts whose difficulty record changed during `step`, and only those."""
+
+    kind: Literal["difficulty"] = "difficulty"
+    step: int
+    prompts: list[PromptDifficulty]
+
+
+SampleStatus = Literal["completed", "truncated", "aborted"]
+
+
+class SampleRecord(BaseModel):
+    prompt_id: str
+    response: str  # the decoded response text
+    reward: float  # the verifier's verdict (before shaping)
+    length: int  # response tokens
+    status: SampleStatus
+    first_version: int  # the policy versions that sampled its first and last tokens
+    last_version: int
+
+
+class SampleRecords(_Event):
+    """A bounded set of one step's samples for drill-down: at most
+    `telemetry.samples_per_prompt` per prompt, one right and one wrong where both exist."""
+
+    kind: Literal["samples"] = "samples"
+    step: int
+    split: Literal["train", "test"] = "train"
+    samples: list[SampleRecord]
+
+
+# generate: a rollout worker decodes; verify: the verifier scores responses (and reward
+# shaping); train: the trainer computes log-probs and updates; sync: weights go from the
+# trainer to the rollout workers; wait: a worker waits for another's result; eval:
+# held-out evaluation; idle: a worker does nothing in the step (filled in between the
+# others by engine.telemetry).
+Phase = Literal["generate", "verify", "train", "sync", "wait", "eval", "idle"]
+
+
 class Span(_Event):
-    """A stretch of time one worker spent in one phase: the busy/idle timeline."""
+    """A stretch of time one worker (trainer, rollout-0, …) spent in one phase: the
+    busy/idle timeline."""
 
     kind: Literal["span"] = "span"
     step: int
     worker: str
-    phase: Literal["generate", "reward", "train", "sync", "eval", "idle"]
+    phase: Phase
     start: float
     end: float
 
@@ -94,7 +159,18 @@ class Checkpoint(_Event):
 
 
 Event = Annotated[
-    Union[Metrics, LengthHistogram, PromptResults, Span, Heartbeat, Status, Log, Checkpoint],
+    Union[
+        Metrics,
+        LengthHistogram,
+        PromptResults,
+        DifficultyUpdates,
+        SampleRecords,
+        Span,
+        Heartbeat,
+        Status,
+        Log,
+        Checkpoint,
+    ],
     Field(discriminator="kind"),
 ]
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)

@@ -1,32 +1,34 @@
-"""Sample completions of text prompts in one call: the front end of the rollout backend.
+"""Sample completions of prompts in one call, on a backend made for the call.
 
-`generate` tokenizes the prompts, submits one request per prompt (its `n` samples share
-one prefill) to a `TorchBackend` (continuous batching, engine.inference.torch_backend)
-and returns token ids, the log-prob of every sampled token and why each completion
-ended, grouped by prompt. The log-prob convention is `engine.inference.sampling`'s:
-log_softmax(logits / T) of the sampled token, top-p ignored.
+For one-off sampling outside a run (the warm start's evaluation, benchmarks): `generate`
+tokenizes the prompts, submits one request per prompt (its `n` samples share one
+prefill) to a fresh `TorchBackend` (continuous batching, engine.inference.torch_backend)
+and returns token ids, the log-prob of every sampled token and how each completion
+ended, grouped by prompt. A run samples through its collector instead
+(engine.rollout.collector), which keeps one backend for the whole run so weights,
+versions, abort and resume reach it. The log-prob convention is
+`engine.inference.sampling`'s: log_softmax(logits / T) of the sampled token, top-p ignored.
 """
 
 from dataclasses import dataclass, replace
-from typing import Literal
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from engine.inference import Request, SamplingParams, TorchBackend, run_to_completion
+from engine.events import SampleStatus
+from engine.inference.interface import Request, SamplingParams, run_to_completion
+from engine.inference.torch_backend import TorchBackend
 
-__all__ = ["Completion", "FinishReason", "SamplingParams", "generate", "stop_token_ids"]
-
-FinishReason = Literal["stop", "length"]
+__all__ = ["Completion", "SamplingParams", "generate", "stop_token_ids"]
 
 
 @dataclass
 class Completion:
     prompt_index: int  # position of the prompt in the `prompts` argument
     prompt_ids: list[int]  # the prompt's tokens, no padding
-    token_ids: list[int]  # generated tokens; ends with a stop token when finish_reason == "stop"
+    token_ids: list[int]  # generated tokens; ends with a stop token when status == "completed"
     logprobs: list[float]  # one per generated token, see the module docstring
-    finish_reason: FinishReason
+    status: SampleStatus  # completed (a stop token) or truncated (max_new_tokens)
     versions: list[int]  # policy version that sampled each token
 
 
@@ -77,7 +79,7 @@ def generate(
             prompt_ids=sample.prompt_ids,
             token_ids=sample.token_ids,
             logprobs=sample.logprobs,
-            finish_reason="stop" if sample.status == "completed" else "length",
+            status=sample.status,
             versions=sample.versions,
         )
         for sample in samples

@@ -3,10 +3,11 @@
     run(spec, sink, should_stop, run_dir=None, resume_from=None)
         -> "succeeded" | "cancelled"   (raises on failure)
 
-The trainer lives where `resources.executor` says: in this process ('inprocess') or in
-a Ray actor ('ray': local Ray started on first use, or the cluster at RAY_ADDRESS). Either
-way the driver owns the loop, so cancellation is checked here, between steps, and the
-trainer never needs to know who is watching.
+The recipe named by `orchestration.mode` (engine.recipes) lives where
+`resources.executor` says: in this process ('inprocess') or in a Ray actor ('ray': local
+Ray started on first use, or the cluster at RAY_ADDRESS). Either way the driver owns the
+loop, so cancellation is checked here, between steps, and the recipe never needs to
+know who is watching.
 
 Checkpoints (engine.checkpoint) need a run directory. With one, the run writes a
 checkpoint every `training.checkpoint_every` steps, after its last step, and after the
@@ -24,43 +25,40 @@ from typing import Literal
 
 from engine.checkpoint import CheckpointInfo, latest_checkpoint, read_info
 from engine.events import Checkpoint, Event, EventSink, Heartbeat, Log, Metrics, Status, Superseded
+from engine.recipes import RECIPES
 from engine.spec import RunSpec
 
 Outcome = Literal["succeeded", "cancelled"]
 
 
-class LocalTrainer:
-    """The trainer in this process."""
+class LocalRecipe:
+    """The run's recipe in this process."""
 
     def __init__(self, spec: RunSpec):
-        from engine.trainer import Trainer
-
-        self._trainer = Trainer(spec, worker="trainer")
+        self._recipe = RECIPES.load(spec.orchestration.mode)(spec)
 
     def step(self) -> list[Event]:
-        return self._trainer.step()
+        return self._recipe.step()
 
     def evaluate(self, step: int) -> list[Event]:
-        return self._trainer.evaluate(step)
+        return self._recipe.evaluate(step)
 
     def save_checkpoint(self, run_dir: Path, step: int, metrics: dict[str, float]) -> Path:
-        return Path(self._trainer.save_checkpoint(str(run_dir), step, metrics))
+        return Path(self._recipe.save_checkpoint(str(run_dir), step, metrics))
 
     def load_checkpoint(self, folder: Path) -> CheckpointInfo:
-        return self._trainer.load_checkpoint(str(folder))
+        return self._recipe.load_checkpoint(str(folder))
 
     def close(self) -> None:
         pass
 
 
-class RayTrainer:
-    """The trainer in a Ray actor holding the run's CPUs and GPUs. Ray stays up after the
-    run: a Celery worker drives many runs, and starting Ray costs seconds each time."""
+class RayRecipe:
+    """The run's recipe in a Ray actor holding the run's CPUs and GPUs. Ray stays up after
+    the run: a Celery worker drives many runs, and starting Ray costs seconds each time."""
 
     def __init__(self, spec: RunSpec):
         import ray
-
-        from engine.trainer import Trainer
 
         if not ray.is_initialized():
             ray.init(
@@ -70,8 +68,9 @@ class RayTrainer:
                 log_to_driver=False,
             )
         self._ray = ray
-        actor_class = ray.remote(num_cpus=spec.resources.cpus, num_gpus=spec.resources.gpus)(Trainer)
-        self._actor = actor_class.remote(spec, worker="ray-trainer")
+        recipe_class = RECIPES.load(spec.orchestration.mode)
+        actor_class = ray.remote(num_cpus=spec.resources.cpus, num_gpus=spec.resources.gpus)(recipe_class)
+        self._actor = actor_class.remote(spec)
 
     def step(self) -> list[Event]:
         return self._ray.get(self._actor.step.remote())
@@ -91,7 +90,7 @@ class RayTrainer:
         self._ray.kill(self._actor)
 
 
-EXECUTORS = {"inprocess": LocalTrainer, "ray": RayTrainer}
+EXECUTORS = {"inprocess": LocalRecipe, "ray": RayRecipe}
 
 
 def due_after(step: int, steps: int, every: int) -> bool:
@@ -116,7 +115,7 @@ def run(
     `Superseded` (another attempt owns the run now), the run stops where it is, writes
     nothing more and re-raises it.
     """
-    trainer = None
+    recipe = None
     superseded = False  # the platform refused our writes: leave without another one
     sink.emit(Status(status="running"))
     try:
@@ -124,16 +123,16 @@ def run(
         if resume_from is not None:
             read_info(resume_from)  # refuse a bad fork source before building anything
         start = own_checkpoint or resume_from
-        trainer = EXECUTORS[spec.resources.executor](spec)
+        recipe = EXECUTORS[spec.resources.executor](spec)
         first_step, latest_val = 0, {}
         if start is not None:
-            restored = trainer.load_checkpoint(Path(start))
+            restored = recipe.load_checkpoint(Path(start))
             first_step, latest_val = restored.step, dict(restored.metrics)
             sink.emit(Log(message=f"resumed at step {first_step} from {start}: {RESTORED}"))
         # A fresh run and a fork measure where they start; a run resuming its own
         # checkpoint reported that evaluation before it was interrupted.
         if own_checkpoint is None:
-            latest_val.update(_forward(sink, trainer.evaluate(first_step)))
+            latest_val.update(_forward(sink, recipe.evaluate(first_step)))
         sink.emit(Heartbeat(step=first_step))
         saved_step = first_step
 
@@ -141,7 +140,7 @@ def run(
             # Flush first: a driver whose attempt was superseded learns it here (the sink
             # raises Superseded) before it writes into the run folder another worker owns.
             sink.flush()
-            folder = trainer.save_checkpoint(run_dir, step, latest_val)
+            folder = recipe.save_checkpoint(run_dir, step, latest_val)
             sink.emit(Checkpoint(step=step, path=str(folder), metrics=dict(latest_val)))
 
         for step in range(first_step + 1, spec.training.steps + 1):
@@ -150,9 +149,9 @@ def run(
                     checkpoint(step - 1)
                 sink.emit(Status(status="cancelled", message=f"cancelled on request before step {step}"))
                 return "cancelled"
-            _forward(sink, trainer.step())
+            _forward(sink, recipe.step())
             if due_after(step, spec.training.steps, spec.training.eval_every):
-                latest_val.update(_forward(sink, trainer.evaluate(step)))
+                latest_val.update(_forward(sink, recipe.evaluate(step)))
             if run_dir is not None and due_after(step, spec.training.steps, spec.training.checkpoint_every):
                 checkpoint(step)
                 saved_step = step
@@ -166,13 +165,13 @@ def run(
         sink.emit(Status(status="failed", message=describe(exc)))
         raise
     finally:
-        if trainer is not None:
-            trainer.close()
+        if recipe is not None:
+            recipe.close()
         if not superseded:
             sink.flush()
 
 
-RESTORED = "model weights, optimiser, LR scheduler, random generators, prompt order and step counter"
+RESTORED = "model weights, step counter, random states, sampler, rollout strategy, collector, optimiser and difficulty store"
 
 
 def describe(exc: BaseException) -> str:

@@ -1,7 +1,9 @@
 """The run spec: the one contract between the platform, the workers and the engine.
 
 A spec is validated here (pydantic, no torch, no Django), resolved (algorithm defaults
-filled in) and stored whole on the run, so any run can be reproduced or diffed.
+filled in) and stored whole on the run, so any run can be reproduced or diffed. The
+choices of every part come from the engine's registries (algorithms, samplers, rollout
+strategies, recipes, generation and training backends), never from a second list.
 """
 
 from pathlib import Path
@@ -10,12 +12,17 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from engine.algorithms import ALGORITHMS, Advantage, Aggregation, KLEstimator, KLPlacement, RatioLevel
+from engine.algorithms import ALGORITHMS, Advantage, Aggregation, KLEstimator, KLPlacement, PolicyLoss, RatioLevel
 from engine.assets import BUILTIN_PREFIX, check_model_folder
-from engine.curriculum import CURRICULA
 from engine.data import AnswerFormat, DatasetError, DatasetFormat, check_template, detect_format
-from engine.tasks import TASKS
-from engine.verifiers import VERIFIERS
+from engine.inference import GENERATION_BACKENDS
+from engine.recipes import RECIPES
+from engine.registry import Registry
+from engine.rollout import ROLLOUT_STRATEGIES
+from engine.sampling import SAMPLERS
+from engine.tasks import BUILTIN_TASKS
+from engine.training import TRAINING_BACKENDS
+from engine.verifiers import DEFAULT_FILE_VERIFIER, VERIFIERS
 
 
 class SpecError(ValueError):
@@ -24,6 +31,13 @@ class SpecError(ValueError):
     def __init__(self, problems: list[tuple[str, str]]):
         self.problems = problems
         super().__init__("invalid run spec: " + "; ".join(f"{loc}: {msg}" for loc, msg in problems))
+
+
+def registered(registry: Registry, name: str) -> str:
+    """`name` when `registry` holds it, else the registry's message listing the choices."""
+    if name not in registry:
+        raise ValueError(registry.unknown_message(name))
+    return name
 
 
 class _Strict(BaseModel):
@@ -64,9 +78,6 @@ class DatasetColumns(_Strict):
     id: str | None = None
     difficulty: str | None = None
     split: str | None = Field(None, description="values train or test (validation, val, eval, dev mean test)")
-
-
-DEFAULT_FILE_VERIFIER = "math"
 
 
 def _needs_path(info: ValidationInfo) -> None:
@@ -119,8 +130,8 @@ class DatasetSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _dataset_exists(cls, name: str, info: ValidationInfo) -> str:
-        if "path" in info.data and info.data["path"] is None and name not in TASKS:
-            raise ValueError(TASKS.unknown_message(name))
+        if "path" in info.data and info.data["path"] is None and name not in BUILTIN_TASKS:
+            raise ValueError(BUILTIN_TASKS.unknown_message(name))
         return name
 
     @field_validator("format")
@@ -171,6 +182,7 @@ class AlgorithmSpec(_Strict):
     ratio_level: RatioLevel | None = Field(
         None, description="importance ratio per token (PPO) or per sequence, length-normalised (GSPO)"
     )
+    policy_loss: PolicyLoss | None = Field(None, description="ppo: the clipped surrogate on that ratio")
     clip_eps_low: float | None = Field(None, ge=0, le=10, description="PPO clip: ratio floor 1 − eps_low")
     clip_eps_high: float | None = Field(None, ge=0, le=10, description="PPO clip: ratio ceiling 1 + eps_high")
     dual_clip_c: float | None = Field(
@@ -229,8 +241,9 @@ class AlgorithmSpec(_Strict):
 
 
 class CurriculumSpec(_Strict):
-    """Which train prompts a step may draw (engine.curriculum). A strategy's parameters
-    take its defaults when the spec is parsed; a parameter it does not read stays unset."""
+    """Which train prompts a step draws and how many rollouts each gets (engine.sampling).
+    A strategy's parameters take its defaults when the spec is parsed; a parameter it
+    does not read stays unset. The prior of the difficulty store applies to every one."""
 
     strategy: str = Field("uniform", description="uniform: every prompt; easy_to_hard: difficulty pacing")
     start_quantile: float | None = Field(
@@ -239,29 +252,37 @@ class CurriculumSpec(_Strict):
     ramp_steps: int | None = Field(
         None, ge=1, le=1_000_000, description="easy_to_hard: steps over which the admissible share rises to 1"
     )
+    prior_alpha: float = Field(
+        1.0, gt=0, le=1e6, description="difficulty store: α₀ of each prompt's Beta prior over its pass rate"
+    )
+    prior_beta: float = Field(
+        1.0, gt=0, le=1e6, description="difficulty store: β₀ of each prompt's Beta prior over its pass rate"
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _fill_defaults(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or data.get("strategy", "uniform") not in CURRICULA:
+        if not isinstance(data, dict) or data.get("strategy", "uniform") not in SAMPLERS:
             return data  # the strategy check below names an unknown one
-        defaults = CURRICULA.get(data.get("strategy", "uniform")).parameters
+        defaults = SAMPLERS.get(data.get("strategy", "uniform")).parameters
         return defaults | {key: value for key, value in data.items() if value is not None}
 
     @field_validator("strategy")
     @classmethod
     def _strategy_known(cls, strategy: str) -> str:
-        if strategy not in CURRICULA:
-            raise ValueError(CURRICULA.unknown_message(strategy))
-        return strategy
+        return registered(SAMPLERS, strategy)
 
     @field_validator("start_quantile", "ramp_steps")
     @classmethod
     def _read_by_the_strategy(cls, value: Any, info: ValidationInfo) -> Any:
         strategy = info.data.get("strategy")
-        if value is not None and strategy in CURRICULA and info.field_name not in CURRICULA.get(strategy).parameters:
+        if value is not None and strategy in SAMPLERS and info.field_name not in SAMPLERS.get(strategy).parameters:
             raise ValueError(f"strategy {strategy!r} does not use {info.field_name}; leave it unset")
         return value
+
+    def strategy_parameters(self) -> dict[str, Any]:
+        """The strategy's own parameters, as its sampler takes them."""
+        return {name: getattr(self, name) for name in SAMPLERS.get(self.strategy).parameters}
 
 
 # The defaults are the live demo: on a 2-core CPU with the built-in model a step takes
@@ -275,6 +296,16 @@ class RolloutSpec(_Strict):
     temperature: float = Field(1.0, gt=0, le=5)
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(256, ge=1, le=1_000_000)
+    strategy: str | None = Field(
+        None,
+        description="how a step's groups are collected: plain, or dynamic_sampling (DAPO's refill); "
+        "unset: dynamic_sampling when the algorithm asks for it, else plain",
+    )
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy_known(cls, strategy: str | None) -> str | None:
+        return strategy if strategy is None else registered(ROLLOUT_STRATEGIES, strategy)
 
 
 class TrainingSpec(_Strict):
@@ -330,6 +361,39 @@ class ResourcesSpec(_Strict):
     cpus: int = Field(2, ge=1, le=1024, description="CPU cores for the trainer (also its torch threads)")
 
 
+class BackendsSpec(_Strict):
+    generation: str = Field("torch", description="the generation backend: torch (continuous batching)")
+    training: str = Field("torch", description="the training backend: torch (one device)")
+
+    @field_validator("generation")
+    @classmethod
+    def _generation_known(cls, name: str) -> str:
+        return registered(GENERATION_BACKENDS, name)
+
+    @field_validator("training")
+    @classmethod
+    def _training_known(cls, name: str) -> str:
+        return registered(TRAINING_BACKENDS, name)
+
+
+class OrchestrationSpec(_Strict):
+    mode: str = Field("sync", description="the recipe: sync (sample with the current policy, then train)")
+
+    @field_validator("mode")
+    @classmethod
+    def _mode_known(cls, mode: str) -> str:
+        return registered(RECIPES, mode)
+
+
+class TelemetrySpec(_Strict):
+    samples_per_prompt: int = Field(
+        4,
+        ge=2,
+        le=64,
+        description="sample records kept per prompt and step for drill-down, one right and one wrong where both exist",
+    )
+
+
 class RunSpec(_Strict):
     name: str = Field("", max_length=200)
     model: ModelSpec = ModelSpec()
@@ -339,7 +403,29 @@ class RunSpec(_Strict):
     rollout: RolloutSpec = RolloutSpec()
     training: TrainingSpec = TrainingSpec()
     resources: ResourcesSpec = ResourcesSpec()
+    backends: BackendsSpec = BackendsSpec()
+    orchestration: OrchestrationSpec = OrchestrationSpec()
+    telemetry: TelemetrySpec = TelemetrySpec()
     seed: int = Field(0, ge=0, le=2**32 - 1)
+
+    @field_validator("rollout")
+    @classmethod
+    def _resolve_rollout_strategy(cls, rollout: RolloutSpec, info: ValidationInfo) -> RolloutSpec:
+        """An unset rollout strategy follows the algorithm; a plain one under dynamic
+        sampling would silently drop DAPO's filter, so it is refused."""
+        algorithm = info.data.get("algorithm")
+        if algorithm is None:
+            return rollout  # the algorithm's own error says what is wrong
+        if rollout.strategy is None:
+            return rollout.model_copy(
+                update={"strategy": "dynamic_sampling" if algorithm.dynamic_sampling else "plain"}
+            )
+        if rollout.strategy == "plain" and algorithm.dynamic_sampling:
+            raise ValueError(
+                "strategy plain collects once, so algorithm.dynamic_sampling would be ignored: "
+                "leave rollout.strategy unset or set algorithm.dynamic_sampling: false"
+            )
+        return rollout
 
     @field_validator("curriculum")
     @classmethod

@@ -47,8 +47,9 @@ import torch
 from engine.assets import ASSETS_DIR
 from engine.generation import SamplingParams, generate
 from engine.models import TinyModelConfig, build_tiny_model, build_tokenizer
-from engine.tasks import TASKS, Problem
-from engine.trainer import pack_by_token_budget
+from engine.problems import Problem
+from engine.tasks import BUILTIN_TASKS
+from engine.training.batching import pack_by_token_budget
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def length_chunks(tokenizer, problems: list[Problem], tokens_per_chunk: int) -> 
 def accuracy_by_difficulty(model, tokenizer, problems: list[Problem], temperature: float, seed: int) -> dict[str, float]:
     """Share of problems solved by one sample each (temperature 0 = greedy), overall and
     per number of operations k."""
-    task = TASKS.get("arith")
+    task = BUILTIN_TASKS.get("arith")
     generator = torch.Generator().manual_seed(seed)
     params = SamplingParams(temperature=temperature, max_new_tokens=256)
     completions = generate(model, tokenizer, [p.prompt for p in problems], params, generator)
@@ -116,7 +117,7 @@ def train(recipe: Recipe, log=print):
     torch.manual_seed(recipe.seed)
     random.seed(recipe.seed)
     torch.set_num_threads(recipe.threads)
-    task = TASKS.get("arith")
+    task = BUILTIN_TASKS.get("arith")
     tokenizer = build_tokenizer()
     model = build_tiny_model(tokenizer, recipe.shape)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.98))
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     record = {
         "made_by": "python -m engine.warmstart",
         "recipe": asdict(recipe),
-        "task": asdict(TASKS.get("arith")),
+        "task": asdict(BUILTIN_TASKS.get("arith")),
         **report,
     }
     (args.out / "warmstart.json").write_text(json.dumps(record, indent=2) + "\n")

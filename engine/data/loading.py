@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from engine.tasks import Problem, Split
+from engine.problems import Problem, Split
 from engine.verifiers import after_marker, last_boxed
 
 DatasetFormat = Literal["jsonl", "csv", "parquet", "hf_disk"]

@@ -1,26 +1,15 @@
-"""Generation backends: the interface (engine.inference.interface), the sampler every
-backend shares (engine.inference.sampling) and continuous batching on plain torch
-(engine.inference.torch_backend). engine.generation.generate is the one-call front end."""
+"""Generation backends behind one interface (engine.inference.interface: submit, step,
+abort, resume, load_weights), registered by name in GENERATION_BACKENDS (the spec's
+`backends.generation`) as dotted paths, so the spec stays torch-free.
 
-from engine.inference.interface import (
-    GenerationBackend,
-    PartialResponse,
-    Request,
-    Sample,
-    SampleStatus,
-    SamplingParams,
-    run_to_completion,
-)
-from engine.inference.torch_backend import BackendStats, TorchBackend
+- `torch`: continuous batching on a plain transformers model, CPU or CUDA
+  (engine.inference.torch_backend). vLLM will be the next entry.
 
-__all__ = [
-    "BackendStats",
-    "GenerationBackend",
-    "PartialResponse",
-    "Request",
-    "Sample",
-    "SampleStatus",
-    "SamplingParams",
-    "TorchBackend",
-    "run_to_completion",
-]
+engine.inference.sampling holds the token sampler every backend shares; the collector
+(engine.rollout.collector) owns one backend for the whole run.
+"""
+
+from engine.registry import Registry
+
+GENERATION_BACKENDS: Registry = Registry("generation backend")
+GENERATION_BACKENDS.register("torch", "engine.inference.torch_backend:TorchBackend")

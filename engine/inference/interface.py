@@ -17,13 +17,13 @@ resumed sample ends where an uninterrupted one would).
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
 import torch
 
-# completed: ended with a stop token; truncated: reached max_new_tokens;
-# aborted: taken out by abort() before either.
-SampleStatus = Literal["completed", "truncated", "aborted"]
+# SampleStatus — completed: ended with a stop token; truncated: reached max_new_tokens;
+# aborted: taken out by abort() before either. One definition, shared with the events.
+from engine.events import SampleStatus
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,10 @@ class Sample:
 
 class GenerationBackend(Protocol):
     """The engine's view of an inference engine (TorchBackend, and vLLM on GPU nodes)."""
+
+    # The random stream sampling draws from; the collector swaps in evaluation's own
+    # between steps (a backend that seeds each request draws the seeds from it).
+    generator: torch.Generator | None
 
     @property
     def version(self) -> int:

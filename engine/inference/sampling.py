@@ -1,7 +1,7 @@
 """Picking the next token from logits, and the log-prob every backend reports for it.
 
 Log-prob convention (the trainer recomputes log-probs the same way, see
-`engine.losses.token_logprobs`): for a sampled token y_t,
+`engine.algorithms.policy_loss.token_logprobs`): for a sampled token y_t,
 
     logprob_t = log_softmax(logits_t / T)[y_t]
 

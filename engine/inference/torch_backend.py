@@ -194,7 +194,11 @@ class TorchBackend:
         return bool(self._waiting or self._running)
 
     def load_weights(self, weights: Mapping[str, torch.Tensor], version: int) -> None:
-        self.model.load_state_dict(weights)
+        """Colocated with the trainer, the backend decodes with the trainer's own model:
+        the weights handed over are then its own tensors, and only the version moves."""
+        own = self.model.state_dict()
+        if any(own[name].data_ptr() != tensor.data_ptr() for name, tensor in weights.items()):
+            self.model.load_state_dict(weights)
         self._version = version
 
     @torch.no_grad()

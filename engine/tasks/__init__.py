@@ -1,27 +1,16 @@
 """Tasks (torch-free): problems with a split, a difficulty and a checker; the built-in
-tasks register in TASKS, and `resolve_task` also reads dataset files (engine/tasks/file.py)."""
+tasks register in BUILTIN_TASKS, and `resolve_task` also reads dataset files
+(engine/tasks/file.py)."""
 
 import functools
 import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from engine.problems import Problem, Split
 from engine.registry import Registry
 
 if TYPE_CHECKING:
     from engine.spec import DatasetSpec
-
-Split = Literal["train", "test"]
-
-
-@dataclass(frozen=True)
-class Problem:
-    id: str
-    prompt: str
-    answer: str
-    difficulty: float  # NaN when unknown (a dataset file without a difficulty column)
-    solution: str  # a reference step-by-step solution ending in the answer (warm start)
-    split: Split | None = None  # the split a dataset file assigns; None when it assigns none
 
 
 class Task(Protocol):
@@ -35,24 +24,24 @@ class Task(Protocol):
         """1.0 when the response's final answer is correct, else 0.0."""
 
 
-TASKS: Registry[Task] = Registry("dataset")
+BUILTIN_TASKS: Registry[Task] = Registry("built-in task")
 
 
 def resolve_task(dataset: "DatasetSpec") -> Task:
     """The task a spec's dataset section names: the built-in task `name`, or, with a
     `path`, a FileTask over that file (read once per process while the file is unchanged)."""
     if dataset.path is None:
-        return TASKS.get(dataset.name)
+        return BUILTIN_TASKS.get(dataset.name)
     stat = os.stat(dataset.path)
     return _file_task(dataset, stat.st_mtime_ns, stat.st_size)
 
 
 @functools.lru_cache(maxsize=4)
 def _file_task(dataset: "DatasetSpec", mtime_ns: int, size: int) -> Task:
-    from engine.tasks.file import FileTask  # engine.data imports Problem from here
+    from engine.tasks.file import FileTask
 
     return FileTask(dataset)
 
 
-# Built-in tasks register themselves on import (kept last: they import TASKS from here).
+# Built-in tasks register themselves on import (kept last: they import BUILTIN_TASKS from here).
 from engine.tasks import arith  # noqa: E402,F401

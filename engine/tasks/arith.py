@@ -50,7 +50,8 @@ import hashlib
 import random
 from dataclasses import dataclass
 
-from engine.tasks import TASKS, Problem, Split
+from engine.problems import Problem, Split
+from engine.tasks import BUILTIN_TASKS
 from engine.verifiers import ANSWER_MARKER, VERIFIERS
 
 BLANK = "."
@@ -139,4 +140,4 @@ class ArithTask:
         return VERIFIERS.get("arith")(response, problem.answer)
 
 
-TASKS.register("arith", ArithTask())
+BUILTIN_TASKS.register("arith", ArithTask())

@@ -23,13 +23,12 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from engine.data import ColumnMapping, DatasetError, apply_template, load_dataset_rows
-from engine.tasks import Problem, Split
-from engine.verifiers import VERIFIERS
+from engine.problems import Problem, Split
+from engine.verifiers import DEFAULT_FILE_VERIFIER, VERIFIERS
 
 if TYPE_CHECKING:
     from engine.spec import DatasetSpec
 
-FILE_VERIFIER = "math"  # a file dataset's checker when the spec names none
 HELD_OUT_SHARE = 5  # at most 1/5 of the rows are held out when the file has no split column
 
 
@@ -69,7 +68,7 @@ class FileTask:
         )
         self.name = dataset.name
         self.skipped_rows = report.rejected_rows
-        self.verify = VERIFIERS.get(dataset.verifier or FILE_VERIFIER)
+        self.verify = VERIFIERS.get(dataset.verifier or DEFAULT_FILE_VERIFIER)
         problems = [replace(p, prompt=apply_template(dataset.template, p.prompt)) for p in report.problems]
         self.splits = split_problems(problems, dataset.eval_size)
 

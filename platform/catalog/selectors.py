@@ -10,7 +10,7 @@ from django.db.models.functions import Cast, NullIf
 from accounts.permissions import visible_to
 from catalog.models import Dataset, Preset, PromptRecord, PromptStat
 from engine.algorithms import ALGORITHMS
-from engine.curriculum import CURRICULA
+from engine.sampling import SAMPLERS
 from engine.spec import AlgorithmSpec, CurriculumSpec
 
 User = AbstractBaseUser | AnonymousUser
@@ -96,8 +96,8 @@ def curriculum_defaults() -> list[dict]:
     return [
         {
             "name": name,
-            "description": CURRICULA.get(name).description,
+            "description": SAMPLERS.get(name).description,
             "defaults": CurriculumSpec.model_validate({"strategy": name}).model_dump(mode="json"),
         }
-        for name in CURRICULA.names()
+        for name in SAMPLERS.names()
     ]

@@ -11,9 +11,13 @@ from tsdownsample import M4Downsampler
 from accounts.permissions import visible_to
 from engine.algorithms import ALGORITHMS
 from engine.assets import BUILTIN_MODELS, BUILTIN_PREFIX
-from engine.curriculum import CURRICULA
+from engine.inference import GENERATION_BACKENDS
+from engine.recipes import RECIPES
+from engine.rollout import ROLLOUT_STRATEGIES
+from engine.sampling import SAMPLERS
 from engine.spec import RunSpec, parse_spec
-from engine.tasks import TASKS
+from engine.tasks import BUILTIN_TASKS
+from engine.training import TRAINING_BACKENDS
 from runs.models import MetricPoint, Run, RunEvent, RunStatus
 
 User = AbstractBaseUser | AnonymousUser
@@ -145,7 +149,13 @@ def spec_choices() -> dict[str, list[dict[str, str]]]:
     """Named choices from the engine's registries: the UI never keeps a second list."""
     return {
         "algorithm": [{"name": name, "description": ALGORITHMS.get(name).description} for name in ALGORITHMS],
-        "curriculum": [{"name": name, "description": CURRICULA.get(name).description} for name in CURRICULA],
-        "dataset": [{"name": name} for name in TASKS],
+        "curriculum": [{"name": name, "description": SAMPLERS.get(name).description} for name in SAMPLERS],
+        "dataset": [{"name": name} for name in BUILTIN_TASKS],
         "model": [{"name": f"{BUILTIN_PREFIX}{name}"} for name in BUILTIN_MODELS],
+        # Registered as dotted paths (their modules import torch): names only here; the
+        # spec schema's field descriptions say what each one does.
+        "rollout_strategy": [{"name": name} for name in ROLLOUT_STRATEGIES],
+        "orchestration": [{"name": name} for name in RECIPES],
+        "generation_backend": [{"name": name} for name in GENERATION_BACKENDS],
+        "training_backend": [{"name": name} for name in TRAINING_BACKENDS],
     }

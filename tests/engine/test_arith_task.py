@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 
 from engine.models import build_tokenizer
-from engine.tasks import TASKS
+from engine.tasks import BUILTIN_TASKS
 from engine.tasks.arith import ArithTask
 
-TASK: ArithTask = TASKS.get("arith")
+TASK: ArithTask = BUILTIN_TASKS.get("arith")
 
 
 def test_the_task_is_registered():
-    assert "arith" in TASKS
+    assert "arith" in BUILTIN_TASKS
     assert TASK.name == "arith"
 
 

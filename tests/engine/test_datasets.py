@@ -20,7 +20,7 @@ from engine.data import (
 )
 from engine.data.sample import SAMPLE_PATH, sample_text
 from engine.spec import SpecError, parse_spec
-from engine.tasks import TASKS, resolve_task
+from engine.tasks import BUILTIN_TASKS, resolve_task
 from engine.tasks.file import FileTask
 
 
@@ -408,7 +408,7 @@ def test_dataset_spec_problems_name_their_field(tmp_path):
 
 
 def test_file_settings_without_a_path_are_refused_not_ignored():
-    assert dataset_problems({"name": "gsm8k"}) == {"dataset.name": "unknown dataset 'gsm8k'; choose one of: arith"}
+    assert dataset_problems({"name": "gsm8k"}) == {"dataset.name": "unknown built-in task 'gsm8k'; choose one of: arith"}
     problems = dataset_problems(
         {"template": "Q: {prompt}", "verifier": "math", "answer_format": "gsm8k", "columns": {"prompt": "q"}}
     )
@@ -469,7 +469,7 @@ def test_resolve_task_reads_a_file_once_and_knows_the_built_in_tasks(tmp_path):
     assert resolve_task(dataset) is resolve_task(dataset)
     write_jsonl(tmp_path / "t.jsonl", numbered(20))  # a changed file is read again
     assert len(resolve_task(dataset).problems("train", 100, seed=0)) == 16
-    assert resolve_task(parse_spec({}).dataset) is TASKS.get("arith")
+    assert resolve_task(parse_spec({}).dataset) is BUILTIN_TASKS.get("arith")
 
 
 # ----------------------------------------------------------------- the shipped sample

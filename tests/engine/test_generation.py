@@ -11,7 +11,7 @@ from engine.inference.sampling import sample_rows
 from engine.losses import token_logprobs
 from engine.models import TinyModelConfig, build_tiny_model, build_tokenizer, load_policy
 from engine.spec import ModelSpec
-from engine.tasks import TASKS
+from engine.tasks import BUILTIN_TASKS
 
 # Prompts of different lengths, so left padding and position ids matter.
 PROMPTS = ["3 +4\n", ". . 12 -3 +8 +1\n", "7\n"]
@@ -53,7 +53,7 @@ def test_returned_logprobs_equal_a_full_sequence_recompute(random_model, tempera
 
 def test_greedy_decoding_equals_transformers_generate(builtin_model):
     model, tokenizer = builtin_model
-    prompts = [problem.prompt for problem in TASKS.get("arith").problems("test", 6, seed=3)]
+    prompts = [problem.prompt for problem in BUILTIN_TASKS.get("arith").problems("test", 6, seed=3)]
     ours = generate(model, tokenizer, prompts, SamplingParams(temperature=0.0, max_new_tokens=40), max_slots=4)
 
     for prompt, completion in zip(prompts, ours):
@@ -83,7 +83,7 @@ def test_sampling_is_reproducible_with_a_seeded_generator(random_model):
 
 def test_a_sequence_stops_at_eos_and_a_long_one_is_cut_at_max_new_tokens(builtin_model):
     model, tokenizer = builtin_model
-    task = TASKS.get("arith")
+    task = BUILTIN_TASKS.get("arith")
     problems = task.problems("test", 200, seed=0)
     short = next(p for p in problems if p.difficulty == 1)
     long = next(p for p in problems if p.difficulty >= 4)
@@ -91,11 +91,11 @@ def test_a_sequence_stops_at_eos_and_a_long_one_is_cut_at_max_new_tokens(builtin
     done = generate(model, tokenizer, [short.prompt, long.prompt], SamplingParams(temperature=0.0, max_new_tokens=30))
 
     # The one-step chain (16 + 3 = 19 tokens) ends with EOS and nothing after it.
-    assert done[0].finish_reason == "stop" and done[0].token_ids[-1] == tokenizer.eos_token_id
+    assert done[0].status == "completed" and done[0].token_ids[-1] == tokenizer.eos_token_id
     assert tokenizer.eos_token_id not in done[0].token_ids[:-1]
     assert task.score(short, tokenizer.decode(done[0].token_ids, skip_special_tokens=True)) == 1.0
     # The long one (16·4 + 3 = 67 tokens) is cut at 30.
-    assert done[1].finish_reason == "length" and len(done[1].token_ids) == 30
+    assert done[1].status == "truncated" and len(done[1].token_ids) == 30
 
 
 def test_top_p_keeps_only_the_nucleus():

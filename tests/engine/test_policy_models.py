@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 from engine.assets import resolve_model_path
 from engine.models import TinyModelConfig, build_tiny_model, build_tokenizer, load_policy, resolve_device
 from engine.spec import ModelSpec, SpecError, parse_spec
-from engine.tasks import TASKS
+from engine.tasks import BUILTIN_TASKS
 
 TEXT = ". . . 7 +5 = 12 -3 +8\n. . . . 12 -3 = 9 +8\n#### 17"
 
@@ -27,7 +27,7 @@ def test_numbers_operands_and_newlines_are_single_tokens_that_round_trip():
 
 def test_every_word_of_the_task_is_in_the_vocabulary():
     tokenizer = build_tokenizer()
-    for problem in TASKS.get("arith").problems("train", 300, seed=0):
+    for problem in BUILTIN_TASKS.get("arith").problems("train", 300, seed=0):
         text = problem.prompt + problem.solution
         ids = tokenizer(text)["input_ids"]
         assert tokenizer.unk_token_id not in ids

@@ -14,7 +14,7 @@ from engine.generation import SamplingParams, generate, stop_token_ids
 from engine.models import encode_prompts, load_policy
 from engine.orchestration import run
 from engine.spec import ModelSpec, parse_spec
-from engine.tasks import TASKS
+from engine.tasks import BUILTIN_TASKS
 
 QWEN_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
@@ -47,7 +47,7 @@ FAMILIES = {
 
 def train_tokenizer(family: dict) -> PreTrainedTokenizerFast:
     """A byte-level BPE (the scheme of Qwen's and Llama 3's tokenizers) learnt on arith text."""
-    problems = TASKS.get("arith").problems("train", 200, seed=0)
+    problems = BUILTIN_TASKS.get("arith").problems("train", 200, seed=0)
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -123,7 +123,7 @@ def test_the_folder_loads_with_its_own_tokenizer_chat_template_and_end_tokens(mo
 def test_prompts_go_through_the_chat_template_once(model_folder):
     folder, model_type, _, _ = model_folder
     _, tokenizer = load_policy(ModelSpec(path=str(folder), device="cpu"))
-    prompt = TASKS.get("arith").problems("test", 1, seed=0)[0].prompt
+    prompt = BUILTIN_TASKS.get("arith").problems("test", 1, seed=0)[0].prompt
 
     (templated,) = encode_prompts(tokenizer, [prompt], "auto")
     (plain,) = encode_prompts(tokenizer, [prompt], "off")
@@ -156,7 +156,7 @@ def test_the_folder_generates_and_stops_only_on_its_end_tokens(model_folder):
         assert completion.prompt_ids == prompts[completion.prompt_index]
         assert 1 <= len(completion.token_ids) <= 12 and len(completion.logprobs) == len(completion.token_ids)
         assert not ends & set(completion.token_ids[:-1])
-        assert (completion.finish_reason == "stop") == (completion.token_ids[-1] in ends)
+        assert (completion.status == "completed") == (completion.token_ids[-1] in ends)
 
 
 def test_the_folder_trains_a_step_through_the_run_loop_and_checkpoints_a_loadable_folder(model_folder, tmp_path):

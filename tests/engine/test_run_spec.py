@@ -33,7 +33,7 @@ def test_an_unknown_algorithm_lists_the_known_ones():
 
 def test_an_unknown_dataset_lists_the_known_ones():
     problems = problems_of({"dataset": {"name": "gsm8k"}})
-    assert "unknown dataset 'gsm8k'; choose one of: arith" in problems["dataset.name"]
+    assert "unknown built-in task 'gsm8k'; choose one of: arith" in problems["dataset.name"]
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from engine.inference import PartialResponse, Request, SamplingParams, TorchBackend, run_to_completion
+from engine.inference.interface import PartialResponse, Request, SamplingParams, run_to_completion
+from engine.inference.torch_backend import TorchBackend
 from engine.losses import token_logprobs
 from engine.models import TinyModelConfig, build_tiny_model, build_tokenizer
 

@@ -1,26 +1,65 @@
-"""The algorithm registry: each algorithm is a configuration of shared loss parts.
+"""Algorithms: registries of the shared parts, and the user-facing presets built from them.
 
-Torch-free on purpose: the platform lists and validates algorithms from here, and the
-loss code (`engine.losses`) interprets the configuration. The parts and the papers'
-formulas are in the team brief (algorithms.md §0); docs/algorithms.md says what each
-entry sets, where it departs from its paper and what it logs.
+Every algorithm is a configuration of parts (algorithms.md §0), each a registered
+callable in its own module:
 
-Also here, because they are plain arithmetic on rewards and lengths: the dynamic-sampling
-filter and batch filler (DAPO) and the overlong reward shaping (DAPO).
+    ADVANTAGE_ESTIMATORS  engine.algorithms.advantages    group_norm, group_mean, leave_one_out
+    RATIO_LEVELS          engine.algorithms.policy_loss   token (PPO), sequence (GSPO)
+    POLICY_LOSSES         engine.algorithms.policy_loss   ppo (the clipped surrogate); AReaL's
+                                                          decoupled loss is the next entry
+    AGGREGATIONS          engine.algorithms.aggregation   token-mean, seq-mean-token-mean, …
+    KL_ESTIMATORS         engine.algorithms.kl            k1, k2, k3, low_var_kl
+    REWARD_SHAPERS        engine.algorithms.shaping       overlong (DAPO), kl_penalty (KL in the reward)
+
+The torch-needing parts are registered as dotted paths, so this package stays torch-free:
+the spec and the platform list and validate names from here. `ALGORITHMS` holds the
+presets users name (grpo, dr_grpo, dapo, gspo, rloo): a preset is a row of settings for
+those parts, which a spec may override field by field. docs/algorithms.md says what each
+preset sets, where it departs from its paper and what it logs.
 """
 
-import math
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar
+from typing import Literal
 
 from engine.registry import Registry
 
-Advantage = Literal["group_norm", "group_mean", "leave_one_out"]
-Aggregation = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
-RatioLevel = Literal["token", "sequence"]
+ADVANTAGE_ESTIMATORS: Registry = Registry("advantage estimator")
+for _name in ("group_norm", "group_mean", "leave_one_out"):
+    ADVANTAGE_ESTIMATORS.register(_name, f"engine.algorithms.advantages:{_name}")
+
+RATIO_LEVELS: Registry = Registry("ratio level")
+RATIO_LEVELS.register("token", "engine.algorithms.policy_loss:token_log_ratio")
+RATIO_LEVELS.register("sequence", "engine.algorithms.policy_loss:sequence_log_ratio")
+
+POLICY_LOSSES: Registry = Registry("policy loss")
+POLICY_LOSSES.register("ppo", "engine.algorithms.policy_loss:PPOLoss")
+
+AGGREGATIONS: Registry = Registry("loss aggregation")
+for _name, _function in [
+    ("token-mean", "token_mean"),
+    ("seq-mean-token-mean", "seq_mean_token_mean"),
+    ("seq-mean-token-sum", "seq_mean_token_sum"),
+    ("seq-mean-token-sum-norm", "seq_mean_token_sum_norm"),
+]:
+    AGGREGATIONS.register(_name, f"engine.algorithms.aggregation:{_function}")
+
+KL_ESTIMATORS: Registry = Registry("KL estimator")
+for _name in ("k1", "k2", "k3", "low_var_kl"):
+    KL_ESTIMATORS.register(_name, f"engine.algorithms.kl:{_name}")
+
+REWARD_SHAPERS: Registry = Registry("reward shaper")
+REWARD_SHAPERS.register("overlong", "engine.algorithms.shaping:OverlongShaping")
+REWARD_SHAPERS.register("kl_penalty", "engine.algorithms.shaping:KLPenalty")
+
+# The spec's field types, built from the registries (one list of names, not two).
+Advantage = Literal[tuple(ADVANTAGE_ESTIMATORS.names())]
+Aggregation = Literal[tuple(AGGREGATIONS.names())]
+RatioLevel = Literal[tuple(RATIO_LEVELS.names())]
+PolicyLoss = Literal[tuple(POLICY_LOSSES.names())]
+KLEstimator = Literal[tuple(KL_ESTIMATORS.names())]
+# Where a KL term to the reference goes: the policy loss adds it ("loss"), the
+# kl_penalty shaper subtracts it from the reward ("reward"), or nowhere.
 KLPlacement = Literal["loss", "reward", "off"]
-KLEstimator = Literal["k1", "k2", "k3", "low_var_kl"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +71,7 @@ class AlgorithmDefaults:
     advantage: Advantage
     aggregation: Aggregation
     ratio_level: RatioLevel
+    policy_loss: PolicyLoss
     clip_eps_low: float
     clip_eps_high: float
     dual_clip_c: float  # 0 = off
@@ -50,6 +90,7 @@ class AlgorithmDefaults:
 # overlong shaping. Each registration below spells out what makes the algorithm itself.
 _PLAIN = dict(
     ratio_level="token",
+    policy_loss="ppo",
     dual_clip_c=0.0,
     kl_estimator="k3",
     entropy_coef=0.0,
@@ -144,75 +185,3 @@ ALGORITHMS.register(
         kl_coef=0.05,
     ),
 )
-
-
-# ----------------------------------------------------------------- overlong shaping
-def overlong_penalty(length: int, max_len: int, buffer_len: int, factor: float) -> float:
-    """DAPO's soft overlong punishment, added to the task reward (verl's form):
-
-        0                                        if length ≤ max_len − buffer_len
-        −(length − (max_len − buffer_len)) / buffer_len · factor   in the buffer
-
-    so a response that uses the whole budget (max_len, i.e. truncated) gets −factor.
-    buffer_len = 0 turns shaping off.
-    """
-    if buffer_len <= 0:
-        return 0.0
-    expected = max_len - buffer_len
-    return min(-(length - expected) / buffer_len * factor, 0.0)
-
-
-def overlong_buffer_len(max_new_tokens: int, fraction: float) -> int:
-    """The buffer in tokens: `fraction` of the length budget, rounded down."""
-    return math.floor(max_new_tokens * fraction)
-
-
-# ----------------------------------------------------------------- dynamic sampling
-G = TypeVar("G")
-
-
-def is_informative(scores: Sequence[float]) -> bool:
-    """DAPO's filter: a group teaches something only when its samples disagree
-    (0 < #correct < G); a zero-std group's advantages are all zero."""
-    return max(scores) != min(scores)
-
-
-@dataclass
-class FilledBatch(Generic[G]):
-    groups: list[G]  # exactly `batch_groups` groups: informative ones first
-    generated: int  # groups generated over all rounds
-    kept: int  # informative groups among them
-    rounds: int  # generation rounds used
-
-    @property
-    def keep_rate(self) -> float:
-        return self.kept / max(self.generated, 1)
-
-
-def fill_batch(
-    generate: Callable[[int], list[G]],
-    scores_of: Callable[[G], Sequence[float]],
-    batch_groups: int,
-    oversample: float,
-    max_rounds: int,
-) -> FilledBatch[G]:
-    """Dynamic sampling: generate rounds of groups, keep the informative ones, stop once
-    `batch_groups` are kept or after `max_rounds`, and truncate to exactly the batch.
-
-    Each round asks `generate(count)` for ceil(missing × oversample) new groups, where
-    `missing` is how many informative groups the batch still lacks. When the rounds run
-    out first, the batch is topped up with filtered-out groups (their advantages are
-    zero, so they add nothing to the policy gradient) so that every step trains on the
-    same number of groups; `keep_rate` reports how often that bites.
-    """
-    kept: list[G] = []
-    dropped: list[G] = []
-    generated = rounds = 0
-    while len(kept) < batch_groups and rounds < max_rounds:
-        fresh = generate(math.ceil((batch_groups - len(kept)) * oversample))
-        rounds += 1
-        generated += len(fresh)
-        for group in fresh:
-            (kept if is_informative(scores_of(group)) else dropped).append(group)
-    batch = (kept + dropped)[:batch_groups]
-    return FilledBatch(groups=batch, generated=generated, kept=len(kept), rounds=rounds)

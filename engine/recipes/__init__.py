@@ -1,0 +1,16 @@
+"""Recipes: one per orchestration mode, registered by name in RECIPES (the spec's
+`orchestration.mode`) as dotted paths, so the spec stays torch-free. A recipe builds the
+run's parts from the spec and calls them in order, one step at a time:
+
+- `sync`: the synchronous step (engine.recipes.sync): plan → collect → log-probs →
+  shape → advantages → updates → push weights → observe → telemetry.
+
+AReaL's asynchronous recipe will be a second file, not flags inside the first.
+engine.orchestration drives a recipe (in process or in a Ray actor) through `step()`,
+`evaluate(step)`, `save_checkpoint` and `load_checkpoint`.
+"""
+
+from engine.registry import Registry
+
+RECIPES: Registry = Registry("orchestration mode")
+RECIPES.register("sync", "engine.recipes.sync:SyncRecipe")

@@ -1,0 +1,37 @@
+"""What every sampler takes and returns (torch-free)."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from engine.problems import Problem
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    """One prompt of a step's plan and the rollouts it gets."""
+
+    problem: Problem
+    n: int
+
+
+class Sampler(Protocol):
+    description: ClassVar[str]
+    # The spec fields (engine.spec.CurriculumSpec) this sampler reads, with their
+    # defaults; a field it does not read must stay unset in a spec.
+    parameters: ClassVar[dict[str, Any]]
+
+    def next(self, step: int, prompts: int) -> list[PlanItem]:
+        """The next `prompts` prompts to roll out at `step`, each with its rollout count.
+        Called once per step, and again by a strategy that needs more (DAPO's refill)."""
+        ...
+
+    def observe(self, step: int, rollouts: Sequence[Any]) -> None:
+        """Every verified rollout of `step` (engine.rollout.types.Rollout)."""
+        ...
+
+    def metrics(self, step: int) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...

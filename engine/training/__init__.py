@@ -1,0 +1,20 @@
+"""Training backends, registered by name in TRAINING_BACKENDS (the spec's
+`backends.training`) as dotted paths, so the spec stays torch-free. A training backend
+owns the policy's weights and optimiser and offers (engine.training.torch_backend):
+
+    logprobs(rollouts, reference=False)     response-token log-probs under π_θ (or π_ref)
+    optimizer_step(mini_batch, loss)        one optimiser step on a mini-batch, its
+                                            gradient accumulated over token-budget
+                                            micro-batches (engine.training.batching)
+    end_batch()                             the LR schedule advances once per rollout batch
+    weights(), version                      current weights and their version (optimiser
+                                            steps so far), for the generation backend
+    state_dict() / load_state_dict(), save_model(folder) / load_model(folder)
+
+- `torch`: plain PyTorch on one device (CPU or a GPU). DeepSpeed ZeRO will be the next.
+"""
+
+from engine.registry import Registry
+
+TRAINING_BACKENDS: Registry = Registry("training backend")
+TRAINING_BACKENDS.register("torch", "engine.training.torch_backend:TorchTrainingBackend")
