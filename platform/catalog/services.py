@@ -30,7 +30,7 @@ from engine.data import FORMATS, ColumnMapping, DatasetError, LoadReport, RowErr
 from engine.events import Event, PromptResults
 from engine.spec import DatasetSpec, RunSpec, SpecError, parse_spec
 from engine.tasks.file import split_problems
-from rollyard.params import whole_number
+from rollyard.params import NUL, NUL_REASON, nul_fields, whole_number
 from runs.spec_paths import is_inside, os_reason
 
 # A 400 lists at most this many bad rows (and says how many there were in all).
@@ -71,7 +71,8 @@ def _check_name(name: str, what: str) -> str:
     name = (name or "").strip()
     if not name or len(name) > 100 or not set(name) <= NAME_CHARS or name[0] == ".":
         raise CatalogError(
-            f"{what} name {name!r} is not allowed: use 1-100 letters, digits, '.', '_' or '-', not starting with '.'"
+            f"{what} name {name!r} is not allowed: use 1-100 letters, digits, '.', '_' or '-', not starting with '.'",
+            "name",
         )
     return name
 
@@ -94,15 +95,15 @@ class LoadOptions:
 def load_options(format: str | None, columns: Mapping[str, Any] | None, answer_format: str | None) -> LoadOptions:
     """Validated loader options. Raises CatalogError naming an unknown format or role."""
     if format is not None and format not in FORMATS:
-        raise CatalogError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
+        raise CatalogError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}", "format")
     mapping = dict(REQUIRED_COLUMNS)
     for role, column in (columns or {}).items():
         if role not in COLUMN_ROLES:
-            raise CatalogError(f"unknown column role {role!r}; the roles are: {', '.join(COLUMN_ROLES)}")
+            raise CatalogError(f"unknown column role {role!r}; the roles are: {', '.join(COLUMN_ROLES)}", "columns")
         if column in (None, ""):
             continue  # the default column for prompt and answer, none for the others
-        if not isinstance(column, str):
-            raise CatalogError(f"column for {role!r} must be a column name, got {column!r}")
+        if not isinstance(column, str) or NUL in column:
+            raise CatalogError(f"column for {role!r} must be a column name, got {column!r}", "columns")
         mapping[role] = column
     return LoadOptions(format=format, columns=mapping, answer_format=answer_format or "plain")
 
@@ -365,6 +366,8 @@ def validate_preset_body(kind: str, body: Any) -> dict[str, Any]:
         raise SpecError([("kind", f"unknown preset kind {kind!r}; choose one of: {', '.join(PresetKind.values)}")])
     if not isinstance(body, dict):
         raise SpecError([("body", f"expected a mapping of {kind} settings, got {type(body).__name__}")])
+    if unstorable := nul_fields(body):
+        raise SpecError([(f"body.{field}", NUL_REASON) for field in unstorable])
     try:
         section = getattr(parse_spec({kind: body}), kind)
     except SpecError as exc:

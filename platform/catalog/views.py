@@ -20,6 +20,7 @@ from catalog.models import Dataset, Preset, PresetKind, PromptRecord
 from catalog.uploads import FORMAT_SUFFIXES, UploadTooLarge, check_declared_length, format_from_filename, install_capped_handler
 from engine.data import ANSWER_FORMATS
 from engine.spec import SpecError
+from rollyard.params import NUL, NUL_REASON
 
 RECORDS_PER_PAGE = 50
 
@@ -90,6 +91,9 @@ def _upload_from_form(request: HttpRequest, handler) -> Dataset:
         raise UploadTooLarge(handler.limit)
     if upload is None:
         raise services.CatalogError("choose a file to upload")
+    # A multipart form is not checked at the edge (rollyard.middleware): its fields are here.
+    if unstorable := sorted(key for key, value in form.items() if NUL in key or NUL in value):
+        raise services.CatalogError(f"{', '.join(unstorable)}: {NUL_REASON}", unstorable[0])
     team = _team_from_form(request)
     fmt = form.get("format") or format_from_filename(upload.name)
     if fmt is None:

@@ -26,6 +26,7 @@ from catalog import services as catalog
 from engine.events import Checkpoint as CheckpointEvent
 from engine.events import Event, Heartbeat, Metrics
 from engine.spec import RunSpec, SpecError
+from rollyard.params import NUL_REASON, nul_fields
 from runs import live
 from runs.models import (
     TRANSITIONS,
@@ -113,6 +114,7 @@ def create_run(
     """
     team = team or default_team(user)
     check_can_launch(user, team)
+    check_no_nul_characters(spec_data, retention)
     data = dict(spec_data) if isinstance(spec_data, Mapping) else spec_data
     if name and isinstance(data, dict):
         data["name"] = name
@@ -147,6 +149,16 @@ def create_run(
         catalog.record_run_inputs(run, catalog_inputs)
         quotas.queue_for_admission(run, pool_row, priority)
     return run
+
+
+def check_no_nul_characters(spec_data: Any, retention: Any) -> None:
+    """Raise SpecError naming each spec or retention field whose text holds a NUL (JSON's
+    \u0000, YAML's \0): the database cannot store one, and the catalog lookups that come
+    first would fail on it as server errors."""
+    problems = [(field or "spec", NUL_REASON) for field in nul_fields(spec_data)]
+    problems += [(f"retention.{field}" if field else "retention", NUL_REASON) for field in nul_fields(retention)]
+    if problems:
+        raise SpecError(problems)
 
 
 def check_launch_resources(spec: RunSpec) -> None:
