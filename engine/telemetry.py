@@ -21,6 +21,8 @@ LENGTH_BINS = 32
 # A sample record keeps at most this much of the response text: enough to read a
 # solution, bounded so a run's drill-down table stays small whatever max_new_tokens is.
 SAMPLE_TEXT_CHARS = 4096
+# Gaps shorter than this between a worker's spans are bookkeeping, not idle time.
+MERGE_GAP_S = 1e-3
 
 
 class Timeline:
@@ -43,18 +45,25 @@ class Timeline:
             self.seconds[label or phase] += end - begin
 
     def close(self, workers: Sequence[str]) -> list[Span]:
-        """Every span of the step, with `idle` spans filling each worker's gaps between
-        the step's start and now; the step's length goes into seconds['step']."""
+        """Every span of the step, a worker's back-to-back spans of one phase merged (the
+        trainer's log-prob, shaping, advantage and update stages are one `train` span),
+        with `idle` spans filling each worker's gaps between the step's start and now;
+        the step's length goes into seconds['step']."""
         end = monotonic_now()
         self.seconds["step"] = end - self.start
-        spans = list(self.spans)
+        spans: list[Span] = []
         for worker in workers:
             cursor = self.start
             for span in sorted((s for s in self.spans if s.worker == worker), key=lambda s: s.start):
-                if span.start > cursor:
+                if span.start - cursor > MERGE_GAP_S:
                     spans.append(Span(step=self.step, worker=worker, phase="idle", start=cursor, end=span.start))
+                elif spans and spans[-1].worker == worker and spans[-1].phase == span.phase:
+                    spans[-1] = spans[-1].model_copy(update={"end": span.end})
+                    cursor = max(cursor, span.end)
+                    continue
+                spans.append(span)
                 cursor = max(cursor, span.end)
-            if end > cursor:
+            if end - cursor > MERGE_GAP_S:
                 spans.append(Span(step=self.step, worker=worker, phase="idle", start=cursor, end=end))
         return sorted(spans, key=lambda s: (s.start, s.worker))
 

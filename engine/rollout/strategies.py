@@ -10,7 +10,8 @@ it); the collector rolls out and verifies. A strategy that carries state between
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from engine.rollout.collector import Collector
 from engine.rollout.types import Group, RolloutBatch
@@ -45,18 +46,54 @@ def is_informative(scores: Sequence[float]) -> bool:
     return max(scores) != min(scores)
 
 
-class DynamicSampling(PlainCollection):
-    """DAPO's dynamic sampling: generate rounds of groups, keep the informative ones, stop
-    once the batch (the plan's size) holds that many or after `max_gen_rounds`, and
-    truncate to exactly the batch.
+G = TypeVar("G")
 
-    The first round collects the plan grown to ceil(size × oversample) prompts; each
-    later round asks for ceil(missing × oversample) more, where `missing` is how many
-    informative groups the batch still lacks. When the rounds run out first, the batch is
-    topped up with filtered-out groups, marked not trainable (zero advantage, whatever
-    shaping adds to their rewards) so that every step trains on the same number of
-    groups; `dapo/keep_rate` reports how often that bites.
+
+@dataclass
+class FilledBatch(Generic[G]):
+    groups: list[G]  # exactly `batch_groups` groups: informative ones first
+    generated: int  # groups generated over all rounds
+    kept: int  # informative groups among them
+    rounds: int  # generation rounds used
+
+    @property
+    def keep_rate(self) -> float:
+        return self.kept / max(self.generated, 1)
+
+
+def fill_batch(
+    generate: Callable[[int], list[G]],
+    scores_of: Callable[[G], Sequence[float]],
+    batch_groups: int,
+    oversample: float,
+    max_rounds: int,
+) -> FilledBatch[G]:
+    """Dynamic sampling: generate rounds of groups, keep the informative ones, stop once
+    `batch_groups` are kept or after `max_rounds`, and truncate to exactly the batch.
+
+    Each round asks `generate(count)` for ceil(missing × oversample) new groups, where
+    `missing` is how many informative groups the batch still lacks. When the rounds run
+    out first, the batch is topped up with filtered-out groups so that every step trains
+    on the same number of groups; `keep_rate` reports how often that bites.
     """
+    kept: list[G] = []
+    dropped: list[G] = []
+    generated = rounds = 0
+    while len(kept) < batch_groups and rounds < max_rounds:
+        fresh = generate(math.ceil((batch_groups - len(kept)) * oversample))
+        rounds += 1
+        generated += len(fresh)
+        for group in fresh:
+            (kept if is_informative(scores_of(group)) else dropped).append(group)
+    batch = (kept + dropped)[:batch_groups]
+    return FilledBatch(groups=batch, generated=generated, kept=len(kept), rounds=rounds)
+
+
+class DynamicSampling(PlainCollection):
+    """DAPO's dynamic sampling (`fill_batch`) over the plan: the first round collects the
+    plan grown by the sampler to its oversampled size, each later round asks the sampler
+    for fresh prompts. Groups that only top the batch up (the rounds ran out) are marked
+    not trainable: zero advantage, whatever shaping adds to their rewards."""
 
     def __init__(self, spec: Any):
         self.oversample = spec.algorithm.oversample
@@ -65,21 +102,16 @@ class DynamicSampling(PlainCollection):
     def collect(
         self, step: int, plan: Sequence[PlanItem], more: MorePrompts, collector: Collector, timeline: Timeline
     ) -> RolloutBatch:
-        size = len(plan)
-        kept: list[Group] = []
-        dropped: list[Group] = []
         generated: list[Group] = []
-        rounds = 0
-        while len(kept) < size and rounds < self.max_rounds:
-            wanted = math.ceil((size - len(kept)) * self.oversample)
-            round_plan = list(plan) + more(wanted - size) if rounds == 0 else more(wanted)
+
+        def generate(count: int) -> list[Group]:
+            round_plan = list(plan) + more(count - len(plan)) if not generated else more(count)
             fresh = collector.collect(round_plan, first_group=len(generated), timeline=timeline)
-            rounds += 1
-            generated += fresh
-            for group in fresh:
-                (kept if is_informative(group.rewards) else dropped).append(group)
-        for group in dropped:
-            group.trainable = False
-        batch = (kept + dropped)[:size]
-        metrics = {"dapo/keep_rate": len(kept) / max(len(generated), 1), "dapo/gen_rounds": float(rounds)}
-        return RolloutBatch(groups=batch, generated=generated, metrics=metrics)
+            generated.extend(fresh)
+            return fresh
+
+        filled = fill_batch(generate, lambda group: group.rewards, len(plan), self.oversample, self.max_rounds)
+        for group in filled.groups:
+            group.trainable = is_informative(group.rewards)
+        metrics = {"dapo/keep_rate": filled.keep_rate, "dapo/gen_rounds": float(filled.rounds)}
+        return RolloutBatch(groups=filled.groups, generated=generated, metrics=metrics)

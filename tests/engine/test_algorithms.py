@@ -4,7 +4,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.algorithms import ALGORITHMS, fill_batch, is_informative, overlong_buffer_len, overlong_penalty
+from engine.algorithms import ALGORITHMS
+from engine.algorithms.shaping import overlong_buffer_len, overlong_penalty
+from engine.rollout.strategies import fill_batch, is_informative
 from engine.spec import SpecError, parse_spec
 
 
@@ -51,7 +53,7 @@ def problems_of(data) -> dict[str, str]:
         ({"name": "grpo", "kl_coef": 0}, "algorithm.kl_coef", "kl_coef must be above 0"),
         ({"name": "grpo", "kl_placement": "prior"}, "algorithm.kl_placement", "'loss', 'reward' or 'off'"),
         ({"kl_estimator": "k4"}, "algorithm.kl_estimator", "'k1', 'k2', 'k3' or 'low_var_kl'"),
-        ({"ratio_level": "batch"}, "algorithm.ratio_level", "'token' or 'sequence'"),
+        ({"ratio_level": "batch"}, "algorithm.ratio_level", "'sequence' or 'token'"),
         ({"dual_clip_c": 0.5}, "algorithm.dual_clip_c", "0 (off) or above 1"),
         ({"oversample": 0.5}, "algorithm.oversample", "greater than or equal to 1"),
         ({"max_gen_rounds": 0}, "algorithm.max_gen_rounds", "greater than or equal to 1"),

@@ -8,7 +8,7 @@ import torch
 from engine.generation import SamplingParams, generate, stop_token_ids
 from engine.inference.sampling import sample_next
 from engine.inference.sampling import sample_rows
-from engine.losses import token_logprobs
+from engine.algorithms.policy_loss import token_logprobs
 from engine.models import TinyModelConfig, build_tiny_model, build_tokenizer, load_policy
 from engine.spec import ModelSpec
 from engine.tasks import BUILTIN_TASKS

@@ -7,15 +7,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.losses import (
-    aggregate,
-    entropy_from_logits,
-    group_advantages,
-    kl_estimate,
-    log_importance_ratio,
-    ppo_clipped,
-    token_logprobs,
-)
+from engine.algorithms.advantages import group_advantages
+from engine.algorithms.aggregation import Counts, aggregate
+from engine.algorithms.kl import kl_estimate
+from engine.algorithms.policy_loss import entropy_from_logits, log_importance_ratio, ppo_clipped, token_logprobs
 
 # Three groups of different sizes: a = [1, 0, 0, 1], b = [1] (alone), c = [0, 0].
 REWARDS = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0])
@@ -187,14 +182,14 @@ MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])  # the 99 is padding
     ],
 )
 def test_aggregation_modes(mode, expected):
-    assert aggregate(VALUES, MASK, mode, norm_len=10).item() == pytest.approx(expected)
+    assert aggregate(VALUES, MASK, mode, Counts(num_seqs=2, num_tokens=MASK.sum(), norm_len=10)).item() == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"])
 def test_micro_batches_sum_to_the_full_batch(mode):
-    whole = aggregate(VALUES, MASK, mode, norm_len=10)
+    whole = aggregate(VALUES, MASK, mode, Counts(num_seqs=2, num_tokens=MASK.sum(), norm_len=10))
     parts = sum(
-        aggregate(VALUES[i : i + 1], MASK[i : i + 1], mode, num_seqs=2, num_tokens=5, norm_len=10) for i in range(2)
+        aggregate(VALUES[i : i + 1], MASK[i : i + 1], mode, Counts(num_seqs=2, num_tokens=5, norm_len=10)) for i in range(2)
     )
     assert parts.item() == pytest.approx(whole.item())
 

@@ -10,7 +10,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from engine.inference.interface import PartialResponse, Request, SamplingParams, run_to_completion
 from engine.inference.torch_backend import TorchBackend
-from engine.losses import token_logprobs
+from engine.algorithms.policy_loss import token_logprobs
 from engine.models import TinyModelConfig, build_tiny_model, build_tokenizer
 
 PROMPT = [1, 20, 30, 40]  # <bos> and three words
