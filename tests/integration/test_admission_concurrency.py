@@ -1,7 +1,13 @@
-"""Admission under contention, on the real database (PostgreSQL in CI; SQLite, which
-serialises every writer, elsewhere): many simultaneous launches and admission sweeps
-against one team quota never hold more GPUs than the quota allows, and every run is
-admitted in the end as earlier ones finish.
+"""Admission under contention, on the real database.
+
+1. Deterministic (PostgreSQL only): two sweeps of one pool, the second started while the
+   first has planned but not committed. With the pool's row lock the second waits and
+   plans on what the first committed; without it, both admit on the same free capacity.
+   The interleaving is forced with a pause point after planning, so the test fails
+   every time the lock is missing (checked by removing it), never by chance.
+2. Many simultaneous launches and admission sweeps against one team quota never hold
+   more GPUs than the quota allows, and every run is admitted in the end as earlier ones
+   finish (PostgreSQL in CI; SQLite, which serialises every writer, elsewhere).
 
 Every thread has its own database connection (Django's are per thread). The sweep a
 commit requests runs in the committing thread, the same function the Celery task calls,
@@ -22,6 +28,7 @@ from django.db import connection
 
 from accounts.models import Role, Team
 from accounts.services import add_member
+from quotas import admission
 from quotas.admission import admit_queued_runs
 from quotas.models import Accelerator, Allocation, Pool, Quota
 from runs import services
@@ -75,6 +82,80 @@ def most_gpus_ever_held(pool: Pool) -> int:
         held += delta
         peak = max(peak, held)
     return peak
+
+
+def sessions_waiting_on_a_lock() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return cursor.fetchone()[0]
+
+
+def test_a_sweep_started_while_another_has_planned_waits_for_its_commit(enqueued, monkeypatch):
+    """Pool of 1 GPU. Sweep A plans with only run 1 waiting (admit it) and pauses before
+    committing. Run 2 is launched at priority 10, ahead of run 1 in the queue, and sweep
+    B starts. Without the pool lock B plans on A's uncommitted state (nothing held, run 2
+    first: admit run 2), both commit, and 2 GPUs are held in a 1-GPU pool. With the lock
+    B waits, then sees run 1 holding the pool's only GPU: run 2 waits."""
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL: SQLite serialises whole transactions, so two sweeps never overlap there")
+    pool = Pool.objects.create(name="a100", accelerator=Accelerator.GPU, gpu_type="A100", capacity=1)
+    team = Team.objects.create(name="vision")
+    member, admin = (get_user_model().objects.create_user(name) for name in ("member", "admin"))
+    add_member(team, member, Role.MEMBER)
+    add_member(team, admin, Role.ADMIN)
+    spec = {"resources": {"gpus": 1, "executor": "inprocess"}, "training": {"steps": 1}}
+    # Launches request no sweep here: the two sweeps below are the only ones.
+    monkeypatch.setattr("workers.dispatch.request_admission", lambda pool_id=None: None)
+    first = services.create_run(member, spec, name="first", team=team, pool="a100")
+
+    a_planned, release_a = threading.Event(), threading.Event()
+    real_plan_pool = admission.plan_pool
+
+    def plan_then_pause(*args, **kwargs):
+        decisions = real_plan_pool(*args, **kwargs)
+        if threading.current_thread().name == "sweep-A":
+            a_planned.set()
+            assert release_a.wait(60), "never released"
+        return decisions
+
+    monkeypatch.setattr(admission, "plan_pool", plan_then_pause)
+    errors: list[str] = []
+    admitted: dict[str, list[int]] = {}
+
+    def sweep(name: str) -> threading.Thread:
+        def body() -> None:
+            try:
+                admitted[name] = admit_queued_runs(pool.pk)
+            except Exception as exc:  # collected, so the test fails naming it
+                errors.append(f"{name}: {exc!r}")
+            finally:
+                connection.close()
+
+        thread = threading.Thread(target=body, name=name, daemon=True)
+        thread.start()
+        return thread
+
+    sweep_a = sweep("sweep-A")
+    assert a_planned.wait(30), errors
+    second = services.create_run(admin, spec, name="second", team=team, pool="a100", priority=10)
+    sweep_b = sweep("sweep-B")
+    # B either waits on A's lock or (without the lock) plans and commits on its own.
+    deadline = time.monotonic() + 30
+    while sweep_b.is_alive() and sessions_waiting_on_a_lock() == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert time.monotonic() < deadline, "sweep B neither waited nor finished"
+    release_a.set()
+    for thread in (sweep_a, sweep_b):
+        thread.join(30)
+
+    assert errors == []
+    assert admitted == {"sweep-A": [first.pk], "sweep-B": []}, admitted
+    assert most_gpus_ever_held(pool) == 1
+    assert Run.objects.get(pk=second.pk).status == RunStatus.QUEUED
+    waiting = {decision.allocation.run_id: decision.reason for decision in admission.plan_pool(pool)}
+    assert waiting[second.pk].startswith("pool a100 full: 1/1")
 
 
 def test_simultaneous_launches_and_sweeps_never_admit_more_than_the_team_quota(enqueued):
