@@ -75,7 +75,7 @@ class Collector:
         if not plan:
             return []
         prompt_ids = encode_prompts(self.tokenizer, [item.problem.prompt for item in plan], self.chat_template)
-        with timeline.phase(self.worker, "generate"), self._sampling_with(generator):
+        with timeline.phase(self.worker, "generate", "gen"), self._sampling_with(generator):
             for index, (item, ids) in enumerate(zip(plan, prompt_ids, strict=True)):
                 self.backend.submit(Request(str(index), ids, _with_n(self.params, item.n)))
             samples = []
@@ -84,7 +84,7 @@ class Collector:
             samples.sort(key=lambda sample: (int(sample.request_id), sample.sample_index))
             texts = self.tokenizer.batch_decode([sample.token_ids for sample in samples], skip_special_tokens=True)
         groups = [Group(id=first_group + index, problem=item.problem, rollouts=[]) for index, item in enumerate(plan)]
-        with timeline.phase(self.worker, "verify"):
+        with timeline.phase(self.worker, "verify", "reward"):
             for sample, text in zip(samples, texts, strict=True):
                 group = groups[int(sample.request_id)]
                 group.rollouts.append(

@@ -15,7 +15,8 @@
   const TERMINAL = ["succeeded", "failed", "cancelled"];
   const PLOT_CONFIG = { responsive: true, displaylogo: false };
   const PHASE_COLORS = {
-    generate: "#2f6fde", reward: "#8e6bd8", train: "#1f8a4c", sync: "#d9822b", eval: "#17a2b8", idle: "#c9ccd3",
+    generate: "#2f6fde", verify: "#8e6bd8", train: "#1f8a4c", sync: "#d9822b", wait: "#e0b23a", eval: "#17a2b8",
+    idle: "#c9ccd3",
   };
 
   const config = JSON.parse(document.getElementById("run-config").textContent);
