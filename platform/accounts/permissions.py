@@ -17,6 +17,7 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db.models import Model, QuerySet
 
 from accounts.models import Membership, Role, Team
+from rollyard.params import whole_number
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -102,10 +103,10 @@ def find_team(user: User, id_or_name: str) -> Team | None:
     when there is none, whether it does not exist or is another team's."""
     id_or_name = id_or_name.strip()
     teams = teams_of(user)
-    # Digits may still be a team's name; ids longer than 18 digits cannot exist (and
-    # would overflow SQLite's integers).
-    if id_or_name.isdigit() and len(id_or_name) <= 18:
-        team = teams.filter(pk=int(id_or_name)).first()
+    # Digits may still be a team's name. whole_number: ASCII digits that fit an id ('²'
+    # is a digit to isdigit() but not to int()).
+    if (team_id := whole_number(id_or_name)) is not None:
+        team = teams.filter(pk=team_id).first()
         if team is not None:
             return team
     return teams.filter(name=id_or_name).first()

@@ -322,3 +322,11 @@ def test_the_pages_forms_refuse_a_nul_naming_the_field(client, teams, roots):
     assert f'<li data-field="body.name"><code>body.name</code> — {NUL_REASON}</li>' in page_text(preset)
     assert f"description: {NUL_REASON}" in page_text(upload)
     assert not Run.objects.exists() and not Dataset.objects.exists()
+
+
+def test_a_team_or_user_named_by_a_digit_int_refuses_reads_like_a_missing_one(teams, error_of):
+    launched = launch(teams.client(teams.member), {"training": {"steps": 2}}, team="²")
+    added = teams.client(teams.admin).post(f"/api/teams/{teams.team.pk}/members/", {"user": "²"}, format="json")
+
+    assert launched.status_code == 400 and error_of(launched)["fields"] == {"team": ["no team '²' among yours"]}
+    assert added.status_code == 400 and error_of(added)["fields"] == {"user": ["no active user '²'"]}

@@ -4,6 +4,7 @@ from django.contrib.auth import get_user_model
 from rest_framework import serializers
 
 from accounts.models import ApiToken, Membership, Role, Team
+from rollyard.params import whole_number
 
 
 class TeamSerializer(serializers.ModelSerializer):
@@ -35,7 +36,8 @@ class MemberAddSerializer(serializers.Serializer):
 
     def validate_user(self, value: str):
         users = get_user_model().objects.filter(is_active=True)
-        user = users.filter(pk=int(value)).first() if value.isdigit() else None
+        user_id = whole_number(value)  # not isdigit(): '²' is a digit to it but not to int()
+        user = users.filter(pk=user_id).first() if user_id is not None else None
         user = user or users.filter(username=value).first()
         if user is None:
             raise serializers.ValidationError(f"no active user '{value}'")
