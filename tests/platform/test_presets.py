@@ -6,7 +6,7 @@ from rest_framework.test import APIClient
 
 from catalog.models import Preset
 from engine.algorithms import ALGORITHMS
-from engine.curriculum import CURRICULA
+from engine.sampling import SAMPLERS
 from engine.spec import AlgorithmSpec
 from runs.models import Run
 
@@ -83,8 +83,10 @@ def test_a_curriculum_preset_is_validated_by_the_engines_curriculum_section(api_
     assert response.status_code == 201, response.json()
     preset = response.json()
     assert (preset["reference"], preset["kind"]) == ("ml/slow-ramp@1", "curriculum")
-    # The strategy's other parameter is filled in with its default.
-    assert preset["body"] == {"strategy": "easy_to_hard", "start_quantile": 0.3, "ramp_steps": 40}
+    # The strategy's other parameter is filled in with its default, and so is the prior.
+    assert preset["body"] == {
+        "strategy": "easy_to_hard", "start_quantile": 0.3, "ramp_steps": 40, "prior_alpha": 1.0, "prior_beta": 1.0
+    }
 
 
 def test_a_curriculum_body_the_engine_refuses_is_a_400_naming_each_field(api_member):
@@ -114,7 +116,9 @@ def test_a_run_referencing_a_curriculum_preset_stores_the_resolved_section_and_t
     assert response.status_code == 201, response.json()
     run = Run.objects.get()
     # The latest version, under the override next to the reference.
-    assert run.spec["curriculum"] == {"strategy": "easy_to_hard", "start_quantile": 0.5, "ramp_steps": 5}
+    assert run.spec["curriculum"] == {
+        "strategy": "easy_to_hard", "start_quantile": 0.5, "ramp_steps": 5, "prior_alpha": 1.0, "prior_beta": 1.0
+    }
     assert [preset.reference for preset in run.inputs.presets.all()] == ["ml/pacing@2"]
 
 
@@ -130,10 +134,12 @@ def test_the_algorithm_registry_is_listed_with_its_defaults(api_member):
 def test_the_curriculum_strategies_are_listed_with_their_defaults(api_member):
     body = api_member.get(f"{API}curricula/").json()
 
-    assert [entry["name"] for entry in body["curricula"]] == CURRICULA.names() == ["easy_to_hard", "uniform"]
+    assert [entry["name"] for entry in body["curricula"]] == SAMPLERS.names() == ["easy_to_hard", "uniform"]
     strategies = {entry["name"]: entry for entry in body["curricula"]}
-    assert strategies["uniform"]["defaults"] == {"strategy": "uniform", "start_quantile": None, "ramp_steps": None}
-    assert strategies["easy_to_hard"]["defaults"] == {"strategy": "easy_to_hard", "start_quantile": 0.3, "ramp_steps": 20}
+    # Every strategy shares the difficulty store's prior (a uniform Beta(1, 1)).
+    prior = {"prior_alpha": 1.0, "prior_beta": 1.0}
+    assert strategies["uniform"]["defaults"] == {"strategy": "uniform", "start_quantile": None, "ramp_steps": None} | prior
+    assert strategies["easy_to_hard"]["defaults"] == {"strategy": "easy_to_hard", "start_quantile": 0.3, "ramp_steps": 20} | prior
     assert "difficulty" in strategies["easy_to_hard"]["description"]
 
 
