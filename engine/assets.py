@@ -41,9 +41,12 @@ def check_model_folder(path: str) -> Path:
         if name not in BUILTIN_MODELS:
             raise ValueError(BUILTIN_MODELS.unknown_message(name))
     folder = resolve_model_path(path)
-    if not folder.is_dir():
-        raise ValueError(f"no model folder at {str(folder)!r}")
-    missing = missing_model_files(folder)
+    try:
+        if not folder.is_dir():
+            raise ValueError(f"no model folder at {str(folder)!r}")
+        missing = missing_model_files(folder)
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise ValueError(f"cannot look this path up: {exc.strerror or exc}") from None
     if missing:
         raise ValueError(f"the model folder {str(folder)!r} lacks " + ", ".join(missing))
     return folder

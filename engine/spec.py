@@ -80,6 +80,18 @@ class DatasetColumns(_Strict):
     split: str | None = Field(None, description="values train or test (validation, val, eval, dev mean test)")
 
 
+def path_exists(path: Path, refuse: bool = False) -> bool:
+    """Whether `path` exists. A path the operating system cannot even look up (a name
+    longer than the file system allows, a NUL byte) does not exist; with `refuse` it is
+    a ValueError saying why, so the spec names the field instead of raising OSError."""
+    try:
+        return path.exists()
+    except (OSError, ValueError) as exc:
+        if refuse:
+            raise ValueError(f"cannot look this path up: {getattr(exc, 'strerror', None) or exc}") from None
+        return False
+
+
 def _needs_path(info: ValidationInfo) -> None:
     # "path" is absent from info.data when the path itself was invalid: say nothing more.
     if "path" in info.data and info.data["path"] is None:
@@ -113,7 +125,7 @@ class DatasetSpec(_Strict):
             return data
         path = Path(data["path"])
         resolved = {"name": path.stem, "verifier": DEFAULT_FILE_VERIFIER}
-        if path.exists():
+        if path_exists(path):
             try:
                 resolved["format"] = detect_format(path)
             except DatasetError:
@@ -123,7 +135,7 @@ class DatasetSpec(_Strict):
     @field_validator("path")
     @classmethod
     def _path_exists(cls, path: str | None) -> str | None:
-        if path is not None and not Path(path).exists():
+        if path is not None and not path_exists(Path(path), refuse=True):
             raise ValueError(f"no such file or folder: {path}")
         return path
 

@@ -86,3 +86,14 @@ def test_the_contract_modules_do_not_import_torch():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    "section, field", [("dataset", "path"), ("model", "path"), ("model", "reference")]
+)
+def test_a_path_the_file_system_cannot_look_up_is_a_spec_error_naming_the_field(tmp_path, section, field):
+    # 300 characters: more than the 255 bytes a name may have on Linux file systems.
+    too_long = str(tmp_path / ("x" * 300))
+    with pytest.raises(SpecError) as refused:
+        parse_spec({section: {field: too_long}})
+    assert refused.value.problems == [(f"{section}.{field}", "cannot look this path up: File name too long")]
