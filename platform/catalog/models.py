@@ -3,8 +3,9 @@
 Only `catalog.services` writes to these tables; everything else reads through
 `catalog.selectors`. A dataset's rows live in the engine's own file format on disk (the
 engine reads that file at run time); `PromptRecord` mirrors each accepted row so that pages
-can preview it and attach each prompt's pass-rate history (`PromptStat`) from the runs
-that trained on it.
+can preview it and attach each prompt's pass-rate history (`PromptStat`, per step) and
+each run's difficulty posterior of it (`PromptRunDifficulty`) from the runs that trained
+on it.
 """
 
 from django.conf import settings
@@ -100,6 +101,33 @@ class PromptStat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.record}@{self.run_id}/{self.step}: {self.successes}/{self.attempts}"
+
+
+class PromptRunDifficulty(models.Model):
+    """What one run has learnt about one prompt of the dataset: the latest row of the
+    run's difficulty store (totals over that run, a Beta posterior of its pass rate).
+    Copied from the run's `difficulty` events, the latest winning; summed over runs, it
+    gives the prompt's training attempts and successes and when it was last seen."""
+
+    record = models.ForeignKey(PromptRecord, on_delete=models.CASCADE, related_name="difficulties")
+    run = models.ForeignKey("runs.Run", on_delete=models.CASCADE, related_name="prompt_run_difficulties")
+    attempts = models.PositiveIntegerField()
+    successes = models.PositiveIntegerField()
+    alpha = models.FloatField()
+    beta = models.FloatField()
+    mean = models.FloatField()
+    low = models.FloatField()
+    high = models.FloatField()
+    last_step = models.IntegerField()
+    # When the run last reported it (its event's time): "last seen".
+    seen_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["record", "run"], name="promptrundifficulty_record_run")]
+        ordering = ["record", "run_id"]
+
+    def __str__(self) -> str:
+        return f"{self.record}@{self.run_id}: {self.successes}/{self.attempts}"
 
 
 class PresetKind(models.TextChoices):

@@ -4,11 +4,11 @@ another team's dataset or preset does not exist for them (404, like a missing on
 from pathlib import Path
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import F, FloatField, QuerySet, Sum
-from django.db.models.functions import Cast, NullIf
+from django.db.models import Count, F, FloatField, Max, OuterRef, QuerySet, Subquery, Sum
+from django.db.models.functions import Cast, Coalesce, NullIf
 
 from accounts.permissions import visible_to
-from catalog.models import Dataset, Preset, PromptRecord, PromptStat
+from catalog.models import Dataset, Preset, PromptRecord, PromptRunDifficulty, PromptStat
 from engine.algorithms import ALGORITHMS
 from engine.sampling import SAMPLERS
 from engine.spec import AlgorithmSpec, CurriculumSpec
@@ -41,14 +41,20 @@ def get_visible_dataset(user: User, dataset_id: int) -> Dataset:
 
 def records_with_stats(dataset: Dataset, split: str | None = None) -> QuerySet[PromptRecord]:
     """The dataset's rows in file order, each with its attempts, successes and pass rate
-    summed over every run that trained or evaluated on it (None when never tried)."""
+    summed over every run that trained or evaluated on it (None when never tried), how
+    many runs' difficulty stores hold it and when one of them last reported it."""
     records = dataset.records.all()
     if split:
         records = records.filter(split=split)
+    # Subqueries, not a second join: joining stats and difficulties together would
+    # multiply each one's rows by the other's.
+    difficulties = PromptRunDifficulty.objects.filter(record=OuterRef("pk")).order_by().values("record")
     return records.annotate(
         attempts=Sum("stats__attempts"),
         successes=Sum("stats__successes"),
         pass_rate=Cast(F("successes"), FloatField()) / NullIf(F("attempts"), 0),
+        runs_seen=Coalesce(Subquery(difficulties.annotate(runs=Count("run")).values("runs")), 0),
+        last_seen_at=Subquery(difficulties.annotate(last=Max("seen_at")).values("last")),
     ).order_by("position")
 
 
@@ -61,6 +67,13 @@ def prompt_history(user: User, record: PromptRecord) -> QuerySet[PromptStat]:
     they are not in may have used their team's dataset; its name stays hidden)."""
     stats = record.stats.select_related("run").order_by("run_id", "step", "split")
     return visible_to(user, stats, "run__team")
+
+
+def prompt_difficulties(user: User, record: PromptRecord) -> QuerySet[PromptRunDifficulty]:
+    """Each run's difficulty posterior of the prompt, for the runs the user may see,
+    most recently seen first."""
+    rows = record.difficulties.select_related("run").order_by("-seen_at", "-run_id")
+    return visible_to(user, rows, "run__team")
 
 
 def visible_presets(user: User) -> QuerySet[Preset]:

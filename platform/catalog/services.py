@@ -13,6 +13,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,11 @@ from django.db.models import Max
 
 from accounts.models import Role, Team
 from accounts.permissions import require_role, visible_to
-from catalog.models import Dataset, Preset, PresetKind, PromptRecord, PromptStat, RunInputs
+from catalog.models import Dataset, Preset, PresetKind, PromptRecord, PromptRunDifficulty, PromptStat, RunInputs
 from catalog.selectors import visible_dataset_at
 from catalog.uploads import FORMAT_SUFFIXES, data_dir, safe_filename
 from engine.data import FORMATS, ColumnMapping, DatasetError, LoadReport, RowError, load_dataset_rows
-from engine.events import Event, PromptResults
+from engine.events import DifficultyUpdates, Event, PromptResults
 from engine.spec import DatasetSpec, RunSpec, SpecError, parse_spec
 from engine.tasks.file import split_problems
 from rollyard.params import NUL, NUL_REASON, nul_fields, whole_number
@@ -321,16 +322,9 @@ def record_prompt_results(run_id: int, events: Iterable[Event]) -> None:
     results = [event for event in events if isinstance(event, PromptResults)]
     if not results:
         return
-    dataset_id = RunInputs.objects.filter(run_id=run_id).values_list("dataset_id", flat=True).first()
-    if dataset_id is None:
+    record_ids = _record_ids_of(run_id, {result.prompt_id for event in results for result in event.results})
+    if not record_ids:
         return
-    wanted = sorted({result.prompt_id for event in results for result in event.results})
-    record_ids: dict[str, int] = {}
-    for start in range(0, len(wanted), RECORD_BATCH):  # keeps IN (...) under SQLite's variable limit
-        chunk = wanted[start : start + RECORD_BATCH]
-        record_ids.update(
-            PromptRecord.objects.filter(dataset_id=dataset_id, prompt_id__in=chunk).values_list("prompt_id", "pk")
-        )
     PromptStat.objects.bulk_create(
         [
             PromptStat(
@@ -349,6 +343,52 @@ def record_prompt_results(run_id: int, events: Iterable[Event]) -> None:
         batch_size=RECORD_BATCH,
         ignore_conflicts=True,
     )
+
+
+# What the catalog keeps of a run's PromptDifficulty rows (not the rollouts allocated).
+_POSTERIOR = ["attempts", "successes", "alpha", "beta", "mean", "low", "high", "last_step"]
+
+
+def record_prompt_difficulty(run_id: int, updates: Sequence[DifficultyUpdates]) -> None:
+    """Copy a run's difficulty records into the dataset's per-prompt records
+    (PromptRunDifficulty, one per prompt and run, the latest winning: the values are the
+    run's totals), when the run trained on a catalog dataset. Called by runs.prompts
+    inside record_events' transaction."""
+    record_ids = _record_ids_of(run_id, {prompt.prompt_id for event in updates for prompt in event.prompts})
+    if not record_ids:
+        return
+    latest: dict[int, PromptRunDifficulty] = {}  # one upsert per record: the batch's last wins
+    for event in updates:
+        seen_at = datetime.fromtimestamp(event.wall_time, tz=UTC)
+        for prompt in event.prompts:
+            if (record_id := record_ids.get(prompt.prompt_id)) is None:
+                continue
+            latest[record_id] = PromptRunDifficulty(
+                record_id=record_id, run_id=run_id, **prompt.model_dump(include=_POSTERIOR), seen_at=seen_at
+            )
+    PromptRunDifficulty.objects.bulk_create(
+        latest.values(),
+        batch_size=RECORD_BATCH,
+        update_conflicts=True,
+        unique_fields=["record", "run"],
+        update_fields=[*_POSTERIOR, "seen_at"],
+    )
+
+
+def _record_ids_of(run_id: int, prompt_ids: Iterable[str]) -> dict[str, int]:
+    """prompt id → PromptRecord id, for those of `prompt_ids` in the dataset the run was
+    launched from; empty when it used none from the catalog."""
+    dataset_id = RunInputs.objects.filter(run_id=run_id).values_list("dataset_id", flat=True).first()
+    if dataset_id is None:
+        return {}
+    wanted = sorted(prompt_ids)
+    record_ids: dict[str, int] = {}
+    for start in range(0, len(wanted), RECORD_BATCH):  # keeps IN (...) under SQLite's variable limit
+        chunk = wanted[start : start + RECORD_BATCH]
+        record_ids.update(
+            PromptRecord.objects.filter(dataset_id=dataset_id, prompt_id__in=chunk).values_list("prompt_id", "pk")
+        )
+    return record_ids
 
 
 # --- presets ----------------------------------------------------------------------------------

@@ -198,6 +198,12 @@ SPECTACULAR_SETTINGS = {
     # The schema documents the API and holds no data: clients and the fuzz tests read it
     # before they have a token.
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    # Choice sets that share a field name ("status") each get a name of their own; a run's
+    # keeps the one it had before samples came.
+    "ENUM_NAME_OVERRIDES": {
+        "StatusEnum": "runs.models.RunStatus.choices",
+        "SampleStatusEnum": "runs.models.SampleStatus.choices",
+    },
 }
 
 # --- datasets (catalog) -------------------------------------------------------------------
@@ -261,6 +267,9 @@ ROLLYARD_RETENTION_EVERY_S = float(os.environ.get("ROLLYARD_RETENTION_EVERY_S", 
 ROLLYARD_ADMIT_EVERY_S = float(os.environ.get("ROLLYARD_ADMIT_EVERY_S", 30))
 # Defaults of a run's checkpoint retention; a launch may override each key.
 ROLLYARD_RETENTION = {"keep_last": 3, "keep_best": 1, "metric": "val/acc/mean@1", "mode": "max"}
+# Sample records (runs.prompts) are kept for a run's newest this many steps: a step keeps
+# at most prompts_per_step × telemetry.samples_per_prompt responses (16 × 4 at the defaults).
+ROLLYARD_SAMPLE_STEPS_KEPT = int(os.environ.get("ROLLYARD_SAMPLE_STEPS_KEPT", 1000))
 # Alerts: POSTed as JSON to this URL (unset: recorded, not sent).
 ROLLYARD_ALERT_WEBHOOK_URL = os.environ.get("ROLLYARD_ALERT_WEBHOOK_URL", "")
 ROLLYARD_STUCK_AFTER_S = float(os.environ.get("ROLLYARD_STUCK_AFTER_S", 900))

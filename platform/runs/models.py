@@ -244,3 +244,83 @@ class Alert(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.run_id} {self.kind}"
+
+
+class RunPromptDifficulty(models.Model):
+    """The run's difficulty store, one row per prompt: the latest `difficulty` event's
+    record of it (cumulative totals for the run, engine.sampling.difficulty). Upserted
+    on (run, prompt_id), the latest write winning, as for metric points: a resumed
+    attempt that replays a step reports the store restored from its checkpoint.
+
+    Its history over steps is not kept here: the per-step attempts and successes of each
+    prompt are the run's `prompt_results` events (RunEvent), which add up to these totals."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="prompt_difficulties")
+    # Text, not a bounded char field: an id the engine accepts must never fail a batch.
+    prompt_id = models.TextField()
+    attempts = models.PositiveIntegerField()
+    successes = models.PositiveIntegerField()
+    alpha = models.FloatField(help_text="the pass rate's Beta posterior")
+    beta = models.FloatField()
+    mean = models.FloatField()
+    low = models.FloatField(help_text="the credible interval (90% unless the spec says otherwise)")
+    high = models.FloatField()
+    last_step = models.IntegerField(help_text="the last step that rolled it out (0: never)")
+    allocated = models.PositiveIntegerField(help_text="rollouts planned for it at last_step")
+    # The event that wrote the row: its step and unix time ("last seen").
+    step = models.IntegerField()
+    wall_time = models.FloatField(help_text="unix seconds")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["run", "prompt_id"], name="runpromptdifficulty_run_prompt"),
+        ]
+        # The per-prompt table sorts by these; a run may hold hundreds of thousands of prompts.
+        indexes = [
+            models.Index(fields=["run", "mean"], name="runpromptdifficulty_mean"),
+            models.Index(fields=["run", "attempts"], name="runpromptdifficulty_attempts"),
+            models.Index(fields=["run", "last_step"], name="runpromptdifficulty_last_step"),
+            models.Index(fields=["run", "allocated"], name="runpromptdifficulty_allocated"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.run_id} {self.prompt_id}: {self.successes}/{self.attempts}"
+
+
+class SampleStatus(models.TextChoices):
+    COMPLETED = "completed", "Completed"
+    TRUNCATED = "truncated", "Truncated (length)"
+    ABORTED = "aborted", "Aborted"
+
+
+class RunSample(models.Model):
+    """One sampled response kept for drill-down (a `samples` event: at most
+    telemetry.samples_per_prompt per prompt and step). One set per (run, step, split):
+    a step reported again (by a resumed attempt) replaces its set. Only the newest
+    settings.ROLLYARD_SAMPLE_STEPS_KEPT steps of a run are kept (runs.prompts)."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="samples")
+    step = models.IntegerField()
+    split = models.CharField(max_length=8, default="train")
+    # Its place in the step's event: keeps the engine's order (right, wrong, the others).
+    position = models.PositiveIntegerField()
+    prompt_id = models.TextField()
+    response = models.TextField()
+    reward = models.FloatField(help_text="the verifier's verdict, before shaping")
+    length = models.PositiveIntegerField(help_text="response tokens")
+    status = models.CharField(max_length=16, choices=SampleStatus.choices)
+    # The policy versions (optimiser steps so far) that sampled its first and last tokens; -1: unknown.
+    first_version = models.IntegerField()
+    last_version = models.IntegerField()
+    wall_time = models.FloatField(help_text="unix seconds")
+
+    class Meta:
+        constraints = [
+            # Its index serves "a step's samples" and the retention's delete of old steps.
+            models.UniqueConstraint(fields=["run", "step", "split", "position"], name="runsample_run_step_split_position"),
+        ]
+        # "A prompt's samples, newest step first".
+        indexes = [models.Index(fields=["run", "prompt_id", "step"], name="runsample_run_prompt_step")]
+
+    def __str__(self) -> str:
+        return f"#{self.run_id}@{self.step} {self.prompt_id} ({self.status}, reward {self.reward})"

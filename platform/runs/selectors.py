@@ -18,7 +18,7 @@ from engine.sampling import SAMPLERS
 from engine.spec import RunSpec, parse_spec
 from engine.tasks import BUILTIN_TASKS
 from engine.training import TRAINING_BACKENDS
-from runs.models import MetricPoint, Run, RunEvent, RunStatus
+from runs.models import MetricPoint, Run, RunEvent, RunPromptDifficulty, RunSample, RunStatus
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -159,3 +159,20 @@ def spec_choices() -> dict[str, list[dict[str, str]]]:
         "generation_backend": [{"name": name} for name in GENERATION_BACKENDS],
         "training_backend": [{"name": name} for name in TRAINING_BACKENDS],
     }
+
+
+# --- per-prompt telemetry (runs.prompts) -----------------------------------------------------
+
+
+def prompt_difficulties(run: Run) -> QuerySet[RunPromptDifficulty]:
+    """The run's difficulty store, one row per prompt, in prompt id order."""
+    return RunPromptDifficulty.objects.filter(run=run).order_by("prompt_id")
+
+
+def run_samples(run: Run, prompt_id: str | None = None) -> QuerySet[RunSample]:
+    """The run's kept samples (of one prompt when given), newest step first, then in the
+    order each step reported them."""
+    samples = RunSample.objects.filter(run=run)
+    if prompt_id is not None:
+        samples = samples.filter(prompt_id=prompt_id)
+    return samples.order_by("-step", "split", "position")

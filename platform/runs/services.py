@@ -27,7 +27,7 @@ from engine.events import Checkpoint as CheckpointEvent
 from engine.events import Event, Heartbeat, Metrics
 from engine.spec import RunSpec, SpecError
 from rollyard.params import NUL_REASON, nul_fields
-from runs import live
+from runs import live, prompts
 from runs.models import (
     TRANSITIONS,
     AttemptOutcome,
@@ -605,7 +605,8 @@ def record_events(run_id: int, attempt_id: int, events: Sequence[Event], batch: 
     that name and step, by this attempt or an earlier one, is replaced) and refresh run.summary and
     current_step (stamping step_advanced_at when it grows); a Heartbeat moves
     last_heartbeat_at and current_step; a Checkpoint becomes a Checkpoint row (its folder's
-    size measured here, on the worker that wrote it); every other event (Heartbeat,
+    size measured here, on the worker that wrote it); difficulty and samples events go to
+    their own tables (runs.prompts); every other event (Heartbeat,
     Checkpoint and Status included, for the log) becomes a RunEvent row. Status events
     do not change the run's status: the driver calls transition() for that.
     Non-finite metric values are stored and sent as null. Raises Run.DoesNotExist.
@@ -649,6 +650,8 @@ def record_events(run_id: int, attempt_id: int, events: Sequence[Event], batch: 
                         created_at=datetime.fromtimestamp(event.wall_time, tz=UTC),
                     )
                 )
+            if event.kind in prompts.STORED_APART:
+                continue
             rows.append(
                 RunEvent(
                     run=run,
@@ -667,6 +670,7 @@ def record_events(run_id: int, attempt_id: int, events: Sequence[Event], batch: 
         )
         RunEvent.objects.bulk_create(rows, batch_size=500)
         catalog.record_prompt_results(run_id, events)  # per-prompt history of catalog datasets
+        prompts.record_prompt_events(run, events)  # difficulty records and samples (and the catalog's)
         # A step checkpointed again (by an attempt resumed from before it) replaces its row.
         Checkpoint.objects.bulk_create(
             checkpoints,

@@ -6,7 +6,7 @@ from typing import Any
 from django.urls import reverse
 from rest_framework import serializers
 
-from catalog.models import Dataset, Preset, PresetKind, PromptRecord, PromptStat
+from catalog.models import Dataset, Preset, PresetKind, PromptRecord, PromptRunDifficulty, PromptStat
 from engine.data import ANSWER_FORMATS
 
 
@@ -71,10 +71,24 @@ class PromptRecordSerializer(serializers.ModelSerializer):
     attempts = serializers.IntegerField(read_only=True, allow_null=True)
     successes = serializers.IntegerField(read_only=True, allow_null=True)
     pass_rate = serializers.FloatField(read_only=True, allow_null=True, help_text="over every run; null: never tried")
+    runs_seen = serializers.IntegerField(read_only=True, help_text="runs whose difficulty store holds the prompt")
+    last_seen_at = serializers.DateTimeField(
+        read_only=True, allow_null=True, help_text="when a run last reported its difficulty; null: never"
+    )
 
     class Meta:
         model = PromptRecord
-        fields = ["id", "position", "prompt_id", "prompt", "answer", "split", "difficulty", "attempts", "successes", "pass_rate"]
+        fields = [
+            "id", "position", "prompt_id", "prompt", "answer", "split", "difficulty",
+            "attempts", "successes", "pass_rate", "runs_seen", "last_seen_at",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+
+class PromptRunDifficultySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = PromptRunDifficulty
+        fields = ["run", "attempts", "successes", "alpha", "beta", "mean", "low", "high", "last_step", "seen_at"]
         read_only_fields = fields
 
 

@@ -28,6 +28,7 @@ from catalog.api.serializers import (
     PresetSerializer,
     PresetVersionSerializer,
     PromptRecordSerializer,
+    PromptRunDifficultySerializer,
     PromptStatSerializer,
 )
 from catalog.models import Dataset, Preset, PromptRecord
@@ -167,15 +168,21 @@ class DatasetRecordsView(generics.ListAPIView):
 class PromptHistoryView(APIView):
     @extend_schema(responses={200: OpenApiTypes.OBJECT})
     def get(self, request: Request, dataset_id: int, record_id: int) -> Response:
-        """One prompt with its difficulty history: attempts and successes per run and step."""
+        """One prompt with its difficulty history: attempts and successes per run and step,
+        and each run's posterior of its pass rate (latest first)."""
         dataset = visible_dataset_or_404(request.user, dataset_id)
         try:
             record = selectors.get_record(dataset, record_id)
         except PromptRecord.DoesNotExist:
             raise NotFound("no such prompt in this dataset") from None
         history = selectors.prompt_history(request.user, record)
+        difficulty = selectors.prompt_difficulties(request.user, record)
         return Response(
-            {"record": PromptRecordSerializer(record).data, "history": PromptStatSerializer(history, many=True).data}
+            {
+                "record": PromptRecordSerializer(record).data,
+                "history": PromptStatSerializer(history, many=True).data,
+                "difficulty": PromptRunDifficultySerializer(difficulty, many=True).data,
+            }
         )
 
 

@@ -6,7 +6,7 @@ from django.urls import reverse
 from rest_framework import serializers
 
 from quotas.models import DEFAULT_POOL, DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
-from runs.models import Checkpoint, Run, RunAttempt, RunEvent
+from runs.models import Checkpoint, Run, RunAttempt, RunEvent, RunPromptDifficulty, RunSample
 
 
 class RunSerializer(serializers.ModelSerializer):
@@ -114,3 +114,32 @@ class ForkSerializer(serializers.Serializer):
 class DiffQuerySerializer(serializers.Serializer):
     a = serializers.IntegerField(help_text="a run id")
     b = serializers.IntegerField(help_text="another run id")
+
+
+class PromptDifficultySerializer(serializers.ModelSerializer):
+    samples_url = serializers.SerializerMethodField(help_text="this prompt's kept samples, newest step first")
+
+    class Meta:
+        model = RunPromptDifficulty
+        fields = [
+            "prompt_id", "attempts", "successes", "alpha", "beta", "mean", "low", "high",
+            "last_step", "allocated", "step", "wall_time", "samples_url",
+        ]  # fmt: skip
+        read_only_fields = fields
+        extra_kwargs = {
+            "step": {"help_text": "the step whose difficulty event last wrote the row"},
+            "wall_time": {"help_text": "unix seconds of that event: when the prompt was last seen"},
+        }
+
+    def get_samples_url(self, row: RunPromptDifficulty) -> str:
+        return reverse("api:run-prompt-samples", args=[row.run_id, row.prompt_id])
+
+
+class SampleSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = RunSample
+        fields = [
+            "step", "split", "position", "prompt_id", "response", "reward", "length", "status",
+            "first_version", "last_version", "wall_time",
+        ]  # fmt: skip
+        read_only_fields = fields

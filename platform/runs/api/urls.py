@@ -2,6 +2,7 @@ from django.urls import path
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import DefaultRouter
 
+from runs.api import prompts
 from runs.api.views import RunViewSet, SpecDefaultsView, SpecSchemaView
 
 app_name = "api"
@@ -13,5 +14,13 @@ urlpatterns = [
     path("spec/defaults/", SpecDefaultsView.as_view(), name="spec-defaults"),
     path("spec/schema/", SpecSchemaView.as_view(), name="spec-schema"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("runs/<int:run_id>/prompts/", prompts.PromptDifficultyList.as_view(), name="run-prompts"),
+    # path: a prompt id may hold slashes (a dataset's own id column).
+    path(
+        "runs/<int:run_id>/prompts/<path:prompt_id>/samples/",
+        prompts.PromptSampleList.as_view(),
+        name="run-prompt-samples",
+    ),
+    path("runs/<int:run_id>/samples/", prompts.RunSampleList.as_view(), name="run-samples"),
     *router.urls,
 ]
