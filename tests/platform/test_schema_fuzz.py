@@ -3,8 +3,14 @@ operation generated requests, valid and invalid, through the real Django app (WS
 in-process, on the test database), authenticated with a real API token and without one.
 Whatever it sends, the API must never answer 5xx.
 
+Stateful: sequences of linked calls, where one answer's ids feed the next request
+(POST /api/presets/ → GET /api/presets/{preset_id}/versions/, GET /api/runs/ → POST
+/api/runs/{id}/fork/, ...), with the links schemathesis infers from the schema's response
+fields and path parameters.
+
 ROLLYARD_FUZZ_EXAMPLES sets the examples per operation (default 20: about 40 s for the
-whole file on an idle machine)."""
+whole file on an idle machine); ROLLYARD_FUZZ_SEQUENCES the stateful sequences per role
+(default 25, up to 10 calls each)."""
 
 import os
 
@@ -12,7 +18,7 @@ import pytest
 import schemathesis
 from django.core import signals
 from django.core.wsgi import get_wsgi_application
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
@@ -24,6 +30,7 @@ from runs import services
 pytestmark = pytest.mark.timeout(300)
 
 EXAMPLES_PER_OPERATION = int(os.environ.get("ROLLYARD_FUZZ_EXAMPLES", 20))
+SEQUENCES = int(os.environ.get("ROLLYARD_FUZZ_SEQUENCES", 25))
 FUZZ_SETTINGS = settings(
     max_examples=EXAMPLES_PER_OPERATION,
     deadline=None,
@@ -87,3 +94,56 @@ def test_no_request_without_a_token_gets_a_server_error(operation, wsgi_in_test_
         case.call_and_validate(checks=[not_a_server_error])
 
     fuzz()
+
+
+@pytest.mark.parametrize("role", ["member", "staff"])
+def test_no_sequence_of_linked_calls_gets_a_server_error(role, teams, staff, make_run, wsgi_in_test_transaction):
+    """As a member of team "ml" (whose run, dataset-free preset and team the links start
+    from) and as staff (who also reach pools, quotas and teams' writes)."""
+    user = teams.member if role == "member" else staff
+    services.create_run(teams.member, {"training": {"steps": 2}}, name="fuzzed", team=teams.team)
+    secret = create_token(user, "fuzz")[1]
+    assert SCHEMA.as_state_machine().bundles, "no links inferred: the stateful phase would test nothing"
+
+    class LinkedCalls(SCHEMA.as_state_machine()):
+        # Each sequence starts from the same rows (a savepoint rolled back after it), so
+        # Hypothesis replays a sequence exactly when it shrinks one.
+        def setup(self) -> None:
+            self.savepoint = transaction.atomic()
+            self.savepoint.__enter__()
+
+        def teardown(self) -> None:
+            transaction.set_rollback(True)
+            self.savepoint.__exit__(None, None, None)
+
+        def get_call_kwargs(self, case) -> dict:
+            return {"headers": {"Authorization": f"Token {secret}"}}
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs) -> None:
+            case.validate_response(response, checks=[not_a_server_error])
+
+    LinkedCalls.run(
+        settings=settings(
+            max_examples=SEQUENCES,
+            stateful_step_count=10,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+    )
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("created_after", "status"),
+    [
+        ("0562-10-26T06:09:21+17:41", 200),  # found by the stateful fuzzing: PostgreSQL refused the offset (500)
+        ("0001-01-01T00:00:00+23:00", 400),  # no UTC equivalent: before year 1
+    ],
+)
+def test_a_creation_time_filter_with_any_offset_is_compared_in_utc(teams, created_after, status, error_of):
+    response = teams.client(teams.member).get("/api/runs/", {"created_after": created_after})
+    assert response.status_code == status, response.content
+    if status == 400:
+        assert "created_after" in error_of(response)["fields"]
