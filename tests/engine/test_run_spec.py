@@ -25,6 +25,21 @@ def test_an_empty_spec_resolves_to_the_defaults_and_the_algorithms_settings():
     assert spec.algorithm.clip_eps_low == spec.algorithm.clip_eps_high == 0.2
 
 
+@pytest.mark.parametrize(
+    ("data", "strategy"),
+    [
+        ({}, "plain"),  # no rollout section at all: the default RolloutSpec is resolved too
+        ({"rollout": {}}, "plain"),
+        ({"algorithm": {"name": "dapo"}}, "dynamic_sampling"),
+        ({"algorithm": {"name": "dapo"}, "rollout": {"n": 4}}, "dynamic_sampling"),
+    ],
+)
+def test_the_rollout_strategy_follows_the_algorithm_with_or_without_a_rollout_section(data, strategy):
+    # A stored spec is complete, and the recipe loads ROLLOUT_STRATEGIES[strategy]: None
+    # there is "unknown rollout strategy None" at the first step.
+    assert parse_spec(data).rollout.strategy == strategy
+
+
 def test_an_unknown_algorithm_lists_the_known_ones():
     problems = problems_of({"algorithm": {"name": "ppo-magic"}})
     assert "unknown algorithm 'ppo-magic'" in problems["algorithm"]
