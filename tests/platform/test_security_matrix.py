@@ -216,6 +216,10 @@ RULES: dict[str, dict[str, Case]] = {
     "api:run-clone": {"GET": Case(API_TEAM_READ)},
     "api:run-events": {"GET": Case(API_TEAM_READ)},
     "api:run-metrics": {"GET": Case(API_TEAM_READ, query=lambda w: {"name": "reward/mean"})},
+    "api:run-prompts": {"GET": Case(API_TEAM_READ)},
+    "api:run-prompts-heatmap": {"GET": Case(API_TEAM_READ)},
+    "api:run-prompt-samples": {"GET": Case(API_TEAM_READ)},
+    "api:run-samples": {"GET": Case(API_TEAM_READ)},
     # The owner (the member), the team's admin and staff cancel; a viewer may not.
     "api:run-cancel": {"POST": Case(roles(401, 403, 200, 200, 404, 200))},
     # Forking launches in the run's team: members and above.
@@ -400,6 +404,7 @@ def path_of(endpoint: Endpoint, case: Case | None, world: World) -> str:
         "pk": world.run.pk,
         "dataset_id": world.dataset.pk,
         "record_id": world.record.pk,
+        "prompt_id": "sums/0",
         "preset_id": world.preset.pk,
         "team_id": world.team_id,
         "user_id": world.users["member"].pk,
