@@ -1,13 +1,17 @@
-"""Trainer steps and evaluations: what they report, that they are reproducible, and how each
-algorithm's parts (reference model, KL placement, mini-batches, dynamic sampling) are wired."""
+"""The synchronous recipe's steps and evaluations: what they report, that they are
+reproducible, and how each algorithm's parts (reference model, KL placement,
+mini-batches, micro-batches, dynamic sampling) are wired."""
 
 import pytest
 import torch
 
+from engine.algorithms.advantages import group_advantages
+from engine.algorithms.shaping import KLPenalty
+from engine.recipes.sync import SyncRecipe
+from engine.rollout.types import Rollout
 from engine.spec import parse_spec
-from engine.generation import SamplingParams
-from engine.losses import group_advantages
-from engine.trainer import Rollout, Trainer, length_bin_edges, micro_batches, split_evenly
+from engine.telemetry import Timeline, length_bin_edges
+from engine.training.batching import micro_batches, split_evenly
 
 SMALL = {
     "dataset": {"eval_size": 16},
@@ -22,13 +26,15 @@ SMALL = {
 STEP_METRICS = {
     "reward/mean", "reward/std", "acc/mean",
     "rollout/response_length/mean", "rollout/response_length/p50", "rollout/response_length/p90",
-    "rollout/response_length/p99", "rollout/response_length/max", "rollout/clip_ratio", "rollout/tail_ratio",
+    "rollout/response_length/p99", "rollout/response_length/max", "rollout/clip_ratio", "rollout/aborted_ratio",
+    "rollout/tail_ratio",
     "timing_s/gen", "timing_s/reward", "timing_s/old_log_prob", "timing_s/ref", "timing_s/adv",
-    "timing_s/update_actor", "timing_s/step",
+    "timing_s/update_actor", "timing_s/sync", "timing_s/step",
     "actor/pg_loss", "actor/entropy", "actor/grad_norm", "actor/ppo_kl",
     "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean",
     "difficulty/frac_all_correct", "difficulty/frac_all_wrong", "difficulty/frac_mixed",
     "perf/tokens_per_sec_per_gpu", "perf/throughput", "rollout/idle_ratio", "trainer/idle_ratio",
+    "curriculum/difficulty_quantile", "curriculum/admission_rate",
 }  # fmt: skip
 
 
@@ -36,16 +42,21 @@ def spec(**overrides):
     return parse_spec({**SMALL, **overrides})
 
 
+def untimed(values: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in values.items() if "tim" not in k and "perf" not in k and "idle" not in k}
+
+
 @pytest.fixture(scope="module")
-def trainer_and_events():
-    trainer = Trainer(spec())
-    return trainer, trainer.step()
+def recipe_and_events():
+    recipe = SyncRecipe(spec())
+    return recipe, recipe.step()
 
 
-def test_a_step_reports_metrics_histogram_prompts_and_spans(trainer_and_events):
-    trainer, events = trainer_and_events
+def test_a_step_reports_metrics_histogram_prompts_difficulty_samples_and_spans(recipe_and_events):
+    recipe, events = recipe_and_events
     kinds = [event.kind for event in events]
-    assert kinds[:3] == ["metrics", "length_histogram", "prompt_results"]
+    assert kinds[:5] == ["metrics", "length_histogram", "prompt_results", "difficulty", "samples"]
+    assert set(kinds[5:]) == {"span"}
 
     metrics = events[0]
     assert metrics.step == 1 and STEP_METRICS <= set(metrics.values)
@@ -57,18 +68,23 @@ def test_a_step_reports_metrics_histogram_prompts_and_spans(trainer_and_events):
     # One update per batch of fresh samples: the policy that sampled is the one trained,
     # so the importance ratio is 1 up to float error and nothing is clipped.
     assert abs(values["actor/ppo_kl"]) < 1e-4 and values["clip_ratio/region_mean"] == 0
+    assert recipe.training.version == 1  # one optimiser step so far
 
     histogram = events[1]
-    assert histogram.bin_edges == length_bin_edges(80) and sum(histogram.counts) == 16
+    assert histogram.bin_edges == length_bin_edges(80) and sum(histogram.counts) == 16  # 4 prompts × 4
 
     results = events[2].results
     assert events[2].split == "train" and sum(r.attempts for r in results) == 16
     assert all(0 <= r.successes <= r.attempts and r.difficulty >= 1 for r in results)
 
+    # Sampling, then training: the collector's worker generates and verifies, the trainer
+    # trains and pushes the weights once the generation is over.
     spans = [event for event in events if event.kind == "span"]
-    assert [s.phase for s in spans] == ["generate", "reward", "train"]
-    assert all(s.start <= s.end for s in spans) and spans[0].end <= spans[2].start
-    assert spans[0].worker == "trainer:cpu"
+    busy = lambda worker: [s.phase for s in spans if s.worker == worker and s.phase != "idle"]  # noqa: E731
+    assert busy("rollout-0") == ["generate", "verify"] and busy("trainer") == ["train", "sync"]
+    generate = next(s for s in spans if s.phase == "generate")
+    train = next(s for s in spans if s.phase == "train")
+    assert all(s.start <= s.end for s in spans) and generate.end <= train.start
 
 
 def test_bins_are_fixed_for_the_run_and_catch_a_truncated_response():
@@ -77,97 +93,111 @@ def test_bins_are_fixed_for_the_run_and_catch_a_truncated_response():
     assert length_bin_edges(80)[-1] >= 80
 
 
-def test_an_evaluation_reports_held_out_accuracy_and_is_repeatable(trainer_and_events):
-    trainer, _ = trainer_and_events
-    metrics, results, span = trainer.evaluate(step=1)
+def test_an_evaluation_reports_held_out_accuracy_and_is_repeatable(recipe_and_events):
+    recipe, _ = recipe_and_events
+    metrics, results, samples, *spans = recipe.evaluate(step=1)
     assert metrics.step == 1 and 0 <= metrics.values["val/acc/mean@1"] <= 1
     assert results.split == "test" and sum(r.attempts for r in results.results) == 16
-    assert span.phase == "eval"
+    assert samples.kind == "samples" and samples.split == "test" and samples.samples
+    assert [(s.worker, s.phase) for s in spans] == [("rollout-0", "eval")]
     # Same weights, same dice: the same score (differences between evaluations are the policy's).
-    assert trainer.evaluate(step=1)[0].values["val/acc/mean@1"] == metrics.values["val/acc/mean@1"]
+    assert recipe.evaluate(step=1)[0].values["val/acc/mean@1"] == metrics.values["val/acc/mean@1"]
 
 
 def test_the_same_seed_gives_the_same_run():
-    first, second = Trainer(spec(seed=3)), Trainer(spec(seed=3))
+    first, second = SyncRecipe(spec(seed=3)), SyncRecipe(spec(seed=3))
     for _ in range(2):
-        a, b = first.step()[0].values, second.step()[0].values
-        assert {k: v for k, v in a.items() if "tim" not in k and "perf" not in k and "idle" not in k} == {
-            k: v for k, v in b.items() if "tim" not in k and "perf" not in k and "idle" not in k
-        }
+        assert untimed(first.step()[0].values) == untimed(second.step()[0].values)
 
 
-def scored_batch(trainer: Trainer) -> list[Rollout]:
-    """4 prompts × 4 samples, scored, with reference log-probs when the algorithm has a KL
-    term and advantages that are never all zero (a batch this small may be all-equal)."""
-    rollouts, texts = trainer.sample(
-        trainer.next_prompts(4), SamplingParams(n=4, max_new_tokens=80), torch.Generator().manual_seed(0)
-    )
-    trainer.score(rollouts, texts)
-    if trainer.reference is not None:
-        trainer._attach_reference(rollouts)
+def scored_batch(recipe: SyncRecipe) -> list[Rollout]:
+    """4 prompts × 4 samples from the recipe's collector, scored, with reference log-probs
+    when the algorithm has a KL term and advantages that are never all zero (a batch this
+    small may be all-equal)."""
+    plan = recipe.sampler.next(1, 4)
+    groups = recipe.collector.collect(plan, first_group=0, timeline=Timeline(1), generator=torch.Generator().manual_seed(0))
+    rollouts = [item for group in groups for item in group.rollouts]
+    if recipe.training.reference is not None:
+        for item, logprobs in zip(rollouts, recipe.training.logprobs(rollouts, reference=True)):
+            item.ref_logprobs = logprobs
     rewards = torch.tensor([r.reward for r in rollouts]) + torch.arange(16) / 16
-    advantages = group_advantages(rewards, [r.group for r in rollouts], trainer.algorithm.advantage)
+    advantages = group_advantages(rewards, [r.group for r in rollouts], recipe.spec.algorithm.advantage)
     for item, advantage in zip(rollouts, advantages.tolist()):
         item.advantage = advantage
     return rollouts
 
 
+def gradient(recipe: SyncRecipe, rollouts: list[Rollout]) -> list[torch.Tensor]:
+    """The gradient of one optimiser step on `rollouts` as one mini-batch."""
+    training = recipe.training
+    training.optimizer_step(rollouts, recipe.loss, training.begin_batch())
+    return [p.grad.clone() for p in training.model.parameters()]
+
+
 @pytest.mark.parametrize("algorithm", ["grpo", "dr_grpo", "gspo"])  # KL in the loss; constant norm; sequence ratio
 def test_micro_batching_does_not_change_the_gradient(algorithm):
-    trainer = Trainer(spec(algorithm={"name": algorithm}))
-    for group in trainer.optimizer.param_groups:  # keep the weights, look at the gradients
+    recipe = SyncRecipe(spec(algorithm={"name": algorithm}))
+    for group in recipe.training.optimizer.param_groups:  # keep the weights, look at the gradients
         group["lr"] = 0.0
-    rollouts = scored_batch(trainer)
+    rollouts = scored_batch(recipe)
 
-    trainer.update(rollouts)
-    whole = [p.grad.clone() for p in trainer.model.parameters()]
-    trainer.spec = spec(algorithm={"name": algorithm}, training={"steps": 2, "micro_batch_tokens": 64})
+    whole = gradient(recipe, rollouts)
+    recipe.training.spec = spec(algorithm={"name": algorithm}, training={"steps": 2, "micro_batch_tokens": 64})
     assert len(micro_batches(rollouts, 64)) > 4
-    trainer.update(rollouts)
-    parts = [p.grad for p in trainer.model.parameters()]
+    parts = gradient(recipe, rollouts)
+
+    assert any(bool(g.abs().sum() > 0) for g in whole)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(whole, parts))
 
 
 def test_micro_batches_respect_the_token_budget():
-    trainer = Trainer(spec())
-    rollouts, _ = trainer.sample(trainer.next_prompts(4), SamplingParams(n=4, max_new_tokens=80), torch.Generator())
+    recipe = SyncRecipe(spec())
+    groups = recipe.collector.collect(recipe.sampler.next(1, 4), first_group=0, timeline=Timeline(1))
+    rollouts = [item for group in groups for item in group.rollouts]
     for batch in micro_batches(rollouts, 200):
-        width = max(len(r.completion.prompt_ids) + len(r.completion.token_ids) for r in batch)
+        width = max(len(r.prompt_ids) + len(r.token_ids) for r in batch)
         assert len(batch) == 1 or width * len(batch) <= 200
     assert sum(len(b) for b in micro_batches(rollouts, 200)) == 16
 
 
 def test_kl_in_the_loss_keeps_a_frozen_copy_of_the_starting_policy():
-    trainer = Trainer(spec(algorithm={"name": "grpo", "kl_coef": 0.1}))
-    first = trainer.step()[0].values
+    recipe = SyncRecipe(spec(algorithm={"name": "grpo", "kl_coef": 0.1}))
+    first = recipe.step()[0].values
     # The reference is the starting policy, so the first step's KL is (almost) zero.
-    assert trainer.reference is not None and 0 <= first["kl"] < 1e-4
-    assert not any(p.requires_grad for p in trainer.reference.parameters())
-    second = trainer.step()[0].values
+    reference = recipe.training.reference
+    assert reference is not None and 0 <= first["kl"] < 1e-4
+    assert not any(p.requires_grad for p in reference.parameters())
+    second = recipe.step()[0].values
     assert second["kl"] > first["kl"]  # the policy moved, the reference did not
 
 
 def test_the_reference_can_be_a_named_model():
-    trainer = Trainer(spec(model={"path": "builtin:arith-tiny", "reference": "builtin:arith-tiny"}))
-    assert trainer.reference is not trainer.model
-    assert all(torch.equal(a, b) for a, b in zip(trainer.reference.parameters(), trainer.model.parameters()))
+    recipe = SyncRecipe(spec(model={"path": "builtin:arith-tiny", "reference": "builtin:arith-tiny"}))
+    reference, model = recipe.training.reference, recipe.training.model
+    assert reference is not model
+    assert all(torch.equal(a, b) for a, b in zip(reference.parameters(), model.parameters()))
 
 
 def test_without_a_kl_term_there_is_no_reference_and_no_kl_metric():
-    trainer = Trainer(spec(algorithm={"name": "gspo"}))
-    assert trainer.reference is None and "kl" not in trainer.step()[0].values
+    recipe = SyncRecipe(spec(algorithm={"name": "gspo"}))
+    assert recipe.training.reference is None and "kl" not in recipe.step()[0].values
 
 
 def test_kl_in_the_reward_lowers_each_reward_by_beta_times_the_sequence_kl():
-    trainer = Trainer(spec(algorithm={"name": "rloo"}))  # k1 in the reward, β = 0.05
-    for group in trainer.optimizer.param_groups:
+    recipe = SyncRecipe(spec(algorithm={"name": "rloo"}))  # k1 in the reward, β = 0.05
+    [shaper] = recipe.shapers
+    assert isinstance(shaper, KLPenalty)
+    for group in recipe.training.optimizer.param_groups:
         group["lr"] = 1e-3  # move the policy away from the reference in one step
-    trainer.step()
-    rollouts = scored_batch(trainer)
-    fresh = Trainer(spec(algorithm={"name": "rloo"}))  # the starting weights: the reference
-    for item, start_logprobs in zip(rollouts, fresh._response_logprobs(fresh.model, rollouts)):
+    recipe.step()
+    rollouts = scored_batch(recipe)
+    shaper(rollouts)
+
+    fresh = SyncRecipe(spec(algorithm={"name": "rloo"}))  # the starting weights: the reference
+    for item, start_logprobs in zip(rollouts, fresh.training.logprobs(rollouts)):
         assert torch.allclose(item.ref_logprobs, start_logprobs, atol=1e-5)
-        sampler = torch.tensor(item.completion.logprobs)
+        sampler = torch.tensor(item.logprobs)
+        # k1 per token is log π_old − log π_ref; the reward moves by −β Σ_t k1_t.
         assert item.shaping == pytest.approx(-0.05 * float((sampler - start_logprobs).sum()), abs=1e-5)
     assert any(abs(item.shaping) > 1e-4 for item in rollouts)
 
@@ -175,12 +205,13 @@ def test_kl_in_the_reward_lowers_each_reward_by_beta_times_the_sequence_kl():
 def test_mini_batches_and_epochs_train_a_moving_policy_against_the_old_one():
     # 8 samples per prompt: with 4, this seed's first batch has no mixed group, so no gradient.
     rollout = {"prompts_per_step": 4, "n": 8, "max_new_tokens": 80}
-    one_update = Trainer(spec(algorithm={"name": "gspo"}, rollout=rollout)).step()[0].values
-    several = Trainer(
+    one_update = SyncRecipe(spec(algorithm={"name": "gspo"}, rollout=rollout)).step()[0].values
+    several = SyncRecipe(
         spec(algorithm={"name": "gspo"}, rollout=rollout, training={"steps": 2, "mini_batches": 2, "epochs": 2})
     )
     values = several.step()[0].values
     assert values["advantages/abs_mean"] > 0
+    assert several.training.version == 4  # 2 epochs × 2 mini-batches
     # One optimiser step on fresh samples: ratio 1, nothing clipped, no old-policy pass.
     assert one_update["clip_ratio/region_mean"] == 0 and one_update["timing_s/old_log_prob"] < 1e-3
     # Four: π_old is recomputed once, then every step after the first sees a moved policy,
@@ -190,10 +221,10 @@ def test_mini_batches_and_epochs_train_a_moving_policy_against_the_old_one():
 
 
 def test_recomputed_old_log_probs_match_the_samplers():
-    trainer = Trainer(spec(training={"steps": 2, "mini_batches": 2}))
-    rollouts = scored_batch(trainer)
-    for item, logprobs in zip(rollouts, trainer._response_logprobs(trainer.model, rollouts)):
-        assert torch.allclose(logprobs, torch.tensor(item.completion.logprobs), atol=1e-4)
+    recipe = SyncRecipe(spec(training={"steps": 2, "mini_batches": 2}))
+    rollouts = scored_batch(recipe)
+    for item, logprobs in zip(rollouts, recipe.training.logprobs(rollouts)):
+        assert torch.allclose(logprobs, torch.tensor(item.logprobs), atol=1e-4)
 
 
 def test_split_evenly_keeps_order_and_sizes_within_one():
@@ -202,12 +233,13 @@ def test_split_evenly_keeps_order_and_sizes_within_one():
 
 
 def test_dynamic_sampling_trains_on_exactly_the_batch_of_mixed_groups():
-    trainer = Trainer(spec(algorithm={"name": "dapo"}))
-    events = trainer.step()
+    recipe = SyncRecipe(spec(algorithm={"name": "dapo"}))
+    events = recipe.step()
     values = events[0].values
     rounds = values["dapo/gen_rounds"]
     assert 1 <= rounds <= 10 and 0 < values["dapo/keep_rate"] <= 1
-    assert [s.phase for s in events if s.kind == "span"] == ["generate", "reward"] * int(rounds) + ["train"]
+    generating = [s.phase for s in events if s.kind == "span" and s.worker == "rollout-0" and s.phase != "idle"]
+    assert generating == ["generate", "verify"] * int(rounds)
     # Every generated rollout is reported (the policy's accuracy and lengths) ...
     generated = sum(r.attempts for r in events[2].results)
     assert generated >= 16 and generated % 4 == 0 and sum(events[1].counts) == generated
@@ -215,12 +247,17 @@ def test_dynamic_sampling_trains_on_exactly_the_batch_of_mixed_groups():
     assert {"overlong/penalty_mean", "overlong/buffer_ratio", "overlong/truncated_ratio"} <= set(values)
 
 
-def test_dapo_trains_on_whole_distinct_groups_informative_ones_first(monkeypatch):
-    trainer = Trainer(spec(algorithm={"name": "dapo"}))
+def test_dapo_trains_on_whole_distinct_groups_informative_ones_first():
+    recipe = SyncRecipe(spec(algorithm={"name": "dapo"}))
     trained: list[Rollout] = []
-    real_update = trainer.update
-    monkeypatch.setattr(trainer, "update", lambda batch: trained.extend(batch) or real_update(batch))
-    events = trainer.step()
+    optimizer_step = recipe.training.optimizer_step
+
+    def recording(mini_batch, loss, statistics):
+        trained.extend(mini_batch)
+        optimizer_step(mini_batch, loss, statistics)
+
+    recipe.training.optimizer_step = recording
+    events = recipe.step()
     values = events[0].values
 
     groups: dict[int, list[float]] = {}
