@@ -381,7 +381,8 @@ def _record_ids_of(run_id: int, prompt_ids: Iterable[str]) -> dict[str, int]:
     dataset_id = RunInputs.objects.filter(run_id=run_id).values_list("dataset_id", flat=True).first()
     if dataset_id is None:
         return {}
-    wanted = sorted(prompt_ids)
+    # No stored record holds a NUL (PostgreSQL cannot), and asking for one fails the query.
+    wanted = sorted(prompt_id for prompt_id in prompt_ids if NUL not in prompt_id)
     record_ids: dict[str, int] = {}
     for start in range(0, len(wanted), RECORD_BATCH):  # keeps IN (...) under SQLite's variable limit
         chunk = wanted[start : start + RECORD_BATCH]

@@ -67,7 +67,9 @@ def _record_samples(run: Run, events: Sequence[SampleRecords]) -> None:
                 split=event.split,
                 position=position,
                 wall_time=event.wall_time,
-                **{**sample.model_dump(), "prompt_id": storable(sample.prompt_id), "response": storable(sample.response)},
+                **sample.model_dump(exclude={"prompt_id", "response"}),
+                prompt_id=storable(sample.prompt_id),
+                response=storable(sample.response),
             )
             for event in sets.values()
             for position, sample in enumerate(event.samples)

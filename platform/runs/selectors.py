@@ -1,5 +1,6 @@
 """Reads of runs and their telemetry, always scoped to what the asking user may see."""
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import TypedDict
 
@@ -176,3 +177,66 @@ def run_samples(run: Run, prompt_id: str | None = None) -> QuerySet[RunSample]:
     if prompt_id is not None:
         samples = samples.filter(prompt_id=prompt_id)
     return samples.order_by("-step", "split", "position")
+
+
+HEATMAP_BY = ("difficulty", "mean")
+
+
+class Heatmap(TypedDict):
+    by: str  # difficulty: the dataset's own (the task's parameter); mean: the run's posterior mean now
+    edges: list[float]  # buckets + 1 bucket edges; the last bucket holds its upper edge
+    steps: list[int]  # each column's first step (a column merges consecutive steps past max_columns)
+    attempts: list[list[int]]  # [bucket][column]
+    successes: list[list[int]]
+    pass_rate: list[list[float | None]]  # None where the bucket had no attempts
+
+
+def pass_rate_heatmap(
+    run: Run, by: str = "difficulty", buckets: int = 10, split: str = "train", max_columns: int = 500
+) -> Heatmap:
+    """Pass rate by difficulty bucket over steps, from the run's `prompt_results` events
+    (every prompt's attempts and successes of every step). Prompts are bucketed by the
+    dataset's difficulty (equal-width buckets between its smallest and largest value;
+    prompts without one are left out) or by their posterior mean in the run's difficulty
+    store now (equal-width buckets of [0, 1]). More steps than `max_columns` are merged,
+    consecutive ones summed into one column."""
+    results_of_step: dict[int, list[dict]] = {}
+    # A step replayed by a resumed attempt has two events; the later one is the run's, as
+    # for metric points.
+    events = RunEvent.objects.filter(run=run, kind="prompt_results", payload__split=split).order_by("id")
+    for step, payload in events.values_list("step", "payload").iterator(chunk_size=200):
+        results_of_step[step] = payload["results"]
+    means = dict(RunPromptDifficulty.objects.filter(run=run).values_list("prompt_id", "mean")) if by == "mean" else None
+
+    def value_of(result: dict) -> float | None:
+        # The dataset's difficulty is null in the event when the dataset has none.
+        return result["difficulty"] if means is None else means.get(result["prompt_id"])
+
+    values = [v for results in results_of_step.values() for r in results if (v := value_of(r)) is not None]
+    low, high = (0.0, 1.0) if means is not None or not values else (min(values), max(values))
+    width = (high - low) / buckets
+    steps = sorted(results_of_step)
+    per_column = max(1, math.ceil(len(steps) / max_columns))
+    columns = math.ceil(len(steps) / per_column)
+    attempts = [[0] * columns for _ in range(buckets)]
+    successes = [[0] * columns for _ in range(buckets)]
+    for index, step in enumerate(steps):
+        column = index // per_column
+        for result in results_of_step[step]:
+            value = value_of(result)
+            if value is None:
+                continue
+            bucket = min(int((value - low) / width), buckets - 1) if width > 0 else 0
+            attempts[bucket][column] += result["attempts"]
+            successes[bucket][column] += result["successes"]
+    return Heatmap(
+        by=by,
+        edges=[low + width * i for i in range(buckets)] + [high],
+        steps=steps[::per_column],
+        attempts=attempts,
+        successes=successes,
+        pass_rate=[
+            [s / a if a else None for s, a in zip(row_s, row_a, strict=True)]
+            for row_s, row_a in zip(successes, attempts, strict=True)
+        ],
+    )

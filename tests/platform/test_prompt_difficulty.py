@@ -2,7 +2,8 @@
 recorded through record_events as a driver sends them, become one row per prompt (the
 latest winning, also across a resumed attempt), read by anyone in the run's team from
 GET /api/runs/<id>/prompts/ (sorted, paginated, filtered by mean and interval), and feed
-the catalog's per-prompt records of the dataset the run trained on.
+the catalog's per-prompt records of the dataset the run trained on. The heatmap of pass
+rate by difficulty bucket over steps comes from the per-step `prompt_results` events.
 
 The events come from the engine's own DifficultyStore (uniform prior Beta(1, 1)), fed
 outcomes whose posteriors are worked out by hand in each test."""
@@ -15,13 +16,15 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 
 from catalog.models import Dataset, PromptRunDifficulty
-from engine.events import DifficultyUpdates
+from engine.events import DifficultyUpdates, PromptResult, PromptResults
 from engine.sampling.difficulty import DifficultyStore
 from runs import services
 from runs.models import AttemptOutcome, RunAttempt, RunEvent, RunPromptDifficulty, RunStatus
 
 
-def step_of(store: DifficultyStore, step: int, outcomes: dict[str, list[bool]], wall_time: float = 1e9) -> DifficultyUpdates:
+def step_of(
+    store: DifficultyStore, step: int, outcomes: dict[str, list[bool]], wall_time: float = 1e9
+) -> DifficultyUpdates:
     """Step `step` of a run: each prompt gets one rollout per outcome, verified as given."""
     store.allocate(step, [(prompt_id, len(results)) for prompt_id, results in outcomes.items()])
     store.observe(step, [(prompt_id, correct) for prompt_id, results in outcomes.items() for correct in results])
@@ -155,10 +158,10 @@ ROWS = [{"id": f"q{i}", "q": f"{i} + 1 =", "a": str(i + 1)} for i in range(4)]
 def dataset(teams, tmp_path, settings) -> Dataset:
     settings.ROLLYARD_DATA_DIR = tmp_path / "data"
     content = b"".join(json.dumps(row).encode() + b"\n" for row in ROWS)
-    columns = {"prompt": "q", "answer": "a", "id": "id"}
+    columns = json.dumps({"prompt": "q", "answer": "a", "id": "id"})
     response = teams.client(teams.member).post(
         "/api/datasets/",
-        {"file": SimpleUploadedFile("plus.jsonl", content), "name": "plus", "team": "ml", "columns": json.dumps(columns)},
+        {"file": SimpleUploadedFile("plus.jsonl", content), "name": "plus", "team": "ml", "columns": columns},
         format="multipart",
     )
     assert response.status_code == 201, response.json()
@@ -177,7 +180,8 @@ def test_difficulty_of_runs_on_a_catalog_dataset_feeds_its_per_prompt_records(te
     day = datetime(2026, 3, 1, tzinfo=UTC).timestamp()
     store = DifficultyStore()
     record(first_run, [step_of(store, 1, {"q0": hits(3, 4), "q1": hits(0, 4)}, wall_time=day)])
-    record(first_run, [step_of(store, 2, {"q0": hits(1, 4), "not-in-the-dataset": hits(1, 1)}, wall_time=day + 60)])
+    step_two = {"q0": hits(1, 4), "not-in-the-dataset": hits(1, 1), "nul\x00id": hits(0, 1)}
+    record(first_run, [step_of(store, 2, step_two, wall_time=day + 60)])
     other = DifficultyStore()
     record(second_run, [step_of(other, 1, {"q0": hits(2, 2)}, wall_time=day + 3600)])
     api = teams.client(teams.viewer)
@@ -192,11 +196,73 @@ def test_difficulty_of_runs_on_a_catalog_dataset_feeds_its_per_prompt_records(te
     assert (records["q2"]["runs_seen"], records["q2"]["last_seen_at"]) == (0, None)
     # Each run's posterior, most recently seen first: the second run's 2 of 2 → Beta(3, 1);
     # the first run's 3 + 1 = 4 of 8 → Beta(5, 5), mean 0.5, last rolled out at step 2.
-    assert [(row["run"], row["attempts"], row["successes"], row["alpha"], row["beta"]) for row in detail["difficulty"]] == [
+    posteriors = [(row["run"], row["attempts"], row["successes"], row["alpha"], row["beta"]) for row in detail["difficulty"]]
+    assert posteriors == [
         (second_run, 2, 2, 3.0, 1.0),
         (first_run, 8, 4, 5.0, 5.0),
     ]
     assert (detail["difficulty"][1]["mean"], detail["difficulty"][1]["last_step"]) == (0.5, 2)
-    # The prompt the dataset lacks is in the run's table, not in the catalog.
+    # The prompts the dataset lacks are in the run's table, not in the catalog; a NUL,
+    # which PostgreSQL cannot store, is kept as the replacement character.
     assert PromptRunDifficulty.objects.count() == 3  # q0 × 2 runs, q1
-    assert RunPromptDifficulty.objects.filter(run_id=first_run).count() == 3  # q0, q1, not-in-the-dataset
+    assert set(RunPromptDifficulty.objects.filter(run_id=first_run).values_list("prompt_id", flat=True)) == {
+        "q0", "q1", "not-in-the-dataset", "nul\ufffdid",
+    }  # fmt: skip
+
+
+# --- the heatmap of pass rate by difficulty bucket over steps --------------------------------
+
+
+def results_of(step: int, outcomes: dict[str, tuple[float, int, int]], split: str = "train") -> PromptResults:
+    """prompt id → (the dataset's difficulty, attempts, successes) at `step`."""
+    return PromptResults(
+        step=step,
+        split=split,
+        results=[
+            PromptResult(prompt_id=pid, difficulty=level, attempts=a, successes=s, mean_length=10.0)
+            for pid, (level, a, s) in outcomes.items()
+        ],
+    )
+
+
+def test_the_heatmap_buckets_prompts_by_difficulty_over_steps(teams, run, record):
+    store = DifficultyStore()
+    record(
+        run.pk,
+        [
+            results_of(1, {"easy": (1, 4, 4), "mid": (2, 4, 2), "hard": (3, 4, 0)}),
+            step_of(store, 1, {"easy": hits(4, 4), "mid": hits(2, 4), "hard": hits(0, 4)}),
+        ],
+    )
+    record(run.pk, [results_of(2, {"easy": (1, 4, 3), "hard": (3, 4, 0)})])
+    # The worker is lost; the resumed attempt reports step 2 again: hard now 1 of 4.
+    RunAttempt.objects.filter(run=run).update(ended_at=timezone.now(), outcome=AttemptOutcome.LOST)
+    record(run.pk, [results_of(2, {"easy": (1, 4, 3), "hard": (3, 4, 1)})])
+    test_split = results_of(3, {"hard": (3, 4, 4)}, split="test")  # left out: the heatmap is of train
+    record(run.pk, [results_of(3, {"mid": (2, 8, 6), "hard": (3, 8, 2)}), test_split])
+    api = teams.client(teams.viewer)
+    url = f"/api/runs/{run.pk}/prompts/heatmap/"
+
+    by_level = api.get(url, {"buckets": 2}).json()
+    merged = api.get(url, {"buckets": 2, "max_columns": 2}).json()
+    by_mean = api.get(url, {"by": "mean", "buckets": 2}).json()
+
+    # Difficulties 1 to 3 in 2 buckets of width 1: [1, 2) holds easy, [2, 3] mid and hard.
+    assert by_level["edges"] == [1.0, 2.0, 3.0]
+    assert by_level["steps"] == [1, 2, 3]
+    assert by_level["attempts"] == [[4, 4, 0], [8, 4, 16]]
+    # Step 1: mid 2 + hard 0 of 8; step 2 (the resumed attempt's): hard 1 of 4; step 3: 6 + 2 of 16.
+    assert by_level["pass_rate"] == [[1.0, 0.75, None], [0.25, 0.25, 0.5]]
+    # At most 2 columns: steps 1–2 summed, then step 3.
+    assert (merged["steps"], merged["attempts"]) == ([1, 3], [[8, 0], [12, 16]])
+    # By the posterior mean now (Beta(5, 1) ≈ 0.83, Beta(3, 3) = 0.5, Beta(1, 5) ≈ 0.17):
+    # [0, 0.5) holds hard, [0.5, 1] easy and mid.
+    assert by_mean["edges"] == [0.0, 0.5, 1.0]
+    assert by_mean["attempts"] == [[4, 4, 8], [8, 4, 8]]
+
+
+def test_a_bad_heatmap_query_is_a_400_naming_the_field(teams, run, error_of):
+    response = teams.client(teams.viewer).get(f"/api/runs/{run.pk}/prompts/heatmap/", {"by": "length", "buckets": 0})
+
+    assert response.status_code == 400
+    assert set(error_of(response)["fields"]) == {"by", "buckets"}

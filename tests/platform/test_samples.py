@@ -33,7 +33,9 @@ def test_from_a_step_to_a_prompt_to_its_samples(teams, run, record):
     record(
         run.pk,
         [
-            SampleRecords(step=1, samples=[sample("a", 1.0), sample("a", 0.0), sample("b", 0.0, status="truncated", length=64)]),
+            SampleRecords(
+                step=1, samples=[sample("a", 1.0), sample("a", 0.0), sample("b", 0.0, status="truncated", length=64)]
+            ),
             SampleRecords(step=1, split="test", samples=[sample("t", 1.0)]),
         ],
     )
@@ -183,3 +185,13 @@ def test_a_real_runs_difficulty_and_samples_are_stored_as_the_engine_reported_th
     assert RunSample.objects.filter(run=run, split="train").count() == sum(
         len(event.samples) for event in sink.of_kind("samples") if event.split == "train"
     )
+
+
+def test_a_nul_in_a_prompt_id_is_a_400_not_a_database_error(teams, run, error_of):
+    api = teams.client(teams.viewer)
+
+    in_path = api.get(f"/api/runs/{run.pk}/prompts/a%00b/samples/")
+    in_query = api.get(f"/api/runs/{run.pk}/samples/", {"prompt_id": "a\x00b"})
+
+    assert in_path.status_code == in_query.status_code == 400
+    assert list(error_of(in_path)["fields"]) == list(error_of(in_query)["fields"]) == ["prompt_id"]

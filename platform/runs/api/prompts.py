@@ -5,11 +5,17 @@ and the samples kept for drill-down from a step or a prompt. Anyone who may see 
 import django_filters
 from django import forms
 from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 from rest_framework import generics
-from rest_framework.exceptions import NotFound
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
 
+from rollyard.params import NUL, NUL_REASON
 from runs import selectors
-from runs.api.serializers import PromptDifficultySerializer, SampleSerializer
+from runs.api.serializers import HeatmapQuerySerializer, PromptDifficultySerializer, SampleSerializer
 from runs.models import Run, RunPromptDifficulty, RunSample
 
 
@@ -31,8 +37,8 @@ class PromptDifficultyFilter(django_filters.FilterSet):
     mean_min = django_filters.NumberFilter(field_name="mean", lookup_expr="gte", help_text="posterior mean at least")
     mean_max = django_filters.NumberFilter(field_name="mean", lookup_expr="lte", help_text="posterior mean at most")
     # The credible interval: low_min=0.9 finds prompts surely easy, high_max=0.1 surely hard.
-    low_min = django_filters.NumberFilter(field_name="low", lookup_expr="gte", help_text="interval's lower end at least")
-    high_max = django_filters.NumberFilter(field_name="high", lookup_expr="lte", help_text="interval's upper end at most")
+    low_min = django_filters.NumberFilter(field_name="low", lookup_expr="gte", help_text="interval's low end at least")
+    high_max = django_filters.NumberFilter(field_name="high", lookup_expr="lte", help_text="interval's high end at most")
     ordering = StableOrderingFilter(
         fields=("mean", "attempts", "last_step", "allocated", "prompt_id"),
         help_text="a field, '-' first for descending, comma-separated for several; ties by prompt id",
@@ -106,4 +112,21 @@ class PromptSampleList(RunScoped, generics.ListAPIView):
     queryset = RunSample.objects.none()
 
     def get_queryset(self) -> QuerySet[RunSample]:
-        return selectors.run_samples(self.visible_run(), prompt_id=self.kwargs["prompt_id"])
+        prompt_id = self.kwargs["prompt_id"]
+        if NUL in prompt_id:  # the middleware checks query strings, not paths
+            raise ValidationError({"prompt_id": [NUL_REASON]})
+        return selectors.run_samples(self.visible_run(), prompt_id=prompt_id)
+
+
+class PassRateHeatmap(RunScoped, APIView):
+    @extend_schema(
+        parameters=[HeatmapQuerySerializer],
+        responses={200: OpenApiTypes.OBJECT},
+        description='{"by", "edges": [buckets + 1], "steps": [first step of each column], '
+        '"attempts", "successes", "pass_rate": [bucket][column] (null: no attempts)}',
+    )
+    def get(self, request: Request, run_id: int) -> Response:
+        """Pass rate by difficulty bucket over steps, from the run's per-step prompt results."""
+        query = HeatmapQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        return Response(selectors.pass_rate_heatmap(self.visible_run(), **query.validated_data))

@@ -7,6 +7,7 @@ from rest_framework import serializers
 
 from quotas.models import DEFAULT_POOL, DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from runs.models import Checkpoint, Run, RunAttempt, RunEvent, RunPromptDifficulty, RunSample
+from runs.selectors import HEATMAP_BY
 
 
 class RunSerializer(serializers.ModelSerializer):
@@ -143,3 +144,15 @@ class SampleSerializer(serializers.ModelSerializer):
             "first_version", "last_version", "wall_time",
         ]  # fmt: skip
         read_only_fields = fields
+
+
+class HeatmapQuerySerializer(serializers.Serializer):
+    by = serializers.ChoiceField(
+        choices=HEATMAP_BY, default="difficulty",
+        help_text="bucket prompts by the dataset's difficulty, or by their posterior mean in the run now",
+    )  # fmt: skip
+    buckets = serializers.IntegerField(min_value=1, max_value=100, default=10)
+    split = serializers.ChoiceField(choices=["train", "test"], default="train")
+    max_columns = serializers.IntegerField(
+        min_value=1, max_value=5000, default=500, help_text="more steps are merged, consecutive ones summed"
+    )

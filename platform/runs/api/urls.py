@@ -15,6 +15,7 @@ urlpatterns = [
     path("spec/schema/", SpecSchemaView.as_view(), name="spec-schema"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("runs/<int:run_id>/prompts/", prompts.PromptDifficultyList.as_view(), name="run-prompts"),
+    path("runs/<int:run_id>/prompts/heatmap/", prompts.PassRateHeatmap.as_view(), name="run-prompts-heatmap"),
     # path: a prompt id may hold slashes (a dataset's own id column).
     path(
         "runs/<int:run_id>/prompts/<path:prompt_id>/samples/",
