@@ -50,7 +50,8 @@ class LocalRecipe:
         return self._recipe.load_checkpoint(str(folder))
 
     def close(self) -> None:
-        pass
+        # A recipe with helpers of its own (the async recipe's rollout workers) stops them.
+        getattr(self._recipe, "close", lambda: None)()
 
 
 class RayRecipe:

@@ -19,6 +19,7 @@ from engine.inference import GENERATION_BACKENDS
 from engine.recipes import RECIPES
 from engine.registry import Registry
 from engine.rollout import ROLLOUT_STRATEGIES
+from engine.rollout.chunked import ModelShape, plan_memory
 from engine.sampling import SAMPLERS
 from engine.tasks import BUILTIN_TASKS
 from engine.training import TRAINING_BACKENDS
@@ -181,6 +182,11 @@ class DatasetSpec(_Strict):
         return verifier
 
 
+# AReaL's decoupled loss: tokens whose behaviour importance weight is above 5 leave the
+# loss (`behav_imp_weight_cap`, the old default; the example configs' rejection bound).
+DECOUPLED_DEFAULTS = {"behav_weight_cap": 5.0, "behav_weight_action": "mask"}
+
+
 class AlgorithmSpec(_Strict):
     """Unset fields take the named algorithm's defaults when the spec is parsed."""
 
@@ -194,7 +200,12 @@ class AlgorithmSpec(_Strict):
     ratio_level: RatioLevel | None = Field(
         None, description="importance ratio per token (PPO) or per sequence, length-normalised (GSPO)"
     )
-    policy_loss: PolicyLoss | None = Field(None, description="ppo: the clipped surrogate on that ratio")
+    policy_loss: PolicyLoss | None = Field(
+        None,
+        description="ppo: the clipped surrogate on that ratio; decoupled_ppo: AReaL's, the trust region around the "
+        "proximal policy (recomputed at the step's start) and each token importance-weighted from the policy "
+        "that sampled it",
+    )
     clip_eps_low: float | None = Field(None, ge=0, le=10, description="PPO clip: ratio floor 1 − eps_low")
     clip_eps_high: float | None = Field(None, ge=0, le=10, description="PPO clip: ratio ceiling 1 + eps_high")
     dual_clip_c: float | None = Field(
@@ -219,6 +230,16 @@ class AlgorithmSpec(_Strict):
     overlong_penalty_factor: float | None = Field(
         None, ge=0, description="DAPO overlong shaping: the penalty at max_new_tokens"
     )
+    behav_weight_cap: float | None = Field(
+        None,
+        ge=1,
+        le=1e6,
+        description="decoupled_ppo: tokens whose weight π_prox/π_behav exceeds this are masked (or clamped to it); "
+        f"unset: {DECOUPLED_DEFAULTS['behav_weight_cap']}",
+    )
+    behav_weight_action: Literal["mask", "clamp"] | None = Field(
+        None, description="decoupled_ppo: what happens to a token above behav_weight_cap: mask (AReaL's default) or clamp"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -232,7 +253,16 @@ class AlgorithmSpec(_Strict):
         resolved = {key: defaults[key] for key in cls.model_fields if key in defaults}
         # Unknown keys pass through so that extra="forbid" names them.
         resolved.update({key: value for key, value in data.items() if value is not None})
+        if resolved.get("policy_loss") == "decoupled_ppo":
+            resolved = DECOUPLED_DEFAULTS | resolved
         return resolved
+
+    @field_validator("behav_weight_cap", "behav_weight_action")
+    @classmethod
+    def _decoupled_only(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and info.data.get("policy_loss") not in (None, "decoupled_ppo"):
+            raise ValueError(f"only the decoupled_ppo policy loss reads {info.field_name}; leave it unset")
+        return value
 
     @field_validator("kl_coef")
     @classmethod
@@ -257,12 +287,52 @@ class CurriculumSpec(_Strict):
     A strategy's parameters take its defaults when the spec is parsed; a parameter it
     does not read stays unset. The prior of the difficulty store applies to every one."""
 
-    strategy: str = Field("uniform", description="uniform: every prompt; easy_to_hard: difficulty pacing")
+    strategy: str = Field(
+        "uniform",
+        description="uniform: every prompt; easy_to_hard: difficulty pacing; cures: posterior-weighted prompts "
+        "and rollouts allocated by gradient spread; dars: extra rollouts for hard prompts in a second round",
+    )
     start_quantile: float | None = Field(
         None, gt=0, le=1, description="easy_to_hard: the share of the pool (by difficulty) admissible at step 1"
     )
     ramp_steps: int | None = Field(
         None, ge=1, le=1_000_000, description="easy_to_hard: steps over which the admissible share rises to 1"
+    )
+    # CurES (engine.sampling.cures; defaults from the authors' code)
+    pre_rollouts: int | None = Field(
+        None, ge=1, le=4096, description="cures: rollouts of every chunk prompt before it trains (n_min; 4)"
+    )
+    chunk_prompts: int | None = Field(
+        None, ge=1, le=1_000_000, description="cures: prompts pre-rolled together, then trained on for chunk_steps"
+    )
+    chunk_steps: int | None = Field(None, ge=1, le=1_000_000, description="cures: steps spent on each chunk (10)")
+    weight_scale: float | None = Field(
+        None,
+        ge=0,
+        le=10_000,
+        description="cures: prompt weight exp(weight_scale·sqrt(p̂(1−p̂))/(A+1)); the released 0.01 is "
+        "nearly uniform, larger values favour p̂ near 1/2",
+    )
+    allocation_unit: int | None = Field(
+        None, ge=1, le=4096, description="cures: rollouts are allocated in whole units of this many (4)"
+    )
+    online_update: bool | None = Field(
+        None, description="cures: every verified training rollout also updates its prompt's posterior"
+    )
+    # DARS (engine.sampling.dars; defaults from the authors' code)
+    schedule: Literal["equal", "hardness"] | None = Field(
+        None,
+        description="dars: extra rollouts up to the p = 0.5 advantage peak (equal) or weighted to harder "
+        "prompts (hardness)",
+    )
+    max_rollouts: int | None = Field(
+        None, ge=2, le=65_536, description="dars: N_max, rollouts per prompt over both rounds; unset: 4·n (equal), 8·n (hardness)"
+    )
+    schedule_std: bool | None = Field(
+        None, description="dars: the schedule of std-normalised advantages (S = 2·sqrt(p(1−p))); false: R − mean"
+    )
+    upper_threshold: float | None = Field(
+        None, gt=0, le=1, description="dars: merged groups train only with 0 < accuracy < this (1.0)"
     )
     prior_alpha: float = Field(
         1.0, gt=0, le=1e6, description="difficulty store: α₀ of each prompt's Beta prior over its pass rate"
@@ -284,7 +354,20 @@ class CurriculumSpec(_Strict):
     def _strategy_known(cls, strategy: str) -> str:
         return registered(SAMPLERS, strategy)
 
-    @field_validator("start_quantile", "ramp_steps")
+    @field_validator(
+        "start_quantile",
+        "ramp_steps",
+        "pre_rollouts",
+        "chunk_prompts",
+        "chunk_steps",
+        "weight_scale",
+        "allocation_unit",
+        "online_update",
+        "schedule",
+        "max_rollouts",
+        "schedule_std",
+        "upper_threshold",
+    )
     @classmethod
     def _read_by_the_strategy(cls, value: Any, info: ValidationInfo) -> Any:
         strategy = info.data.get("strategy")
@@ -308,16 +391,83 @@ class RolloutSpec(_Strict):
     temperature: float = Field(1.0, gt=0, le=5)
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(256, ge=1, le=1_000_000)
+    samples_per_step: int | None = Field(
+        None,
+        ge=2,
+        le=10_000_000,
+        description="rollouts per step held fixed while n varies (BroRL's equal budget): prompts_per_step "
+        "becomes samples_per_step / n; unset: prompts_per_step × n",
+    )
+    memory_budget_mb: int | None = Field(
+        None,
+        ge=1,
+        le=10_000_000,
+        description="working memory a step's generation and training may each use (MiB): samples decode and "
+        "train in chunks that fit, whatever n; unset: the backend's slots and training.micro_batch_tokens",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prompts_from_samples(cls, data: Any) -> Any:
+        """samples_per_step fixes prompts_per_step; a spec naming both must agree."""
+        if not isinstance(data, dict) or not isinstance(data.get("samples_per_step"), int):
+            return data
+        samples, n = data["samples_per_step"], data.get("n", cls.model_fields["n"].default)
+        if not isinstance(n, int) or n < 1:
+            return data  # n's own check names it
+        if samples % n:
+            raise ValueError(f"samples_per_step ({samples}) must be a multiple of n ({n}): whole prompt groups")
+        prompts = data.get("prompts_per_step")
+        if prompts is not None and prompts != samples // n:
+            raise ValueError(
+                f"samples_per_step {samples} with n {n} means prompts_per_step {samples // n}, not {prompts}: "
+                "leave prompts_per_step unset"
+            )
+        return data | {"prompts_per_step": samples // n}
     strategy: str | None = Field(
         None,
-        description="how a step's groups are collected: plain, or dynamic_sampling (DAPO's refill); "
+        description="how a step's groups are collected: plain, dynamic_sampling (DAPO's refill), or april "
+        "(over-sample, stop at the batch, resume the aborted tail next step); "
         "unset: dynamic_sampling when the algorithm asks for it, else plain",
+    )
+    over_sampling: int | None = Field(
+        None,
+        validate_default=True,
+        ge=1,
+        le=1_000_000,
+        description="april: prompt groups submitted per round, at least prompts_per_step; unset: twice it (the paper's)",
+    )
+    stale_prefix: Literal["train", "mask"] | None = Field(
+        None,
+        validate_default=True,
+        description="april: a resumed sample's tokens from earlier policies are trained as on-policy (train, the "
+        "paper's) or left out of the loss (mask); importance-weighting them is algorithm.policy_loss decoupled_ppo",
     )
 
     @field_validator("strategy")
     @classmethod
     def _strategy_known(cls, strategy: str | None) -> str | None:
         return strategy if strategy is None else registered(ROLLOUT_STRATEGIES, strategy)
+
+    @field_validator("over_sampling", "stale_prefix")
+    @classmethod
+    def _april_fields(cls, value: Any, info: ValidationInfo) -> Any:
+        """Read by strategy april only; there, unset means the paper's (twice the batch,
+        stale tokens trained as on-policy)."""
+        if info.data.get("strategy") != "april":
+            if value is not None:
+                raise ValueError("read only by rollout.strategy april; leave it unset")
+            return value
+        batch = info.data.get("prompts_per_step")
+        if info.field_name == "stale_prefix":
+            return value or "train"
+        if value is None:
+            return None if batch is None else 2 * batch
+        if batch is not None and value < batch:
+            raise ValueError(
+                f"{value} is below prompts_per_step ({batch}): APRIL submits at least the groups a step trains on"
+            )
+        return value
 
 
 class TrainingSpec(_Strict):
@@ -371,6 +521,15 @@ class ResourcesSpec(_Strict):
     )
     gpus: int = Field(0, ge=0, le=1024)
     cpus: int = Field(2, ge=1, le=1024, description="CPU cores for the trainer (also its torch threads)")
+    rollout_workers: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="rollout workers, each with its own copy of the policy and generation backend (Ray actors "
+        "under executor ray, threads in process); 0 = colocated: the trainer's model generates",
+    )
+    rollout_cpus: int = Field(1, ge=1, le=1024, description="CPU cores of each rollout worker")
+    rollout_gpus: int = Field(0, ge=0, le=1024, description="GPUs of each rollout worker")
 
 
 class BackendsSpec(_Strict):
@@ -389,12 +548,40 @@ class BackendsSpec(_Strict):
 
 
 class OrchestrationSpec(_Strict):
-    mode: str = Field("sync", description="the recipe: sync (sample with the current policy, then train)")
+    mode: str = Field(
+        "sync",
+        description="the recipe: sync (sample with the current policy, then train) or async (AReaL: rollout "
+        "workers generate continuously, the trainer takes a batch whenever one is ready)",
+    )
+    max_staleness: int | None = Field(
+        None,
+        validate_default=True,
+        ge=0,
+        le=1_000_000,
+        description="async: η, how many policy versions a trained group may lag behind (0 = synchronous); unset: 2",
+    )
+    max_concurrent_groups: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="async: prompt groups in flight at most, over all rollout workers; unset: only η bounds them",
+    )
 
     @field_validator("mode")
     @classmethod
     def _mode_known(cls, mode: str) -> str:
         return registered(RECIPES, mode)
+
+    @field_validator("max_staleness", "max_concurrent_groups")
+    @classmethod
+    def _async_fields(cls, value: Any, info: ValidationInfo) -> Any:
+        """Read by mode async only; there, an unset η is 2 (AReaL's example; its docs
+        recommend 2-8)."""
+        if info.data.get("mode") != "async":
+            if value is not None:
+                raise ValueError("read only by orchestration.mode async; leave it unset")
+            return value
+        return 2 if value is None and info.field_name == "max_staleness" else value
 
 
 class TelemetrySpec(_Strict):
@@ -412,11 +599,12 @@ class RunSpec(_Strict):
     dataset: DatasetSpec = DatasetSpec()
     algorithm: AlgorithmSpec = AlgorithmSpec()
     curriculum: CurriculumSpec = CurriculumSpec()
-    rollout: RolloutSpec = RolloutSpec()
+    # Validated even when absent, so an unset strategy is resolved from the algorithm.
+    rollout: RolloutSpec = Field(RolloutSpec(), validate_default=True)
     training: TrainingSpec = TrainingSpec()
     resources: ResourcesSpec = ResourcesSpec()
     backends: BackendsSpec = BackendsSpec()
-    orchestration: OrchestrationSpec = OrchestrationSpec()
+    orchestration: OrchestrationSpec = Field(OrchestrationSpec(), validate_default=True)
     telemetry: TelemetrySpec = TelemetrySpec()
     seed: int = Field(0, ge=0, le=2**32 - 1)
 
@@ -425,9 +613,21 @@ class RunSpec(_Strict):
     def _resolve_rollout_strategy(cls, rollout: RolloutSpec, info: ValidationInfo) -> RolloutSpec:
         """An unset rollout strategy follows the algorithm; a plain one under dynamic
         sampling would silently drop DAPO's filter, so it is refused."""
-        algorithm = info.data.get("algorithm")
-        if algorithm is None:
-            return rollout  # the algorithm's own error says what is wrong
+        algorithm, curriculum = info.data.get("algorithm"), info.data.get("curriculum")
+        if algorithm is None or curriculum is None:
+            return rollout  # the algorithm's or curriculum's own error says what is wrong
+        # A sampler whose plan needs its own collection (DARS's second round) names it.
+        needed = getattr(SAMPLERS.get(curriculum.strategy), "rollout_strategy", None)
+        if needed is not None:
+            if rollout.strategy not in (None, needed):
+                raise ValueError(
+                    f"curriculum {curriculum.strategy!r} collects with strategy {needed!r}: leave rollout.strategy unset"
+                )
+            if algorithm.dynamic_sampling:
+                raise ValueError(
+                    f"curriculum {curriculum.strategy!r} filters its own groups: set algorithm.dynamic_sampling: false"
+                )
+            return rollout.model_copy(update={"strategy": needed})
         if rollout.strategy is None:
             return rollout.model_copy(
                 update={"strategy": "dynamic_sampling" if algorithm.dynamic_sampling else "plain"}
@@ -438,6 +638,29 @@ class RunSpec(_Strict):
                 "leave rollout.strategy unset or set algorithm.dynamic_sampling: false"
             )
         return rollout
+
+    @field_validator("orchestration")
+    @classmethod
+    def _placement_fits_the_recipe(cls, orchestration: OrchestrationSpec, info: ValidationInfo) -> OrchestrationSpec:
+        """Async needs rollout workers apart from the trainer; the sync recipe generates on
+        the trainer's model (its split form is async with max_staleness 0)."""
+        resources, rollout = info.data.get("resources"), info.data.get("rollout")
+        if resources is None or rollout is None:
+            return orchestration
+        if orchestration.mode == "async":
+            if resources.rollout_workers < 1:
+                raise ValueError("mode async generates on rollout workers: set resources.rollout_workers to at least 1")
+            if rollout.strategy not in ("plain", "dynamic_sampling"):
+                raise ValueError(
+                    f"mode async collects continuously, so rollout.strategy {rollout.strategy!r} does not apply: "
+                    "use mode sync for it"
+                )
+        elif resources.rollout_workers:
+            raise ValueError(
+                f"mode {orchestration.mode!r} generates on the trainer's model: set resources.rollout_workers to 0, "
+                "or use mode async (max_staleness 0 is the synchronous algorithm on separate rollout workers)"
+            )
+        return orchestration
 
     @field_validator("curriculum")
     @classmethod
@@ -450,6 +673,35 @@ class RunSpec(_Strict):
                     "name its difficulty column in dataset.columns.difficulty"
                 )
         return curriculum
+
+    @field_validator("rollout")
+    @classmethod
+    def _memory_budget_fits(cls, rollout: RolloutSpec, info: ValidationInfo) -> RolloutSpec:
+        """The chunk plan must hold one sample being generated and trained (engine.rollout.chunked)."""
+        model = info.data.get("model")
+        if rollout.memory_budget_mb is not None and model is not None:
+            try:
+                plan_memory(
+                    rollout.memory_budget_mb,
+                    ModelShape.of(model.path),
+                    model.dtype,
+                    rollout.max_new_tokens,
+                    rollout.prompts_per_step * rollout.n,
+                )
+            except ValueError as exc:
+                raise ValueError(f"memory_budget_mb: {exc}") from None
+        return rollout
+
+    @field_validator("rollout")
+    @classmethod
+    def _cures_chunk_holds_a_step(cls, rollout: RolloutSpec, info: ValidationInfo) -> RolloutSpec:
+        curriculum = info.data.get("curriculum")
+        if curriculum is not None and curriculum.strategy == "cures" and curriculum.chunk_prompts < rollout.prompts_per_step:
+            raise ValueError(
+                f"prompts_per_step ({rollout.prompts_per_step}) exceeds curriculum.chunk_prompts "
+                f"({curriculum.chunk_prompts}): a CurES step draws its prompts from one chunk"
+            )
+        return rollout
 
     @field_validator("training")
     @classmethod

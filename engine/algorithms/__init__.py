@@ -5,8 +5,8 @@ callable in its own module:
 
     ADVANTAGE_ESTIMATORS  engine.algorithms.advantages    group_norm, group_mean, leave_one_out
     RATIO_LEVELS          engine.algorithms.policy_loss   token (PPO), sequence (GSPO)
-    POLICY_LOSSES         engine.algorithms.policy_loss   ppo (the clipped surrogate); AReaL's
-                                                          decoupled loss is the next entry
+    POLICY_LOSSES         engine.algorithms.policy_loss   ppo (the clipped surrogate), decoupled_ppo
+                                                          (AReaL: behaviour and proximal policies apart)
     AGGREGATIONS          engine.algorithms.aggregation   token-mean, seq-mean-token-mean, …
     KL_ESTIMATORS         engine.algorithms.kl            k1, k2, k3, low_var_kl
     REWARD_SHAPERS        engine.algorithms.shaping       overlong (DAPO), kl_penalty (KL in the reward)
@@ -33,6 +33,7 @@ RATIO_LEVELS.register("sequence", "engine.algorithms.policy_loss:sequence_log_ra
 
 POLICY_LOSSES: Registry = Registry("policy loss")
 POLICY_LOSSES.register("ppo", "engine.algorithms.policy_loss:PPOLoss")
+POLICY_LOSSES.register("decoupled_ppo", "engine.algorithms.policy_loss:DecoupledPPOLoss")
 
 AGGREGATIONS: Registry = Registry("loss aggregation")
 for _name, _function in [

@@ -1,8 +1,10 @@
 """Policy losses: the importance ratio at token or sequence level
 (engine.algorithms.RATIO_LEVELS) and the PPO clipped surrogate built on it
-(engine.algorithms.POLICY_LOSSES 'ppo'; algorithms.md §0.1). AReaL's decoupled loss
-(behaviour and proximal policies kept apart) registers beside it: a policy loss is a
-callable the training backend calls once per micro-batch with the model's logits.
+(engine.algorithms.POLICY_LOSSES 'ppo'; algorithms.md §0.1), and AReaL's decoupled loss
+('decoupled_ppo': behaviour and proximal policies kept apart, §4b) on top of it. A policy
+loss is a callable the training backend calls once per micro-batch with the model's
+logits; besides LOSS_STATISTICS it may return further per-token sums under metric names,
+which the training backend reports as means over trained tokens.
 
 Shapes: B sequences in a (micro-)batch, T token positions, V vocabulary entries.
 `mask` [B, T] is 1.0 on generated (trained) tokens and 0.0 on prompt and padding.
@@ -135,6 +137,11 @@ class PPOLoss:
     def needs_reference(self) -> bool:
         return self.algorithm.kl_placement != "off"
 
+    def token_weights(self, batch: "Collated") -> tuple[torch.Tensor | None, dict[str, float]]:
+        """Per-token weights of the surrogate ([B, T], detached) and their statistics:
+        none for PPO (DecoupledPPOLoss weights each token by π_prox / π_behav)."""
+        return None, {}
+
     def __call__(
         self, logits: torch.Tensor, targets: torch.Tensor, batch: "Collated", num_seqs: int, num_tokens: int
     ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -149,7 +156,8 @@ class PPOLoss:
         def agg(values: torch.Tensor) -> torch.Tensor:
             return aggregate(values, mask, algo.aggregation, counts)
 
-        pg_loss = agg(terms.loss)
+        weights, weight_statistics = self.token_weights(batch)
+        pg_loss = agg(terms.loss if weights is None else terms.loss * weights)
         loss = pg_loss
         entropy = entropy_from_logits(logits if algo.entropy_coef else logits.detach(), self.temperature)
         if algo.entropy_coef:
@@ -166,5 +174,52 @@ class PPOLoss:
             "dual": float((terms.clipped_dual & trained).sum()),
             "region": float((terms.out_of_region & trained).sum()),
             "tokens": float(mask.sum()),
+            **weight_statistics,
         }
         return loss, statistics
+
+
+class DecoupledPPOLoss(PPOLoss):
+    """AReaL's decoupled PPO objective (algorithms.md §4b), to be minimised per token:
+
+        ℓ_t = w_t · ℓ^PPO_t(u_t),   u_t = π_θ / π_prox,   w_t = sg[π_prox / π_behav]
+
+    π_behav is the log-prob the generation backend sampled the token with (whatever
+    version that was), π_prox the trainer's recomputation with the weights at the start
+    of the step (`batch.old_logprobs`). The clip, dual clip and ratio level of the
+    algorithm apply to u. A token whose w exceeds `behav_weight_cap` is masked (w = 0;
+    AReaL's `behav_imp_weight_cap`) or clamped to the cap; the aggregation's
+    denominators keep counting it, as AReaL's do. With π_prox = π_behav (nothing stale)
+    every w is 1 and this is the ppo loss exactly.
+
+    Besides PPO's statistics it sums, per trained token, the weight after the cap, the
+    tokens the cap touched and log π_prox − log π_behav, reported as
+    off_policy/behav_weight_mean, off_policy/behav_capped_ratio and off_policy/behav_kl.
+    """
+
+    def token_weights(self, batch: "Collated") -> tuple[torch.Tensor | None, dict[str, float]]:
+        algo, mask = self.algorithm, batch.mask
+        weights, capped, behav_kl = behaviour_weights(
+            batch.old_logprobs, batch.behaviour_logprobs, mask, algo.behav_weight_cap, algo.behav_weight_action
+        )
+        return weights, {
+            "off_policy/behav_weight_mean": float((weights * mask).sum()),
+            "off_policy/behav_capped_ratio": float((capped & (mask > 0)).sum()),
+            "off_policy/behav_kl": float((behav_kl * mask).sum()),
+        }
+
+
+def behaviour_weights(
+    prox_logprobs: torch.Tensor, behav_logprobs: torch.Tensor, mask: torch.Tensor, cap: float, action: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The decoupled loss's detached importance weights w = π_prox / π_behav, [B, T], after
+    the cap (`action` mask: w = 0 above it; clamp: w = cap), with where the cap bit
+    (bool [B, T]) and log π_prox − log π_behav. Untrained positions get w = 0."""
+    behav_kl = (prox_logprobs - behav_logprobs).detach() * mask
+    weights = torch.exp(behav_kl)
+    capped = weights > cap
+    if action == "mask":
+        weights = torch.where(capped, torch.zeros_like(weights), weights)
+    else:
+        weights = torch.clamp(weights, max=cap)
+    return weights * mask, capped, behav_kl

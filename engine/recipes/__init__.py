@@ -5,7 +5,9 @@ run's parts from the spec and calls them in order, one step at a time:
 - `sync`: the synchronous step (engine.recipes.sync): plan → collect → log-probs →
   shape → advantages → updates → push weights → observe → telemetry.
 
-AReaL's asynchronous recipe will be a second file, not flags inside the first.
+- `async`: AReaL (engine.recipes.asynchronous): rollout workers generate continuously
+  under a staleness bound, the trainer takes a batch whenever one is ready.
+
 engine.orchestration drives a recipe (in process or in a Ray actor) through `step()`,
 `evaluate(step)`, `save_checkpoint` and `load_checkpoint`.
 """
@@ -14,3 +16,4 @@ from engine.registry import Registry
 
 RECIPES: Registry = Registry("orchestration mode")
 RECIPES.register("sync", "engine.recipes.sync:SyncRecipe")
+RECIPES.register("async", "engine.recipes.asynchronous:AsyncRecipe")

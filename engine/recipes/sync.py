@@ -38,13 +38,10 @@ from engine.algorithms.kl import kl_estimate
 from engine.checkpoint import CheckpointInfo, global_rng_state, read_state, restore_global_rng_state, save_checkpoint
 from engine.events import DifficultyUpdates, Event, Metrics, PromptResults, SampleRecords
 from engine.evaluation import evaluate
-from engine.generation import stop_token_ids
-from engine.inference import GENERATION_BACKENDS
-from engine.inference.interface import SamplingParams
 from engine.problems import Problem
 from engine.rollout import ROLLOUT_STRATEGIES
-from engine.rollout.collector import Collector
-from engine.rollout.types import Rollout
+from engine.rollout.collector import build_collector
+from engine.rollout.types import Rollout, RolloutBatch
 from engine.sampling import SAMPLERS
 from engine.sampling.difficulty import DifficultyStore, outcomes_of
 from engine.spec import RunSpec
@@ -86,18 +83,8 @@ class SyncRecipe:
         self.loss = POLICY_LOSSES.load(algorithm.policy_loss)(algorithm, rollout.temperature, rollout.max_new_tokens)
         self.training = TRAINING_BACKENDS.load(spec.backends.training)(spec, needs_reference=self.loss.needs_reference)
         self.task = resolve_task(spec.dataset)
-        model, tokenizer = self.training.model, self.training.tokenizer
-        params = SamplingParams(
-            n=rollout.n,
-            temperature=rollout.temperature,
-            top_p=rollout.top_p,
-            max_new_tokens=rollout.max_new_tokens,
-            stop_token_ids=stop_token_ids(model, tokenizer),
-        )
-        # Generators live on the model's device: torch.multinomial on CUDA needs a CUDA one.
-        generator = torch.Generator(device=model.device).manual_seed(spec.seed)
-        backend = GENERATION_BACKENDS.load(spec.backends.generation)(model)
-        self.collector = Collector(backend, tokenizer, self.task, spec.model.chat_template, params, generator)
+        # Colocated: the collector's backend decodes with the training backend's own model.
+        self.collector = build_collector(spec, self.training.model, self.training.tokenizer, self.task)
         self.eval_problems: list[Problem] = self.task.problems("test", spec.dataset.eval_size, seed=EVAL_SEED)
         curriculum = spec.curriculum
         self.difficulty = DifficultyStore(curriculum.prior_alpha, curriculum.prior_beta)
@@ -121,20 +108,34 @@ class SyncRecipe:
     def step(self) -> list[Event]:
         """One step of the configured algorithm; returns its events (module docstring)."""
         self.step_count += 1
-        step, spec = self.step_count, self.spec
-        timeline = Timeline(step)
+        timeline = Timeline(self.step_count)
+        return self.learn(self.step_count, self.collect(self.step_count, timeline), timeline)
 
-        # 1-2. plan and collect
-        plan = self.sampler.next(step, spec.rollout.prompts_per_step)
-        batch = self.strategy.collect(
-            step, plan, lambda count: self.sampler.next(step, count), self.collector, timeline
-        )
+    def collect(self, step: int, timeline: Timeline) -> RolloutBatch:
+        """1-2. plan and collect: the batch the step trains on (the async recipe's comes
+        from its rollout workers instead)."""
+        plan = self.sampler.next(step, self.spec.rollout.prompts_per_step)
+        return self.strategy.collect(step, plan, lambda count: self.sampler.next(step, count), self.collector, timeline)
+
+    def push_weights(self, timeline: Timeline) -> None:
+        """7. the generation backend gets the new weights and their version."""
+        with timeline.phase(TRAINER, "sync", "sync"):
+            self.collector.load_weights(self.training.weights(), self.training.version)
+
+    def rollout_workers(self) -> list[str]:
+        """The workers that generate, as the step's spans name them."""
+        return [self.collector.worker]
+
+    def learn(self, step: int, batch: RolloutBatch, timeline: Timeline) -> list[Event]:
+        """3-9: log-probs, shaping, advantages, updates, weight push, observe, telemetry."""
+        spec = self.spec
         rollouts = batch.rollouts  # [N] the groups trained on, flattened
         metrics = dict(batch.metrics)
 
-        # 3. log-probs
+        # 3. log-probs: π_old is the behaviour policy only while every token was sampled
+        # with the weights the update starts from (never so for APRIL's resumed tokens)
         with timeline.phase(TRAINER, "train", "old_log_prob"):
-            if self.updates_per_batch > 1:
+            if self.updates_per_batch > 1 or sampled_before(rollouts, self.training.version):
                 for item, logprobs in zip(rollouts, self.training.logprobs(rollouts)):
                     item.old_logprobs = logprobs
         with timeline.phase(TRAINER, "train", "ref"):
@@ -168,8 +169,7 @@ class SyncRecipe:
             self.training.end_batch()
 
         # 7. push weights
-        with timeline.phase(TRAINER, "sync", "sync"):
-            self.collector.load_weights(self.training.weights(), self.training.version)
+        self.push_weights(timeline)
 
         # 8. observe every verified rollout, trained on or not
         generated = batch.generated_rollouts
@@ -178,7 +178,8 @@ class SyncRecipe:
         self.sampler.observe(step, generated)
 
         # 9. telemetry
-        spans = timeline.close([self.collector.worker, TRAINER])
+        workers = self.rollout_workers()
+        spans = timeline.close([*workers, TRAINER])
         update = UpdateResult(metrics=statistics.metrics(), trained_tokens=statistics.trained_tokens)
         metrics.update(
             step_metrics(
@@ -187,7 +188,7 @@ class SyncRecipe:
                 advantages,
                 update,
                 dict(timeline.seconds),
-                rollout_busy=timeline.busy(self.collector.worker),
+                rollout_busy=sum(timeline.busy(worker) for worker in workers) / len(workers),
                 trainer_busy=timeline.busy(TRAINER),
                 devices=DEVICES_PER_TRAINER,
             )
@@ -254,6 +255,11 @@ def active_shapers(spec: RunSpec) -> list[str]:
     if algorithm.kl_placement == "reward":
         names.append("kl_penalty")
     return names
+
+
+def sampled_before(rollouts: list[Rollout], version: int) -> bool:
+    """Whether any token was sampled by weights older than `version`."""
+    return any(v < version for item in rollouts for v in item.versions)
 
 
 def mean_reference_kl(rollouts: list[Rollout], estimator: str) -> float:

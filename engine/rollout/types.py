@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.events import SampleStatus
+from engine.inference.interface import PartialResponse
 from engine.problems import Problem
 
 
@@ -29,6 +30,8 @@ class Rollout:
     advantage: float = 0.0
     old_logprobs: torch.Tensor | None = None  # π_old per response token, when the trainer recomputed it
     ref_logprobs: torch.Tensor | None = None  # π_ref per response token, when a KL term is on
+    aborts: int = 0  # times it was aborted and resumed (APRIL's step end, AReaL's weight updates)
+    trained_from: int = 0  # response tokens before this index stay out of the loss (APRIL's mask-stale-prefix)
 
     @property
     def length(self) -> int:
@@ -67,6 +70,45 @@ class Group:
     @property
     def rewards(self) -> list[float]:
         return [item.reward for item in self.rollouts]
+
+
+@dataclass(eq=False)
+class PartialGroup:
+    """A prompt group in flight, or set aside with samples unfinished (APRIL's buffer, a
+    rollout worker interrupted by a weight update): its verified samples and the tokens,
+    log-probs and versions each unfinished one had when it was aborted. Finished samples
+    are never generated again; unfinished ones resume from their tokens.
+
+    `key` names the group for the whole run (across requests, steps, workers and a
+    resume); `begun` is the step it was first submitted in."""
+
+    key: int
+    problem: Problem
+    n: int
+    begun: int
+    done: dict[int, Rollout] = field(default_factory=dict)  # sample index → verified rollout
+    partial: dict[int, PartialResponse] = field(default_factory=dict)  # sample index → tokens before its abort
+    aborts: dict[int, int] = field(default_factory=dict)  # sample index → times aborted with tokens
+
+    @property
+    def complete(self) -> bool:
+        return len(self.done) == self.n
+
+    @property
+    def untouched(self) -> bool:
+        """Nothing generated yet: its samples can share one prefill again."""
+        return not self.done and not any(item.token_ids for item in self.partial.values())
+
+    def rollouts(self) -> list[Rollout]:
+        return [self.done[index] for index in sorted(self.done)]
+
+    def as_group(self, group_id: int) -> Group:
+        """The complete group as a recipe trains it: id `group_id` (a batch numbers its
+        groups 0 … N − 1 for the advantages), its samples in index order."""
+        rollouts = self.rollouts()
+        for item in rollouts:
+            item.group = group_id
+        return Group(id=group_id, problem=self.problem, rollouts=rollouts)
 
 
 @dataclass

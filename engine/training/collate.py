@@ -15,6 +15,7 @@ class Collated:
     input_ids: torch.Tensor  # [B, L] prompt + response, right-padded with the pad id
     mask: torch.Tensor  # [B, L − 1] 1.0 where position t predicts a generated token
     old_logprobs: torch.Tensor  # [B, L − 1] π_old, aligned with mask
+    behaviour_logprobs: torch.Tensor  # [B, L − 1] what the generation backend sampled with (per token's version)
     ref_logprobs: torch.Tensor | None  # [B, L − 1] π_ref, when a KL term is on
     advantages: torch.Tensor  # [B]
 
@@ -31,18 +32,21 @@ def pad(rollouts: Sequence[Rollout], pad_id: int, device: torch.device) -> torch
 def collate(rollouts: Sequence[Rollout], pad_id: int, device: torch.device, with_reference: bool) -> Collated:
     input_ids = pad(rollouts, pad_id, device)
     shape = (len(rollouts), input_ids.shape[1] - 1)
-    mask, old = torch.zeros(shape), torch.zeros(shape)
+    mask, old, behaviour = torch.zeros(shape), torch.zeros(shape), torch.zeros(shape)
     ref = torch.zeros(shape) if with_reference else None
     for row, item in enumerate(rollouts):
         span = item.response_positions
-        mask[row, span] = 1.0
+        # APRIL's mask-stale-prefix leaves a resumed sample's first tokens out of the loss.
+        mask[row, span.start + item.trained_from : span.stop] = 1.0
         old[row, span] = item.policy_logprobs()
+        behaviour[row, span] = torch.tensor(item.logprobs)
         if ref is not None:
             ref[row, span] = item.ref_logprobs
     return Collated(
         input_ids=input_ids,
         mask=mask.to(device),
         old_logprobs=old.to(device),
+        behaviour_logprobs=behaviour.to(device),
         ref_logprobs=ref.to(device) if ref is not None else None,
         advantages=torch.tensor([item.advantage for item in rollouts], device=device),
     )

@@ -33,7 +33,9 @@ class UpdateStatistics:
 
     def metrics(self) -> dict[str, float]:
         sums, steps, tokens = self.sums, max(self.steps, 1), max(self.sums["tokens"], 1.0)
-        return {
+        # A policy loss's own per-token sums (the decoupled loss's off_policy/*), as means.
+        own = {name: total / tokens for name, total in sums.items() if "/" in name}
+        return own | {
             "actor/pg_loss": sums["pg_loss"] / steps,
             "actor/entropy": sums["entropy"] / tokens,
             "actor/grad_norm": sums["grad_norm"] / steps,
@@ -98,7 +100,7 @@ class TorchTrainingBackend:
         and clipped to `training.grad_clip`; adds to `statistics`."""
         training = self.spec.training
         self.optimizer.zero_grad(set_to_none=True)
-        num_tokens = sum(len(item.token_ids) for item in mini_batch)
+        num_tokens = sum(len(item.token_ids) - item.trained_from for item in mini_batch)
         for micro_batch in micro_batches(mini_batch, training.micro_batch_tokens):
             batch = collate(micro_batch, self.tokenizer.pad_token_id, self.device, self.reference is not None)
             # Right padding under a causal mask never touches a real token's output, so no
@@ -108,7 +110,7 @@ class TorchTrainingBackend:
             value, sums = loss(logits[:, :-1], batch.input_ids[:, 1:], batch, len(mini_batch), num_tokens)
             value.backward()
             for name, amount in sums.items():
-                statistics.sums[name] += amount
+                statistics.sums[name] = statistics.sums.get(name, 0.0) + amount
             statistics.trained_tokens += sum(len(item.prompt_ids) + len(item.token_ids) for item in micro_batch)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), training.grad_clip)
         statistics.sums["grad_norm"] += float(grad_norm)

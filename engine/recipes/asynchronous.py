@@ -1,0 +1,180 @@
+"""AReaL's asynchronous recipe (algorithms.md §4): rollout workers generate continuously,
+the trainer takes a batch whenever one is ready.
+
+    orchestration: {mode: async, max_staleness: η, max_concurrent_groups: ...}
+    resources:     {rollout_workers: k, rollout_cpus: ..., cpus: <the trainer's>}
+
+One `step()`:
+
+    1 admit      while the staleness bound leaves capacity (engine.rollout.staleness:
+                 (η + v + 1)·B − (accepted + running), v = steps trained so far), the
+                 sampler's next prompts go to the least loaded rollout worker
+    2 wait       for finished groups (a `wait` span of the trainer); DAPO's filter
+                 rejects a group whose rewards are all equal; admission runs again as
+                 groups finish (max_concurrent_groups frees up)
+    3 take       the B oldest accepted groups (by submission), each trained once
+    4-9          as the sync recipe (engine.recipes.sync.SyncRecipe.learn): π_prox is
+                 recomputed whenever a token was sampled by older weights, shaping,
+                 advantages, updates with the algorithm's policy loss (decoupled_ppo
+                 keeps behaviour and proximal policies apart), then the weight push:
+                 every worker pauses, aborts its in-flight samples, loads the new
+                 weights and resumes the same samples from their tokens; each token
+                 keeps the version that sampled it
+    10 admit     the new version opens capacity: the next groups start while the trainer
+                 writes its telemetry
+
+Meanwhile the workers never wait for the trainer except when the bound leaves no
+capacity. With η = 0 every step admits exactly B groups after the previous update and
+waits for all of them: the synchronous algorithm, split across actors, which reports
+the same metrics as the sync recipe on the same seed (one worker, in process: exactly;
+tested). Held-out evaluation runs on the trainer's own model (its colocated collector).
+"""
+
+from typing import Any
+
+from engine.recipes.sync import TRAINER, SyncRecipe
+from engine.rollout.april import partial_group_from_state, partial_group_state, staleness_metrics
+from engine.rollout.staleness import StalenessManager
+from engine.rollout.strategies import is_informative
+from engine.rollout.types import PartialGroup, RolloutBatch
+from engine.rollout.workers import WorkerPool
+from engine.spec import RunSpec
+from engine.telemetry import Timeline
+
+# How long the trainer waits on the workers between admission checks.
+POLL_S = 0.05
+
+
+class AsyncRecipe(SyncRecipe):
+    def __init__(self, spec: RunSpec):
+        super().__init__(spec)
+        orchestration = spec.orchestration
+        self.batch_groups = spec.rollout.prompts_per_step
+        self.filtered = spec.algorithm.dynamic_sampling
+        self.staleness = StalenessManager(
+            self.batch_groups, orchestration.max_staleness, orchestration.max_concurrent_groups
+        )
+        self.workers = WorkerPool(spec)
+        self.collector.worker = TRAINER  # the trainer's own collector only evaluates
+        self.placed: dict[int, int] = {}  # key → worker, for every group submitted and not received
+        self.buffer: list[PartialGroup] = []  # accepted, not trained yet, oldest first
+        self.rejected: list[PartialGroup] = []  # filtered out since the last step (observed, not trained)
+        self.next_key = 0
+        self.sync_seconds = 0.0  # the workers' own pause-load-resume time at the last push
+
+    # ----------------------------------------------------------------- 1-3
+    def collect(self, step: int, timeline: Timeline) -> RolloutBatch:
+        version = step - 1
+        while len(self.buffer) < self.batch_groups:
+            self._admit(step, version)
+            with timeline.phase(TRAINER, "wait", "wait"):
+                finished = self.workers.take_finished(POLL_S)
+            self._receive(finished)
+        taken, self.buffer = self.buffer[: self.batch_groups], self.buffer[self.batch_groups :]
+        groups = [group.as_group(index) for index, group in enumerate(taken)]
+        rejected = [group.as_group(len(groups) + index) for index, group in enumerate(self.rejected)]
+        self.rejected = []
+        trained = [item for group in groups for item in group.rollouts]
+        metrics = {
+            "buffer/size": float(len(self.buffer)),
+            "async/accepted": float(self.staleness.accepted),
+            "async/running": float(self.staleness.running),
+            "async/rejected": float(self.staleness.rejected),
+            "async/capacity": float(self.staleness.capacity(version)),
+            "rollout/partial_ratio": sum(item.aborts > 0 for item in trained) / max(len(trained), 1),
+            "off_policy/group_lag/max": float(max(version - group.begun + 1 for group in taken)),
+            "timing_s/worker_sync": self.sync_seconds,
+            **staleness_metrics(trained, self.training.version),
+        }
+        if self.filtered:
+            metrics["dapo/keep_rate"] = len(groups) / max(len(groups) + len(rejected), 1)
+        return RolloutBatch(groups=groups, generated=groups + rejected, metrics=metrics)
+
+    def _admit(self, step: int, version: int) -> None:
+        """Submit as many fresh groups as the staleness bound allows, least loaded worker first."""
+        capacity = self.staleness.capacity(version)
+        if not capacity:
+            return
+        plan = self.sampler.next(step, capacity)
+        load = [0] * len(self.workers)
+        for worker in self.placed.values():
+            load[worker] += 1
+        per_worker: list[list[PartialGroup]] = [[] for _ in load]
+        for item in plan:
+            worker = min(range(len(load)), key=lambda index: load[index])
+            # `begun` is the policy version the group was admitted under.
+            per_worker[worker].append(PartialGroup(key=self.next_key, problem=item.problem, n=item.n, begun=version))
+            self.placed[self.next_key] = worker
+            load[worker] += 1
+            self.next_key += 1
+        for worker, groups in enumerate(per_worker):
+            if groups:
+                self.workers.submit(worker, groups)
+        self.staleness.submitted(len(plan))
+
+    def _receive(self, finished: list[PartialGroup]) -> None:
+        for group in finished:
+            del self.placed[group.key]
+            if self.filtered and not is_informative([item.reward for item in group.rollouts()]):
+                self.staleness.reject()
+                self.rejected.append(group)
+            else:
+                self.staleness.accept()
+                self.buffer.append(group)
+        self.buffer.sort(key=lambda group: group.key)
+
+    # ----------------------------------------------------------------- 7, 10
+    def push_weights(self, timeline: Timeline) -> None:
+        with timeline.phase(TRAINER, "sync", "sync"):
+            # The trainer's own collector (evaluation) decodes with its model: only the version moves.
+            self.collector.load_weights(self.training.weights(), self.training.version)
+            self.sync_seconds = max(self.workers.update_weights(self.training.weights(), self.training.version))
+        self._admit(self.step_count + 1, self.step_count)
+        for span in [span for spans in self.workers.call("pop_spans") for span in spans]:
+            if span.end > timeline.start:
+                timeline.spans.append(span.model_copy(update={"step": timeline.step, "start": max(span.start, timeline.start)}))
+
+    def rollout_workers(self) -> list[str]:
+        return list(self.workers.names)
+
+    # ----------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """The sync recipe's state and the asynchronous one: the accepted groups not yet
+        trained, every worker's in-flight groups (as partials) and finished ones, the
+        key counter and the staleness counters (for the record: a resume recomputes
+        them, engine.rollout.staleness)."""
+        return {
+            **super().state_dict(),
+            "async": {
+                "next_key": self.next_key,
+                "buffer": [partial_group_state(group) for group in self.buffer],
+                "workers": self.workers.call("snapshot"),
+                "staleness": self.staleness.state_dict(),
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        saved = state["async"]
+        self.next_key = saved["next_key"]
+        self.workers.update_weights(self.training.weights(), self.training.version)
+        # The saved workers' groups go round the workers now running (k may differ).
+        in_flight = [item for worker in saved["workers"] for item in worker["in_flight"]]
+        finished = [item for worker in saved["workers"] for item in worker["finished"]]
+        each = [([], []) for _ in range(len(self.workers))]
+        for index, item in enumerate(in_flight + finished):
+            each[index % len(each)][0 if index < len(in_flight) else 1].append(item)
+        generators = [worker["generator"] for worker in saved["workers"]]
+        self.workers.call(
+            "restore",
+            each=[
+                ({"generator": generators[index % len(generators)], "in_flight": mine, "finished": done},)
+                for index, (mine, done) in enumerate(each)
+            ],
+        )
+        self.buffer = [partial_group_from_state(item) for item in saved["buffer"]]
+        self.placed = {item["key"]: index for index, (mine, done) in enumerate(each) for item in mine + done}
+        self.staleness.restore(self.step_count, buffered=len(self.buffer), in_flight=len(in_flight) + len(finished))
+
+    def close(self) -> None:
+        self.workers.close()
