@@ -503,15 +503,15 @@ def sample_spec(**dataset) -> dict:
     }
 
 
-def test_the_trainer_draws_its_prompts_from_the_file(tmp_path):
-    from engine.trainer import Trainer
+def test_the_recipe_draws_its_prompts_from_the_file(tmp_path):
+    from engine.recipes.sync import SyncRecipe
 
-    trainer = Trainer(parse_spec(sample_spec(template="{prompt}\nAnswer:")))
-    assert isinstance(trainer.task, FileTask)
-    ids = {p.id for p in trainer.train_pool}
+    recipe = SyncRecipe(parse_spec(sample_spec(template="{prompt}\nAnswer:")))
+    assert isinstance(recipe.task, FileTask)
+    ids = {p.id for p in recipe.sampler.pool}
     assert len(ids) == 96 and all(i.startswith("sample-") for i in ids)  # 100 rows, eval_size 4 held out
-    assert not ids & {p.id for p in trainer.eval_problems} and len(trainer.eval_problems) == 4
-    assert all(p.prompt.endswith("\nAnswer:") for p in trainer.next_prompts(5))
+    assert not ids & {p.id for p in recipe.eval_problems} and len(recipe.eval_problems) == 4
+    assert all(item.problem.prompt.endswith("\nAnswer:") for item in recipe.sampler.next(1, 5))
 
 
 def test_a_run_trains_one_step_on_a_jsonl_file():

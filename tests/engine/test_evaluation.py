@@ -4,6 +4,7 @@ from itertools import combinations
 from math import comb
 
 import pytest
+import torch
 
 from engine.evaluation import mean_pass_at_k, pass_at_k
 from engine.spec import parse_spec
@@ -61,7 +62,7 @@ def test_the_spec_needs_as_many_samples_as_the_largest_k():
 
 
 def test_an_evaluation_reports_pass_at_k_from_several_samples_per_prompt():
-    from engine.trainer import Trainer
+    from engine.recipes.sync import SyncRecipe
 
     spec = parse_spec(
         {
@@ -72,20 +73,28 @@ def test_an_evaluation_reports_pass_at_k_from_several_samples_per_prompt():
             "model": {"device": "cpu"},
         }
     )
-    trainer = Trainer(spec)
+    recipe = SyncRecipe(spec)
     # Short chains repeat among held-out prompts, and PromptResults merges a repeated
     # prompt's samples; with distinct prompts its counts are exactly the per-prompt ones.
-    trainer.eval_problems = list({problem.id: problem for problem in trainer.eval_problems}.values())
+    recipe.eval_problems = list({problem.id: problem for problem in recipe.eval_problems}.values())
+    training_stream = recipe.collector.generator.get_state()
 
-    metrics, prompt_results, _ = trainer.evaluate(step=0)
+    metrics, prompt_results, samples, *spans = recipe.evaluate(step=0)
 
     values = metrics.values
     counts = [(result.attempts, result.successes) for result in prompt_results.results]
-    assert [attempts for attempts, _ in counts] == [4] * len(trainer.eval_problems)
+    assert [attempts for attempts, _ in counts] == [4] * len(recipe.eval_problems)
     for k in (1, 2, 4):
         assert values[f"val/pass@{k}"] == pytest.approx(mean_pass_at_k(counts, k))
     assert values["val/pass@1"] == pytest.approx(values["val/acc/mean@1"])
     # The warm-started model solves some held-out chains and misses others.
     assert 0 < values["val/pass@1"] < values["val/pass@2"] < values["val/pass@4"] <= 1
-    # Re-evaluating the same weights draws the same samples.
-    assert trainer.evaluate(step=0)[0].values["val/pass@4"] == values["val/pass@4"]
+    # Its samples are kept for drill-down, at most telemetry.samples_per_prompt (4) a prompt,
+    # sampled by the weights of version 0 (no update yet).
+    assert samples.split == "test" and len(samples.samples) == 4 * len(recipe.eval_problems)
+    assert {(s.first_version, s.last_version) for s in samples.samples} == {(0, 0)}
+    assert [(span.worker, span.phase) for span in spans] == [("rollout-0", "eval")]
+    # Evaluating draws from its own stream: the training stream has not moved ...
+    assert torch.equal(recipe.collector.generator.get_state(), training_stream)
+    # ... and re-evaluating the same weights draws the same samples.
+    assert recipe.evaluate(step=0)[0].values["val/pass@4"] == values["val/pass@4"]

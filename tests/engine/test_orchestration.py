@@ -73,13 +73,32 @@ def test_a_failure_is_reported_as_a_status_and_raised(tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_the_ray_executor_runs_the_trainer_in_an_actor():
+def test_the_ray_executor_runs_the_recipe_in_an_actor():
+    import torch
+
+    # Building a recipe seeds the global torch stream of the process it is built in
+    # (engine.recipes.sync.seed_everything): a recipe in an actor leaves this one's alone.
+    torch.manual_seed(12345)
+    before = torch.get_rng_state()
     sink = ListSink()
 
     assert run(parse_spec(tiny_spec(resources={"executor": "ray"}, training={"steps": 1})), sink) == "succeeded"
 
+    assert torch.equal(torch.get_rng_state(), before)
     spans = sink.of_kind("span")
-    assert spans and all(span.worker.startswith("ray-trainer") for span in spans)
+    assert {span.worker for span in spans} == {"trainer", "rollout-0"}
+    assert [m.step for m in sink.of_kind("metrics") if "reward/mean" in m.values] == [1]
+
+
+def test_the_inprocess_executor_builds_the_recipe_here():
+    import torch
+
+    torch.manual_seed(12345)
+    before = torch.get_rng_state()
+
+    assert run(parse_spec(tiny_spec(training={"steps": 1, "eval_every": 0})), ListSink()) == "succeeded"
+
+    assert not torch.equal(torch.get_rng_state(), before)  # the contrast for the Ray test above
 
 
 def test_python_m_engine_run_prints_progress_and_refuses_a_bad_spec(tmp_path):
