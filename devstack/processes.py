@@ -14,6 +14,8 @@ PLATFORM_DIR = REPO_ROOT / "platform"
 # How long `stop` waits after SIGTERM before it kills: long enough for Daphne and an idle
 # Celery worker to close (about a second each), short enough that a demo stops promptly.
 STOP_GRACE_S = 10.0
+# After SIGKILL, how long `stop` waits for orphans (reparented, so not waited on) to die.
+KILL_WAIT_S = 5.0
 
 
 def stack_env(**overrides: str) -> dict[str, str]:
@@ -87,35 +89,62 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 60.0) ->
 
 
 def stop(*processes: subprocess.Popen | None, grace_s: float = STOP_GRACE_S) -> None:
-    """Stop processes and everything they started (each leads its own process group).
+    """Stop processes and everything they started.
 
-    SIGTERM first (Celery's warm shutdown, Daphne's graceful close), SIGKILL after
-    `grace_s`: a worker mid-run would otherwise wait for the whole run to finish. Every
-    group is signalled, also one whose leader has already exited: its children (Celery's
-    pool, Ray's raylet) may outlive it.
+    Each leads a session of its own (`_spawn`, `services.ensure_redis`), and what it starts
+    stays in that session even where it makes a process group of its own, as Ray's raylet
+    does for the worker processes that run actors: so the whole session is signalled, not
+    only the leader's group. SIGTERM first (Celery's warm shutdown, Daphne's graceful
+    close), SIGKILL after `grace_s`: a worker mid-run would otherwise wait for the whole
+    run to finish. A session is swept also when its leader has already exited: its
+    children (Celery's pool, Ray) may outlive it.
     """
     started = [p for p in processes if p is not None]
     for process in started:
-        _signal_group(process, signal.SIGTERM)
+        _signal_session(process.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     for process in started:
         try:
             process.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             pass
-        _signal_group(process, signal.SIGKILL)
+        _signal_session(process.pid, signal.SIGKILL)
         process.wait()
+    # Orphans are not ours to reap: wait until the kernel has taken them down.
+    kill_deadline = time.monotonic() + KILL_WAIT_S
+    while any(_session_members(p.pid) for p in started) and time.monotonic() < kill_deadline:
+        time.sleep(0.05)
 
 
-def _signal_group(process: subprocess.Popen, sig: int) -> None:
+def _signal_session(sid: int, sig: int) -> None:
     try:
-        os.killpg(process.pid, sig)
+        os.killpg(sid, sig)  # the leader's group: all there is where /proc is missing
     except ProcessLookupError:
         pass
+    for pid in _session_members(sid):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _session_members(sid: int) -> list[int]:
+    """The live processes of session `sid` (Linux's /proc; none elsewhere). Zombies are
+    left out: they are dead, only their exit status waits for their parent."""
+    members = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            # "pid (comm) state ppid pgrp session ...": comm may hold spaces and parentheses.
+            state, _ppid, _pgrp, session = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:4]
+        except (OSError, ValueError):  # gone meanwhile
+            continue
+        if int(session) == sid and state not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
 
 
 def _spawn(argv: list[str], env: dict[str, str], log: Path | None) -> subprocess.Popen:
     out = open(log, "ab") if log else None
-    # A new session so that stopping the stack also reaches the processes they start (Ray).
+    # A new session, which `stop` signals whole: it reaches the processes they start (Ray).
     return subprocess.Popen(argv, env=env, cwd=PLATFORM_DIR, stdout=out, stderr=subprocess.STDOUT if out else None,
                             start_new_session=True)
