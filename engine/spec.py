@@ -19,7 +19,7 @@ from engine.inference import GENERATION_BACKENDS
 from engine.recipes import RECIPES
 from engine.registry import Registry
 from engine.rollout import ROLLOUT_STRATEGIES
-from engine.rollout.chunked import ModelShape, plan_memory
+from engine.rollout.chunked import memory_plan
 from engine.sampling import SAMPLERS
 from engine.tasks import BUILTIN_TASKS
 from engine.training import TRAINING_BACKENDS
@@ -479,7 +479,10 @@ class TrainingSpec(_Strict):
         10, ge=0, le=1_000_000, description="linear learning-rate warm-up; keeps Adam's first, sign-like steps small"
     )
     micro_batch_tokens: int = Field(
-        8192, ge=64, le=10_000_000, description="padded tokens per forward/backward pass; bounds memory"
+        8192,
+        ge=64,
+        le=10_000_000,
+        description="padded tokens per forward/backward pass; bounds memory (cut to rollout.memory_budget_mb's plan)",
     )
     mini_batches: int = Field(
         1, ge=1, le=4096, description="optimiser steps per rollout batch, each on an equal share of its prompt groups"
@@ -601,7 +604,7 @@ class RunSpec(_Strict):
     curriculum: CurriculumSpec = CurriculumSpec()
     # Validated even when absent, so an unset strategy is resolved from the algorithm.
     rollout: RolloutSpec = Field(RolloutSpec(), validate_default=True)
-    training: TrainingSpec = TrainingSpec()
+    training: TrainingSpec = Field(TrainingSpec(), validate_default=True)  # the budget may cut it
     resources: ResourcesSpec = ResourcesSpec()
     backends: BackendsSpec = BackendsSpec()
     orchestration: OrchestrationSpec = Field(OrchestrationSpec(), validate_default=True)
@@ -679,15 +682,9 @@ class RunSpec(_Strict):
     def _memory_budget_fits(cls, rollout: RolloutSpec, info: ValidationInfo) -> RolloutSpec:
         """The chunk plan must hold one sample being generated and trained (engine.rollout.chunked)."""
         model = info.data.get("model")
-        if rollout.memory_budget_mb is not None and model is not None:
+        if model is not None:
             try:
-                plan_memory(
-                    rollout.memory_budget_mb,
-                    ModelShape.of(model.path),
-                    model.dtype,
-                    rollout.max_new_tokens,
-                    rollout.prompts_per_step * rollout.n,
-                )
+                memory_plan(model, rollout)
             except ValueError as exc:
                 raise ValueError(f"memory_budget_mb: {exc}") from None
         return rollout
@@ -702,6 +699,18 @@ class RunSpec(_Strict):
                 f"({curriculum.chunk_prompts}): a CurES step draws its prompts from one chunk"
             )
         return rollout
+
+    @field_validator("training")
+    @classmethod
+    def _micro_batches_fit_the_budget(cls, training: TrainingSpec, info: ValidationInfo) -> TrainingSpec:
+        """With rollout.memory_budget_mb, micro_batch_tokens is cut to the chunk plan's, as stored."""
+        model, rollout = info.data.get("model"), info.data.get("rollout")
+        if model is None or rollout is None:
+            return training
+        plan = memory_plan(model, rollout, training.micro_batch_tokens)
+        if plan is None:
+            return training
+        return training.model_copy(update={"micro_batch_tokens": plan.micro_batch_tokens})
 
     @field_validator("training")
     @classmethod

@@ -3,6 +3,8 @@ what it sampled (GRPO, Dr.GRPO, DAPO, GSPO, RLOO; any curriculum).
 
 One `step()`, top to bottom:
 
+    0. probe        rollouts a sampler needs before it plans, never trained on (CurES's
+                    pre-rollouts of a new chunk); most samplers ask for none
     1. plan         the sampler picks the step's prompts and rollouts per prompt
     2. collect      the rollout strategy has the collector generate and verify them
                     (DAPO's dynamic sampling asks the sampler for more as it refills)
@@ -41,8 +43,9 @@ from engine.evaluation import evaluate
 from engine.problems import Problem
 from engine.rollout import ROLLOUT_STRATEGIES
 from engine.rollout.collector import build_collector
-from engine.rollout.types import Rollout, RolloutBatch
+from engine.rollout.types import Group, Rollout, RolloutBatch
 from engine.sampling import SAMPLERS
+from engine.sampling.base import PlanItem
 from engine.sampling.difficulty import DifficultyStore, outcomes_of
 from engine.spec import RunSpec
 from engine.tasks import resolve_task
@@ -97,6 +100,7 @@ class SyncRecipe:
         self.strategy = ROLLOUT_STRATEGIES.load(rollout.strategy)(spec)
         self.shapers = [REWARD_SHAPERS.load(name)(spec) for name in active_shapers(spec)]
         self.step_count = 0
+        self.probed: list[Group] = []  # the step's probe groups, observed with its batch
         self.bin_edges = length_bin_edges(rollout.max_new_tokens)
 
     @property
@@ -112,8 +116,16 @@ class SyncRecipe:
         return self.learn(self.step_count, self.collect(self.step_count, timeline), timeline)
 
     def collect(self, step: int, timeline: Timeline) -> RolloutBatch:
-        """1-2. plan and collect: the batch the step trains on (the async recipe's comes
-        from its rollout workers instead)."""
+        """0-2. probe, plan and collect: the batch the step trains on (the async recipe's
+        comes from its rollout workers instead)."""
+        self.probed = []
+
+        def probe(plan: list[PlanItem]) -> list[Group]:
+            groups = self.collector.collect(plan, first_group=0, timeline=timeline)
+            self.probed.extend(groups)
+            return groups
+
+        self.sampler.probe(step, probe)
         plan = self.sampler.next(step, self.spec.rollout.prompts_per_step)
         return self.strategy.collect(step, plan, lambda count: self.sampler.next(step, count), self.collector, timeline)
 
@@ -171,11 +183,13 @@ class SyncRecipe:
         # 7. push weights
         self.push_weights(timeline)
 
-        # 8. observe every verified rollout, trained on or not
+        # 8. observe every verified rollout, trained on or not (the sampler saw its probe's)
         generated = batch.generated_rollouts
-        self.difficulty.allocate(step, [(group.problem.id, len(group.rollouts)) for group in batch.generated])
-        self.difficulty.observe(step, outcomes_of(generated))
+        observed = self.probed + batch.generated
+        self.difficulty.allocate(step, [(group.problem.id, len(group.rollouts)) for group in observed])
+        self.difficulty.observe(step, outcomes_of([item for group in observed for item in group.rollouts]))
         self.sampler.observe(step, generated)
+        self.probed = []
 
         # 9. telemetry
         workers = self.rollout_workers()

@@ -49,6 +49,7 @@ def build_collector(spec: Any, model: Any, tokenizer: PreTrainedTokenizerBase, t
     needs a CUDA generator)."""
     from engine.generation import stop_token_ids
     from engine.inference import GENERATION_BACKENDS
+    from engine.rollout.chunked import memory_plan
 
     rollout = spec.rollout
     params = SamplingParams(
@@ -59,7 +60,10 @@ def build_collector(spec: Any, model: Any, tokenizer: PreTrainedTokenizerBase, t
         stop_token_ids=stop_token_ids(model, tokenizer),
     )
     generator = torch.Generator(device=model.device).manual_seed(spec.seed + seed_offset)
-    backend = GENERATION_BACKENDS.load(spec.backends.generation)(model)
+    # BroRL's large n: a memory budget bounds the samples decoding at once (engine.rollout.chunked).
+    memory = memory_plan(spec.model, rollout)
+    limits = memory.backend_limits() if memory is not None else {}
+    backend = GENERATION_BACKENDS.load(spec.backends.generation)(model, **limits)
     return Collector(backend, tokenizer, task, spec.model.chat_template, params, generator, worker)
 
 

@@ -13,14 +13,23 @@ Torch-free: the spec and the platform list and validate the strategies from here
 - `uniform`: every prompt, in seeded passes over the pool (engine.sampling.passes).
 - `easy_to_hard`: the same passes, admitting at step s only prompts at or below the
   q(s)-quantile of the pool's difficulties (difficulty pacing).
+- `cures`: CurES (engine.sampling.cures): pre-rollouts of each chunk of the pool give
+  every prompt a Beta posterior; prompts drawn with posterior weights, rollouts shared
+  in proportion to each prompt's gradient spread, zero-spread prompts pruned.
+- `dars`: DARS (engine.sampling.dars): the passes with n rollouts each, plus a second
+  round for prompts under 50%, collected by the `dars` rollout strategy.
 
 The difficulty store (engine.sampling.difficulty) keeps a Beta posterior per prompt that
-every sampler may read; CurES and DARS will be further samplers, BroRL a large n.
+every sampler may read. BroRL is a large n (engine.rollout.chunked), not a sampler.
 """
 
 from engine.registry import Registry
+from engine.sampling.cures import CuresSampler
+from engine.sampling.dars import DarsSampler
 from engine.sampling.passes import EasyToHardSampler, UniformSampler
 
 SAMPLERS: Registry = Registry("curriculum strategy")
 SAMPLERS.register("uniform", UniformSampler)
 SAMPLERS.register("easy_to_hard", EasyToHardSampler)
+SAMPLERS.register("cures", CuresSampler)
+SAMPLERS.register("dars", DarsSampler)

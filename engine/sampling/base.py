@@ -1,6 +1,6 @@
 """What every sampler takes and returns (torch-free)."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -15,11 +15,21 @@ class PlanItem:
     n: int
 
 
+# Rolls a plan out and verifies it, returning its groups (engine.rollout.types.Group);
+# what a sampler's `probe` is handed.
+Probe = Callable[[list[PlanItem]], list[Any]]
+
+
 class Sampler(Protocol):
     description: ClassVar[str]
     # The spec fields (engine.spec.CurriculumSpec) this sampler reads, with their
     # defaults; a field it does not read must stay unset in a spec.
     parameters: ClassVar[dict[str, Any]]
+
+    def probe(self, step: int, collect: Probe) -> None:
+        """Before the step's plan: rollouts the sampler needs to see first, collected by
+        `collect` and never trained on (CurES's pre-rollouts). Most samplers need none."""
+        ...
 
     def next(self, step: int, prompts: int) -> list[PlanItem]:
         """The next `prompts` prompts to roll out at `step`, each with its rollout count.

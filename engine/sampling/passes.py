@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from engine.checkpoint import as_tuples
 from engine.problems import Problem
-from engine.sampling.base import PlanItem
+from engine.sampling.base import PlanItem, Probe
 
 
 class UniformSampler:
@@ -31,6 +31,9 @@ class UniformSampler:
     def threshold(self, step: int) -> float:
         """The hardest admissible difficulty at `step`: inf admits every prompt."""
         return math.inf
+
+    def probe(self, step: int, collect: Probe) -> None:
+        """A pass needs no rollouts before it plans."""
 
     def next(self, step: int, prompts: int) -> list[PlanItem]:
         threshold = self.threshold(step)
