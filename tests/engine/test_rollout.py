@@ -166,6 +166,25 @@ def test_overlong_shaping_counts_only_truncated_samples_as_truncated():
 
 
 # ----------------------------------------------------------------- DAPO's filtered groups
+def test_dapo_trains_on_whole_distinct_groups_informative_ones_first():
+    recipe = SyncRecipe(
+        parse_spec(
+            TINY | {"algorithm": {"name": "dapo"}, "rollout": {"prompts_per_step": 4, "n": 4, "max_new_tokens": 80}}
+        )
+    )
+    trained = recording_optimizer_steps(recipe)
+    events = recipe.step()
+    values = events[0].values
+
+    groups: dict[int, list[float]] = {}
+    for item in trained:
+        groups.setdefault(item.group, []).append(item.reward)
+    assert len(groups) == 4 and all(len(rewards) == 4 for rewards in groups.values())
+    generated_groups = sum(r.attempts for r in events[2].results) // 4
+    kept = round(values["dapo/keep_rate"] * generated_groups)
+    assert sum(max(rewards) != min(rewards) for rewards in groups.values()) == min(4, kept)
+
+
 def test_a_group_dynamic_sampling_only_topped_up_with_gets_exactly_zero_advantage_under_overlong_shaping(tmp_path):
     # Arith prompts whose recorded answer no chain reaches: every response is wrong, so
     # every group is uniform (all rewards 0) and DAPO's filter keeps none; with one

@@ -245,25 +245,3 @@ def test_dynamic_sampling_trains_on_exactly_the_batch_of_mixed_groups():
     assert generated >= 16 and generated % 4 == 0 and sum(events[1].counts) == generated
     # ... and overlong shaping reports its share of the batch.
     assert {"overlong/penalty_mean", "overlong/buffer_ratio", "overlong/truncated_ratio"} <= set(values)
-
-
-def test_dapo_trains_on_whole_distinct_groups_informative_ones_first():
-    recipe = SyncRecipe(spec(algorithm={"name": "dapo"}))
-    trained: list[Rollout] = []
-    optimizer_step = recipe.training.optimizer_step
-
-    def recording(mini_batch, loss, statistics):
-        trained.extend(mini_batch)
-        optimizer_step(mini_batch, loss, statistics)
-
-    recipe.training.optimizer_step = recording
-    events = recipe.step()
-    values = events[0].values
-
-    groups: dict[int, list[float]] = {}
-    for item in trained:
-        groups.setdefault(item.group, []).append(item.reward)
-    assert len(groups) == 4 and all(len(rewards) == 4 for rewards in groups.values())
-    generated_groups = sum(r.attempts for r in events[2].results) // 4
-    kept = round(values["dapo/keep_rate"] * generated_groups)
-    assert sum(max(rewards) != min(rewards) for rewards in groups.values()) == min(4, kept)
