@@ -54,7 +54,7 @@ class DarsCollection:
             for group, correct in zip(groups, first_correct)
         ]
         second_plan = [(group, PlanItem(group.problem, dn)) for group, dn in zip(groups, extra) if dn > 0]
-        second = collector.collect([item for _, item in second_plan], first_group=len(groups), timeline=timeline)
+        second = collector.collect([item for _, item in second_plan], len(groups), timeline) if second_plan else []
         gained = 0
         for (group, _), fresh in zip(second_plan, second, strict=True):
             for item in fresh.rollouts:
