@@ -27,11 +27,13 @@ Meanwhile the workers never wait for the trainer except when the bound leaves no
 capacity. With η = 0 every step admits exactly B groups after the previous update and
 waits for all of them: the synchronous algorithm, split across actors, which reports
 the same metrics as the sync recipe on the same seed (one worker, in process: exactly;
-tested). Held-out evaluation runs on the trainer's own model (its colocated collector).
+tested). Held-out evaluation runs on the trainer's own model (its colocated collector),
+with the workers held meanwhile.
 """
 
 from typing import Any
 
+from engine.events import Event
 from engine.recipes.sync import TRAINER, SyncRecipe
 from engine.rollout.april import partial_group_from_state, partial_group_state, staleness_metrics
 from engine.rollout.staleness import StalenessManager
@@ -136,6 +138,16 @@ class AsyncRecipe(SyncRecipe):
 
     def rollout_workers(self) -> list[str]:
         return list(self.workers.names)
+
+    def evaluate(self, step: int) -> list[Event]:
+        """On the trainer's model, with the workers held: evaluation is on nobody's
+        clock, so its seconds are never free generation for the next step (which would
+        flatter the asynchronous speed-up in any comparison by step time)."""
+        self.workers.call("hold", True)
+        try:
+            return super().evaluate(step)
+        finally:
+            self.workers.call("hold", False)
 
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:

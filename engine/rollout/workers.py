@@ -14,6 +14,7 @@ all ended is verified and set aside until the trainer takes it.
                                            token keeps the version that sampled it
     worker.snapshot() / restore(state)     in-flight and finished groups as plain values,
                                            for a checkpoint (in flight ones resume as partials)
+    worker.hold(True / False)              stop decoding (the trainer evaluates) and go on
     worker.pop_spans()                     its busy/idle timeline since the last call
 
 `WorkerPool` places k of them as the spec says: Ray actors with
@@ -61,6 +62,7 @@ class RolloutWorker:
         self._finished: list[PartialGroup] = []
         self._timeline = Timeline(0)
         self._stopping = False
+        self._paused = False
         self._thread = threading.Thread(target=self._generate, name=self.name, daemon=True)
         self._thread.start()
 
@@ -68,8 +70,8 @@ class RolloutWorker:
     def _generate(self) -> None:
         with self._lock:
             while not self._stopping:
-                if not self.collector.in_flight():
-                    # Nothing admitted: waiting on the trainer (its staleness bound or a batch).
+                if self._paused or not self.collector.in_flight():
+                    # Nothing admitted (the trainer's staleness bound), or held during an evaluation.
                     began = monotonic_now()
                     self._lock.wait()
                     self._timeline.spans.append(
@@ -113,6 +115,13 @@ class RolloutWorker:
                 self.collector.start(interrupted)
             self._lock.notify_all()
             return monotonic_now() - began
+
+    def hold(self, held: bool) -> None:
+        """Stop decoding after the current token (True) or go on (False); what is in
+        flight stays in flight."""
+        with self._held():
+            self._paused = held
+            self._lock.notify_all()
 
     def in_flight(self) -> int:
         with self._held():
