@@ -345,8 +345,8 @@ def dispatch_in_process(enqueued: list[int], set_attribute: Callable[[str, Any],
         setattr(importlib.import_module(module), name, value)
 
     put = set_attribute or set_for_good
-    put("workers.dispatch.enqueue_run", enqueued.append)  # list.append is atomic
-    put("workers.dispatch.request_admission", lambda pool_id=None: admit_queued_runs(pool_id))
+    put("rollyard.dispatch.enqueue_run", enqueued.append)  # list.append is atomic
+    put("rollyard.dispatch.request_admission", lambda pool_id=None: admit_queued_runs(pool_id))
 
 
 def main() -> None:

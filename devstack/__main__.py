@@ -13,7 +13,8 @@ import sys
 import time
 
 from devstack.processes import start_housekeeper, start_web, start_worker, stack_env, stop, wait_for_http
-from devstack.services import VAR_DIR, ensure_redis, redis_url
+from devstack.services import ensure_redis, redis_url
+from rollyard.defaults import VAR_DIR
 
 DEMO_USER = "demo"
 DEMO_PASSWORD = "demo"

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from devstack.services import REPO_ROOT, VAR_DIR
+from rollyard.defaults import REPO_ROOT, VAR_DIR
 
 PLATFORM_DIR = REPO_ROOT / "platform"
 # How long `stop` waits after SIGTERM before it kills: long enough for Daphne and an idle
@@ -47,7 +47,7 @@ def start_worker(env: dict[str, str], log: Path | None = None, pool: str = "pref
     a run's engine already uses the machine's cores."""
     return _spawn(
         [
-            sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+            sys.executable, "-m", "celery", "-A", "rollyard.celery", "worker",
             "--queues", "runs,celery", "--concurrency", "1", "--pool", pool,
             "--loglevel", "INFO", "--without-gossip", "--without-mingle",
         ],
@@ -63,7 +63,7 @@ def start_housekeeper(env: dict[str, str], log: Path | None = None) -> subproces
     the reconciler must notice. Beat's schedule file lives under var/."""
     return _spawn(
         [
-            sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+            sys.executable, "-m", "celery", "-A", "rollyard.celery", "worker",
             "--queues", "celery", "--concurrency", "1", "--pool", "solo",
             "--beat", "--schedule", str(VAR_DIR / "celerybeat-schedule"),
             "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--hostname", "housekeeper@%h",

@@ -12,9 +12,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-EMBEDDED_REDIS_URL = "redis://127.0.0.1:6390/0"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-VAR_DIR = REPO_ROOT / "var"
+from rollyard.defaults import EMBEDDED_REDIS_URL, VAR_DIR
 
 
 def redis_url() -> str:

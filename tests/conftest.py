@@ -14,8 +14,9 @@ import pytest
 from django.conf import settings
 
 from devstack.processes import free_port, start_web, start_worker, stack_env, stop, wait_for_http
-from devstack.services import VAR_DIR, ensure_redis, redis_url
-from workers.names import RUNS_QUEUE
+from devstack.services import ensure_redis, redis_url
+from rollyard.defaults import VAR_DIR
+from rollyard.task_names import RUNS_QUEUE
 
 
 def pytest_collection_modifyitems(config, items):
@@ -80,7 +81,7 @@ def database_url_of_test_db() -> str:
 
 def purge_run_queue() -> None:
     """Drop run messages a previous session left in a shared broker."""
-    from workers.celery_app import app
+    from rollyard.celery import app
 
     with app.connection_for_write() as connection:
         connection.default_channel.queue_purge(RUNS_QUEUE)

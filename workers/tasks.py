@@ -6,8 +6,8 @@ import socket
 import sys
 
 from workers.attempt import AttemptFence, AttemptHeartbeat
-from workers.celery_app import app
-from workers.names import APPLY_CHECKPOINT_RETENTION, EXECUTE_RUN, RECONCILE_RUNS
+from rollyard.celery import app
+from rollyard.task_names import ADMIT_RUNS, APPLY_CHECKPOINT_RETENTION, EXECUTE_RUN, RECONCILE_RUNS
 from workers.sink import DatabaseSink
 
 logger = logging.getLogger(__name__)
@@ -113,3 +113,14 @@ def apply_checkpoint_retention() -> dict[str, list[int]]:
     from runs.retention import apply_retention_everywhere
 
     return {str(run_id): steps for run_id, steps in apply_retention_everywhere().items()}
+
+
+@app.task(name=ADMIT_RUNS)
+def admit_runs(pool_id: int | None = None) -> list[int]:
+    """Sweep one pool's queue (every pool's when None) and admit what fits; returns the
+    admitted runs' ids. Sent after a launch, a release and a quota change, and on a
+    timer. Here, in the worker, admission may read Ray's free GPUs; the web tier never
+    does."""
+    from quotas.admission import admit_queued_runs, cluster_free_gpus
+
+    return admit_queued_runs(pool_id, cluster_free_gpus=cluster_free_gpus())

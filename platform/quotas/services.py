@@ -6,7 +6,7 @@ every edge.
 - `queue_for_admission` puts a new run in its pool's queue;
 - `on_run_status_changed` keeps the ledger in step with the run's state machine;
 - `save_pool_or_quota` / `delete_pool_or_quota` are site admins' edits.
-Each schedules an admission sweep of the pool after commit (`workers.dispatch`).
+Each schedules an admission sweep of the pool after commit (`rollyard.dispatch`).
 """
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -28,7 +28,7 @@ from quotas.models import (
     Quota,
 )
 from runs.models import Run, RunStatus
-from workers import dispatch
+from rollyard import dispatch
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -112,7 +112,7 @@ def queue_for_admission(run: Run, pool: Pool, priority: int = DEFAULT_PRIORITY) 
     allocation = Allocation.objects.create(
         run=run, pool=pool, gpus=gpus, slots=pool.slots_for(gpus), priority=priority, requested_at=run.created_at
     )
-    _sweep_on_commit(pool.pk)
+    dispatch.sweep_on_commit(pool.pk)
     return allocation
 
 
@@ -145,13 +145,7 @@ def on_run_status_changed(run_id: int, source: RunStatus, target: RunStatus) -> 
             priority=allocation.priority,
             requested_at=allocation.requested_at,
         )
-    _sweep_on_commit(allocation.pool_id)
-
-
-def _sweep_on_commit(pool_id: int) -> None:
-    # robust: the change is committed either way; with the broker down the periodic sweep
-    # admits the pool's runs later instead of the caller failing.
-    transaction.on_commit(lambda: dispatch.request_admission(pool_id), robust=True)
+    dispatch.sweep_on_commit(allocation.pool_id)
 
 
 # --- site admins' edits --------------------------------------------------------------------
@@ -170,7 +164,7 @@ def save_pool_or_quota(user: User, limits: Pool | Quota) -> Pool | Quota:
     limits.full_clean()
     with transaction.atomic():
         limits.save()
-        _sweep_on_commit(limits.pk if isinstance(limits, Pool) else limits.pool_id)
+        dispatch.sweep_on_commit(limits.pk if isinstance(limits, Pool) else limits.pool_id)
     return limits
 
 
@@ -183,4 +177,4 @@ def delete_pool_or_quota(user: User, limits: Pool | Quota) -> None:
         pool_id = limits.pk if isinstance(limits, Pool) else limits.pool_id
         limits.delete()
         if isinstance(limits, Quota):
-            _sweep_on_commit(pool_id)
+            dispatch.sweep_on_commit(pool_id)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import dj_database_url
 
-from devstack.services import EMBEDDED_REDIS_URL, REPO_ROOT, VAR_DIR
-from workers.names import ADMIT_RUNS, APPLY_CHECKPOINT_RETENTION, RECONCILE_RUNS
+from rollyard.defaults import EMBEDDED_REDIS_URL, REPO_ROOT, VAR_DIR
+from rollyard.task_names import ADMIT_RUNS, APPLY_CHECKPOINT_RETENTION, RECONCILE_RUNS
 
 
 def _env_bool(name: str, default: bool) -> bool:

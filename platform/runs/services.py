@@ -43,7 +43,7 @@ from runs.spec_paths import check_spec_paths, check_spec_paths_for_run, parse_se
 from quotas import selectors as quota_selectors
 from quotas import services as quotas
 from quotas.models import DEFAULT_POOL, DEFAULT_PRIORITY
-from workers import dispatch
+from rollyard import dispatch
 
 
 User = AbstractBaseUser | AnonymousUser

@@ -47,8 +47,8 @@ TEAM_QUOTA_GPUS = 4
 def enqueued(monkeypatch) -> list[int]:
     """Runs handed to the workers; requested sweeps run in the requesting thread."""
     calls: list[int] = []
-    monkeypatch.setattr("workers.dispatch.enqueue_run", calls.append)  # list.append is atomic
-    monkeypatch.setattr("workers.dispatch.request_admission", lambda pool_id=None: admit_queued_runs(pool_id))
+    monkeypatch.setattr("rollyard.dispatch.enqueue_run", calls.append)  # list.append is atomic
+    monkeypatch.setattr("rollyard.dispatch.request_admission", lambda pool_id=None: admit_queued_runs(pool_id))
     return calls
 
 
@@ -107,7 +107,7 @@ def test_a_sweep_started_while_another_has_planned_waits_for_its_commit(enqueued
     add_member(team, admin, Role.ADMIN)
     spec = {"resources": {"gpus": 1, "executor": "inprocess"}, "training": {"steps": 1}}
     # Launches request no sweep here: the two sweeps below are the only ones.
-    monkeypatch.setattr("workers.dispatch.request_admission", lambda pool_id=None: None)
+    monkeypatch.setattr("rollyard.dispatch.request_admission", lambda pool_id=None: None)
     first = services.create_run(member, spec, name="first", team=team, pool="a100")
 
     a_planned, release_a = threading.Event(), threading.Event()

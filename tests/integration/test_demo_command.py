@@ -19,7 +19,8 @@ import httpx
 import pytest
 
 from devstack.processes import STOP_GRACE_S, free_port
-from devstack.services import EMBEDDED_REDIS_URL, REPO_ROOT, answers_ping, redis_url
+from devstack.services import answers_ping, redis_url
+from rollyard.defaults import EMBEDDED_REDIS_URL, REPO_ROOT
 
 pytestmark = pytest.mark.timeout(300)
 

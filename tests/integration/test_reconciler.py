@@ -19,9 +19,9 @@ from devstack.processes import start_worker, stop
 from devstack.services import redis_url
 from runs import services
 from runs.models import Checkpoint, MetricPoint, Run, RunAttempt, RunEvent
-from workers import dispatch
-from workers.celery_app import app
-from workers.names import ADMIT_RUNS, EXECUTE_RUN, RUNS_QUEUE
+from rollyard import dispatch
+from rollyard.celery import app
+from rollyard.task_names import ADMIT_RUNS, EXECUTE_RUN, RUNS_QUEUE
 from workers.tasks import reconcile_runs
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(900)]

@@ -38,8 +38,8 @@ def platform(settings, tmp_path, monkeypatch) -> list[int]:
     settings.ROLLYARD_MAX_ATTEMPTS = 3
     settings.ROLLYARD_HEARTBEAT_EVERY_S = 0.2
     enqueued: list[int] = []
-    monkeypatch.setattr("workers.dispatch.enqueue_run", enqueued.append)
-    monkeypatch.setattr("workers.dispatch.request_admission", lambda pool_id=None: None)
+    monkeypatch.setattr("rollyard.dispatch.enqueue_run", enqueued.append)
+    monkeypatch.setattr("rollyard.dispatch.request_admission", lambda pool_id=None: None)
     return enqueued
 
 

@@ -30,8 +30,8 @@ def enqueued(monkeypatch) -> list[int]:
     from quotas.admission import admit_queued_runs
 
     calls: list[int] = []
-    monkeypatch.setattr("workers.dispatch.enqueue_run", calls.append)
-    monkeypatch.setattr("workers.dispatch.request_admission", lambda pool_id=None: admit_queued_runs(pool_id))
+    monkeypatch.setattr("rollyard.dispatch.enqueue_run", calls.append)
+    monkeypatch.setattr("rollyard.dispatch.request_admission", lambda pool_id=None: admit_queued_runs(pool_id))
     return calls
 
 

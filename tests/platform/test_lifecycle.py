@@ -40,7 +40,7 @@ def lifecycle_settings(settings, tmp_path):
 def admissions(monkeypatch) -> list[None]:
     """Admission sweeps the reconciler asks for (quotas' own tests prove the sweep)."""
     calls: list[None] = []
-    monkeypatch.setattr("workers.dispatch.request_admission", lambda pool_id=None: calls.append(pool_id))
+    monkeypatch.setattr("rollyard.dispatch.request_admission", lambda pool_id=None: calls.append(pool_id))
     return calls
 
 

@@ -35,8 +35,8 @@ def lifecycle_settings(settings, tmp_path, monkeypatch):
     settings.ROLLYARD_HEARTBEAT_TIMEOUT_S = TIMEOUT_S
     settings.ROLLYARD_MAX_ATTEMPTS = 3
     # A requeue asks for an admission sweep after commit; these tests admit by hand.
-    monkeypatch.setattr("workers.dispatch.request_admission", lambda pool_id=None: None)
-    monkeypatch.setattr("workers.dispatch.enqueue_run", lambda run_id: None)
+    monkeypatch.setattr("rollyard.dispatch.request_admission", lambda pool_id=None: None)
+    monkeypatch.setattr("rollyard.dispatch.enqueue_run", lambda run_id: None)
     return settings
 
 
