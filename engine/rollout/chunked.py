@@ -2,19 +2,20 @@
 set, a step's generation and its training are each cut into chunks that fit the budget,
 whatever rollout.n (torch-free: the model's shape comes from its config.json).
 
-Generation and training take turns on the one device of the synchronous recipe, so each
-may use the budget, less what the step holds throughout (its rollouts, the allocator's
-slack). The plan, for a model of L layers, hidden size h, MLP size m, H attention heads,
-K key-value heads of width d, vocabulary V, and b bytes per value:
+The budget holds what the step keeps throughout (its rollouts, the allocator's slack),
+the generation backend's KV store (kept between steps, so it is there while training
+runs) and training's activations; the last two share what is left half and half. For a
+model of L layers, hidden size h, MLP size m, H attention heads, K key-value heads of
+width d, vocabulary V, and b bytes per value:
 
     context     = max_new_tokens + PROMPT_ALLOWANCE            KV columns one sample reserves
     reserve     = RESERVE_BYTES + samples · context · STORED_BYTES_PER_TOKEN
-    free        = budget − reserve
+    share       = (budget − reserve) / 2
     decode      = 2·L·K·d·b · context                          bytes of one decoding sample's KV
-    slots       = min(MAX_SLOTS, free // decode)               samples decoded at once
+    slots       = min(MAX_SLOTS, share // decode)              samples decoded at once
     train_token = b · (L·(12·h + 6·m + 3·H·context) + 8·V)     activations and logits a trained
                                                                token keeps for the backward pass
-    micro_batch_tokens = min(training.micro_batch_tokens, free // train_token)
+    micro_batch_tokens = min(training.micro_batch_tokens, share // train_token)
 
 so a group of n = 512 is decoded `slots` samples at a time (continuous batching refills a
 slot as a sample ends) and trained in micro-batches of `micro_batch_tokens`. The
@@ -104,11 +105,11 @@ def plan_memory(
     context = max_new_tokens + PROMPT_ALLOWANCE
     budget = budget_mb * MIB
     reserve = RESERVE_BYTES + samples_per_step * context * STORED_BYTES_PER_TOKEN
-    free = budget - reserve
+    share = (budget - reserve) // 2
     decode = 2 * shape.layers * shape.kv_heads * shape.head_dim * b * context
     train_token = b * (shape.layers * (12 * shape.hidden + 6 * shape.intermediate + 3 * shape.heads * context) + 8 * shape.vocab)
-    if free < max(decode, train_token * context):
-        need = math.ceil((reserve + max(decode, train_token * context)) / MIB)
+    if share < max(decode, train_token * context):
+        need = math.ceil((reserve + 2 * max(decode, train_token * context)) / MIB)
         raise ValueError(
             f"{budget_mb} MiB cannot hold one sample of {context} tokens being generated and trained "
             f"besides the step's {samples_per_step} rollouts: at least {need} MiB"
@@ -119,8 +120,8 @@ def plan_memory(
         context=context,
         decode_bytes_per_sample=decode,
         train_bytes_per_token=train_token,
-        decode_slots=min(MAX_SLOTS, free // decode),
-        micro_batch_tokens=min(micro_batch_tokens or free, free // train_token),
+        decode_slots=min(MAX_SLOTS, share // decode),
+        micro_batch_tokens=min(micro_batch_tokens or share, share // train_token),
     )
 
 
