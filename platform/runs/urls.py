@@ -11,4 +11,5 @@ urlpatterns = [
     path("<int:run_id>/cancel/", views.run_cancel, name="cancel"),
     path("<int:run_id>/fork/", views.run_fork, name="fork"),
     path("diff/", views.run_diff, name="diff"),
+    path("compare/", views.run_compare, name="compare"),
 ]

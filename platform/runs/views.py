@@ -4,6 +4,7 @@ Like the API, they only parse input and call selectors and services; the run pag
 charts load their data from the REST API and the run's websocket.
 """
 
+from datetime import timedelta
 from typing import Any
 
 import yaml
@@ -13,11 +14,13 @@ from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.http import urlencode
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_GET, require_POST
 
 from accounts.models import Role, Team
 from accounts.permissions import find_team, teams_of
+from catalog import selectors as catalog_selectors
 from engine.spec import SpecError
 from quotas import selectors as quota_selectors
 from quotas.models import DEFAULT_POOL
@@ -25,13 +28,67 @@ from quotas.services import RequestRefused
 from rollyard.params import whole_number
 from runs import selectors, services
 from runs.api.serializers import RunDetailSerializer
-from runs.models import Run
+from runs.api.dashboards import TECHNIQUES, RunListFilter
+from runs.models import Run, RunStatus
 from runs.spec_diff import spec_differences
 
-# What the run page charts, by chart id: the metric names of its lines (docs/metrics.md).
-LINE_CHARTS: dict[str, list[str]] = {
-    "chart-reward": ["reward/mean", "acc/mean", "val/acc/mean@1"],
-    "chart-length": ["rollout/response_length/p50", "rollout/response_length/p90", "rollout/response_length/max"],
+# What the run page charts, by tab then chart id: the title, the unit of the y axis and the
+# metric names of its lines (docs/metrics.md). A name ending in "*" stands for every metric
+# of the run with that prefix (pass@k for each k, a technique's own metrics). An optional
+# chart shows only once one of its metrics exists; a tab of optional charts says so when
+# none does (off-policy and technique metrics exist only in runs that use them).
+LINE_CHARTS: dict[str, dict[str, dict[str, Any]]] = {
+    "learning": {
+        "chart-reward": {"title": "Reward and accuracy", "unit": "reward / accuracy (fraction)",
+                         "names": ["reward/mean", "acc/mean", "val/acc/mean@1"]},
+        "chart-passk": {"title": "Held-out pass@k", "unit": "pass@k (fraction)", "names": ["val/pass@*"]},
+        "chart-loss": {"title": "Policy loss", "unit": "loss (nats per token)", "names": ["actor/pg_loss"]},
+        "chart-entropy": {"title": "Entropy", "unit": "nats per token", "names": ["actor/entropy"]},
+        "chart-kl": {"title": "KL to the reference / old policy", "unit": "nats per token",
+                     "names": ["actor/ppo_kl", "kl"]},
+        "chart-clip": {"title": "Clip ratios", "unit": "fraction of tokens",
+                       "names": ["clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean",
+                                 "clip_ratio/dual_mean"]},
+        "chart-grad-norm": {"title": "Gradient norm", "unit": "L2 norm (before clipping)", "names": ["actor/grad_norm"]},
+    },
+    "rollout": {
+        "chart-length": {"title": "Response length (tokens)", "unit": "response length (tokens)",
+                         "names": ["rollout/response_length/p50", "rollout/response_length/p90",
+                                   "rollout/response_length/p99", "rollout/response_length/max"]},
+        "chart-ratios": {"title": "Clipped, aborted and partial rollouts", "unit": "fraction of rollouts",
+                         "names": ["rollout/clip_ratio", "rollout/aborted_ratio", "rollout/partial_ratio",
+                                   "rollout/tail_ratio"]},
+    },
+    "accelerators": {
+        "chart-idle": {"title": "Idle ratio per step", "unit": "fraction of the step's wall time",
+                       "names": ["trainer/idle_ratio", "rollout/idle_ratio"]},
+        "chart-step-time": {"title": "Step time by stage", "unit": "seconds",
+                            "names": ["timing_s/step", "timing_s/gen", "timing_s/update_actor", "timing_s/sync",
+                                      "timing_s/wait", "timing_s/eval"]},
+    },
+    "difficulty": {
+        "chart-difficulty-mix": {"title": "Groups all correct, all wrong, mixed", "unit": "fraction of groups",
+                                 "names": ["difficulty/frac_all_correct", "difficulty/frac_all_wrong",
+                                           "difficulty/frac_mixed"]},
+    },
+    "off-policy": {
+        "chart-staleness": {"title": "Staleness (policy versions behind)", "unit": "versions", "optional": True,
+                            "names": ["off_policy/staleness/mean", "off_policy/staleness/max"]},
+        "chart-buffer": {"title": "Buffer size and dropped samples", "unit": "samples", "optional": True,
+                         "names": ["buffer/size", "off_policy/dropped", "april/*", "areal/*"]},
+    },
+    "techniques": {
+        "chart-curriculum": {"title": "Curriculum", "unit": "fraction", "optional": True,
+                             "names": ["curriculum/*"]},
+        "chart-cures": {"title": "CurES weights and allocation", "unit": "as reported", "optional": True,
+                        "names": ["cures/*"]},
+        "chart-dars": {"title": "DARS extra rollouts per bucket", "unit": "rollouts", "optional": True,
+                       "names": ["dars/*"]},
+        "chart-brorl": {"title": "BroRL filtered share against n", "unit": "fraction", "optional": True,
+                        "names": ["brorl/*"]},
+        "chart-dapo": {"title": "DAPO dynamic sampling", "unit": "as reported", "optional": True,
+                       "names": ["dapo/*"]},
+    },
 }
 # Event-backed charts: the event kinds they draw and how many recent events they load.
 EVENT_CHARTS: dict[str, tuple[list[str], int]] = {
@@ -41,7 +98,11 @@ EVENT_CHARTS: dict[str, tuple[list[str], int]] = {
     "chart-timeline": (["span"], 1000),
     "run-log": (["log", "status"], 200),
 }
+TABS = [("overview", "Overview"), ("learning", "Learning"), ("rollout", "Rollout tail"),
+        ("accelerators", "Accelerators"), ("difficulty", "Difficulty"), ("off-policy", "Off-policy"),
+        ("techniques", "Techniques")]
 METRICS_MAX_POINTS = 1000
+COMPARE_MAX = 10
 
 
 def _visible_run_or_404(request: HttpRequest, run_id: int) -> Run:
@@ -57,10 +118,24 @@ def _to_yaml(spec: dict[str, Any]) -> str:
 
 @login_required
 def run_list(request: HttpRequest) -> HttpResponse:
-    page = Paginator(selectors.visible_runs(request.user).order_by("-created_at", "-id"), 50).get_page(
-        request.GET.get("page")
-    )
-    return render(request, "runs/list.html", {"page": page})
+    """The runs of the user's teams, newest first, filtered (status, team, owner, algorithm,
+    technique, search: the list API's filters and a few more); pick 2 to 10 to compare."""
+    filters = RunListFilter(request.GET, queryset=selectors.visible_runs(request.user), request=request)
+    runs = filters.qs if filters.is_valid() else Run.objects.none()
+    page = Paginator(runs.select_related("owner").order_by("-created_at", "-id"), 50).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    context = {
+        "page": page,
+        "filters": filters,
+        "query": query.urlencode(),
+        "statuses": RunStatus.choices,
+        "teams": teams_of(request.user),
+        "algorithms": [choice["name"] for choice in selectors.spec_choices()["algorithm"]],
+        "techniques": list(TECHNIQUES),
+        "compare_max": COMPARE_MAX,
+    }
+    return render(request, "runs/list.html", context, status=200 if filters.is_valid() else 400)
 
 
 @login_required
@@ -98,9 +173,17 @@ def run_new(request: HttpRequest) -> HttpResponse:
     context = {
         "spec_text": text,
         "problems": problems,
+        # The form is built in the browser from the engine's schema and registries.
+        "form_config": {
+            "schema": selectors.spec_schema(),
+            "choices": selectors.spec_choices(),
+            "catalog_datasets": [dataset.reference for dataset in catalog_selectors.visible_datasets(request.user)],
+            "validate_url": reverse("api:spec-validate"),
+        },
+        "quota_left": quota_left(request.user),
         "choices": selectors.spec_choices(),
         # Pools with what they hold, and the quotas that bind the user, before launching.
-        "pools": quota_selectors.pool_occupancy(),
+        "pools": [row | {"free": max(0, row["pool"].capacity - row["in_use"])} for row in quota_selectors.pool_occupancy()],
         "quotas": quota_selectors.visible_quotas(request.user),
         # A launch from ?from=<id> records that run as its parent (clone, edit, launch).
         "clone_of": _clone_source(request, request.POST if request.method == "POST" else request.GET),
@@ -111,6 +194,23 @@ def run_new(request: HttpRequest) -> HttpResponse:
     # A clone goes to its source's pool unless the form chose another.
     context["pool"] = request.POST.get("pool") or quota_selectors.pool_name_of(context["clone_of"])
     return render(request, "runs/new.html", context, status=400 if problems else 200)
+
+
+def quota_left(user) -> list[dict[str, Any]]:
+    """Each GPU-hour quota that binds the user, with the hours used in its window so far
+    (teams' and the user's own rows of quotas.selectors.usage) and what is left."""
+    now = timezone.now()
+    rows = []
+    for quota in quota_selectors.visible_quotas(user).select_related("pool", "team", "user"):
+        if quota.gpu_hours_per_period is None:
+            continue
+        usage = quota_selectors.usage(user, since=now - timedelta(days=quota.period_days), until=now, pool_name=quota.pool.name)
+        if quota.team_id is not None:
+            used = sum(row.gpu_hours for row in usage["teams"] if row.team == quota.team.name)
+        else:
+            used = sum(row.gpu_hours for row in usage["users"] if row.user == quota.user.get_username())
+        rows.append({"quota": quota, "used": used, "left": max(0.0, quota.gpu_hours_per_period - used)})
+    return rows
 
 
 def _chosen_team(request: HttpRequest) -> Team | None:
@@ -130,15 +230,33 @@ def _clone_source(request: HttpRequest, params) -> Run | None:
     return _visible_run_or_404(request, whole_number(source, default=0)) if source else None
 
 
+def resolve_names(patterns: list[str], present: list[str]) -> list[str]:
+    """A chart's metric names: exact ones as given, "prefix*" as every present name with that
+    prefix (sorted)."""
+    names: list[str] = []
+    for pattern in patterns:
+        if pattern.endswith("*"):
+            names += sorted(name for name in present if name.startswith(pattern[:-1]))
+        else:
+            names.append(pattern)
+    return names
+
+
 @login_required
 def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     run = _visible_run_or_404(request, run_id)
     metrics_url = reverse("api:run-metrics", args=[run.pk])
     events_url = reverse("api:run-events", args=[run.pk])
+    present = selectors.metric_names(run)
+    charts = {
+        chart_id: {**chart, "tab": tab, "resolved": resolve_names(chart["names"], present)}
+        for tab, tab_charts in LINE_CHARTS.items()
+        for chart_id, chart in tab_charts.items()
+    }
     # Keys with underscores: templates cannot look up "chart-reward".
     raw_links = {
-        chart.replace("-", "_"): f"{metrics_url}?{urlencode({'name': names, 'max_points': METRICS_MAX_POINTS}, doseq=True)}"
-        for chart, names in LINE_CHARTS.items()
+        chart_id.replace("-", "_"): f"{metrics_url}?{urlencode({'name': chart['resolved'], 'max_points': METRICS_MAX_POINTS}, doseq=True)}"
+        for chart_id, chart in charts.items()
     } | {
         chart.replace("-", "_"): f"{events_url}?{urlencode({'kind': kinds, 'latest': count}, doseq=True)}"
         for chart, (kinds, count) in EVENT_CHARTS.items()
@@ -148,15 +266,41 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         "ws_path": f"/ws/runs/{run.pk}/",
         "metrics_url": metrics_url,
         "events_url": events_url,
-        "line_charts": LINE_CHARTS,
+        "prompts_url": reverse("api:run-prompts", args=[run.pk]),
+        "heatmap_url": reverse("api:run-prompts-heatmap", args=[run.pk]),
+        "samples_url": reverse("api:run-samples", args=[run.pk]),
+        "queue_url": reverse("quotas-api:queue") + "?" + urlencode({"pool": quota_selectors.pool_name_of(run)}),
+        "line_charts": {chart_id: {k: chart[k] for k in ("names", "title", "unit", "tab")} | {
+            "optional": chart.get("optional", False)} for chart_id, chart in charts.items()},
+        "metric_names": present,
         "event_charts": {chart: {"kinds": kinds, "latest": count} for chart, (kinds, count) in EVENT_CHARTS.items()},
         "max_points": METRICS_MAX_POINTS,
     }
+    inputs = getattr(run, "inputs", None)
     context = {
         "run": run,
         "spec_yaml": _to_yaml(run.spec),
         "config": config,
         "raw": raw_links,
+        "tabs": TABS,
+        # Template-friendly: per tab, its charts with what the template needs.
+        "tab_charts": {
+            tab: [{"id": chart_id, "title": chart["title"], "optional": chart.get("optional", False),
+                   "shown": not chart.get("optional") or any(name in present for name in charts[chart_id]["resolved"]),
+                   "raw": raw_links[chart_id.replace("-", "_")]}
+                  for chart_id, chart in tab_charts.items()]
+            for tab, tab_charts in LINE_CHARTS.items()
+        },
+        # Hyphenated tab keys cannot be looked up in a template.
+        "off_policy_charts": [],
+        "technique_charts": [],
+        "status_history": run.status_changes.order_by("at", "id"),
+        "queue_entry": next((entry for entry in quota_selectors.queue(request.user) if entry.run_id == run.pk), None)
+        if run.status == "queued" else None,
+        "dataset_used": inputs.dataset if inputs else None,
+        "dataset_label": (run.spec.get("dataset") or {}).get("path") or (run.spec.get("dataset") or {}).get("name") or "—",
+        "model_label": (run.spec.get("model") or {}).get("path") or "—",
+        "presets_used": list(inputs.presets.all()) if inputs else [],
         "attempts": run.attempts.order_by("number"),
         "checkpoints": run.checkpoints.order_by("-step"),
         "checkpoint_bytes": sum(run.checkpoints.filter(deleted_at__isnull=True).values_list("size_bytes", flat=True)),
@@ -164,6 +308,8 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         "children": selectors.visible_runs(request.user).filter(parent=run).order_by("id"),
         "open_alerts": run.alerts.filter(resolved_at__isnull=True),
     }
+    for tab, key in (("off-policy", "off_policy_charts"), ("techniques", "technique_charts")):
+        context[key] = [chart | {"hidden": not chart["shown"]} for chart in context["tab_charts"][tab]]
     return render(request, "runs/detail.html", context)
 
 
@@ -197,6 +343,41 @@ def run_diff(request: HttpRequest) -> HttpResponse:
         return render(request, "runs/diff.html", {"error": "give two run ids: ?a=<id>&b=<id>"}, status=400)
     a, b = (_visible_run_or_404(request, number) for number in numbers)
     return render(request, "runs/diff.html", {"a": a, "b": b, "differences": spec_differences(a.spec, b.spec)})
+
+
+@login_required
+@require_GET
+def run_compare(request: HttpRequest) -> HttpResponse:
+    """2 to 10 runs (?run=&run=): any metric's curves overlaid, by step or wall-clock time,
+    and the config keys whose values are not the same in all of them."""
+    numbers = [whole_number(value.strip()) for value in request.GET.getlist("run")]
+    if None in numbers or not 2 <= len(numbers) <= COMPARE_MAX:
+        return render(request, "runs/compare.html", {"error": f"pick 2 to {COMPARE_MAX} runs: ?run=<id>&run=<id>"}, status=400)
+    runs = [_visible_run_or_404(request, number) for number in numbers]
+    names = sorted(set().union(*(selectors.metric_names(run) for run in runs)))
+    config = {
+        "runs": [{"id": run.pk, "name": run.name, "status": run.status,
+                  "metrics_url": reverse("api:run-metrics", args=[run.pk])} for run in runs],
+        "names": names,
+        "default": next((name for name in ("reward/mean", "acc/mean") if name in names), names[0] if names else None),
+        "max_points": METRICS_MAX_POINTS,
+    }
+    return render(request, "runs/compare.html", {"runs": runs, "differences": config_differences(runs), "config": config})
+
+
+def config_differences(runs: list[Run]) -> list[dict[str, Any]]:
+    """The spec keys whose values differ between any of the runs, each with every run's
+    value, in path order: the pairwise differences against the first run cover every key
+    where some run differs from some other."""
+    paths = sorted({difference["path"] for run in runs[1:] for difference in spec_differences(runs[0].spec, run.spec)})
+    return [{"path": path, "values": [_leaf(run.spec, path) for run in runs]} for path in paths]
+
+
+def _leaf(spec: dict[str, Any], path: str) -> Any:
+    value: Any = spec
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
 
 
 @login_required

@@ -150,6 +150,7 @@ RULES: dict[str, dict[str, Case]] = {
         "POST": Case(roles(LOGIN, 302, DONE, DONE, 404, DONE), body=lambda w: {"step": "1"}, effect=forked),
     },
     "runs:diff": page_read(query=lambda w: {"a": w.run.pk, "b": w.run.pk}),
+    "runs:compare": page_read(methods=("GET",), query=lambda w: {"run": [w.run.pk, w.run.pk]}),
     "quotas:queue": page_signed_in(),
     "catalog:dataset-list": {
         "GET": Case(PAGE_SIGNED_IN),
@@ -205,6 +206,8 @@ RULES: dict[str, dict[str, Case]] = {
     "api:schema": {"GET": Case(PUBLIC)},  # documents the API, holds no data
     "api:spec-defaults": {"GET": Case(API_SIGNED_IN)},
     "api:spec-schema": {"GET": Case(API_SIGNED_IN)},
+    # Validating a launch in team "ml" is checked like the launch, and stores nothing.
+    "api:spec-validate": {"POST": Case(roles(401, 403, 200, 200, 400, 200), body=lambda w: {"spec": SMALL_SPEC, "team": "ml"})},
     "api:run-list": {
         "GET": Case(API_SIGNED_IN),
         "POST": Case(API_CREATE_IN_TEAM, body=lambda w: {"spec": SMALL_SPEC, "team": "ml"}),

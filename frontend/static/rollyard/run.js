@@ -1,19 +1,26 @@
-/* The live run page.
+/* The live run page, in tabs (overview, learning, rollout tail, accelerators, difficulty,
+ * off-policy, techniques).
  *
  * 1. Open the run's websocket. Its "hello" arrives once we are in the run's group, so
  *    history loaded from the REST API after it can miss nothing; pushes that arrive while
- *    the history loads wait in a queue and are deduplicated against it.
+ *    the history loads wait in a queue and are deduplicated against it. A reconnect loads
+ *    the history again (catch-up), then applies what was queued.
  * 2. Charts keep their data here and redraw at most once per REDRAW_MS: line charts
  *    append new points with Plotly.extendTraces, the others redraw with Plotly.react.
- * 3. Every chart exposes the number of points it draws in data-points (browser tests).
- * Plain JS, no build step; plotly.js is served by the app itself.
+ *    A chart's metric names may end in "*" (every metric with that prefix, found in the
+ *    run's metric names and in pushes); an optional chart shows once one has data.
+ * 3. The difficulty tab reads the per-prompt REST endpoints (table, pass-rate heatmap,
+ *    samples), refreshed at most once per REFRESH_MS while pushes say they changed.
+ * 4. Every chart exposes the number of points it draws in data-points (browser tests).
  */
 (function () {
   "use strict";
 
+  const R = window.Rollyard;
   const REDRAW_MS = 500;
+  const REFRESH_MS = 3000;
+  const PROMPTS_PAGE = 20;
   const TERMINAL = ["succeeded", "failed", "cancelled"];
-  const PLOT_CONFIG = { responsive: true, displaylogo: false };
   const PHASE_COLORS = {
     generate: "#2f6fde", verify: "#8e6bd8", train: "#1f8a4c", sync: "#d9822b", wait: "#e0b23a", eval: "#17a2b8",
     idle: "#c9ccd3",
@@ -23,22 +30,20 @@
   const run = config.run;
   const $ = (id) => document.getElementById(id);
 
-  // ---------------------------------------------------------------- fetching
-  function urlWith(base, params) {
-    const url = new URL(base, window.location.href);
-    for (const [key, value] of Object.entries(params)) {
-      for (const item of [].concat(value)) url.searchParams.append(key, item);
-    }
-    return url.toString();
+  // ---------------------------------------------------------------- tabs
+  function showTab(key) {
+    if (!document.querySelector(`[data-panel="${key}"]`)) key = "overview";
+    for (const panel of document.querySelectorAll(".tab-panel")) panel.hidden = panel.dataset.panel !== key;
+    for (const tab of document.querySelectorAll(".tab")) tab.setAttribute("aria-selected", String(tab.dataset.tab === key));
+    // Plotly sizes a chart drawn while hidden to a default box: resize on show.
+    for (const el of document.querySelectorAll(`[data-panel="${key}"] .chart`)) if (el.data) Plotly.Plots.resize(el);
+    if (key === "difficulty") difficulty.refresh();
+  }
+  for (const tab of document.querySelectorAll(".tab")) {
+    tab.addEventListener("click", () => { history.replaceState(null, "", `#${tab.dataset.tab}`); showTab(tab.dataset.tab); });
   }
 
-  async function getJSON(url) {
-    const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
-    if (!response.ok) throw new Error(`${url} answered ${response.status}`);
-    return response.json();
-  }
-
-  // ---------------------------------------------------------------- status, progress, ETA
+  // ---------------------------------------------------------------- status, progress, ETA, queue
   function duration(seconds) {
     if (seconds < 10) return `${Math.max(0, seconds).toFixed(1)}s`;
     const s = Math.round(seconds);
@@ -47,11 +52,16 @@
     return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
   }
 
+  // From the step times the engine measured (timing_s/step, the last 5 steps), not from the
+  // time since the start: after a resume or in a fork, started_at and current_step belong
+  // to different stretches of work and their ratio is wrong.
   function eta() {
-    if (run.status !== "running" || !run.started_at || !run.current_step) return "";
-    const elapsed = (Date.now() - Date.parse(run.started_at)) / 1000;
-    const perStep = elapsed / run.current_step;
-    return `ETA ${duration(perStep * Math.max(0, run.total_steps - run.current_step))} · ${duration(perStep)} per step`;
+    if (run.status !== "running") return "";
+    const remaining = Math.max(0, run.total_steps - (run.current_step || 0));
+    const times = (series["timing_s/step"] || { y: [] }).y.slice(-5);
+    if (!times.length) return remaining ? "ETA after the first step" : "";
+    const perStep = times.reduce((a, b) => a + b, 0) / times.length;
+    return `ETA ${duration(perStep * remaining)} · ${duration(perStep)} per step`;
   }
 
   function renderRun() {
@@ -71,6 +81,26 @@
       $("run-cancel-button").disabled = true;
       $("run-cancel-button").textContent = "Cancelling…";
     }
+    if (run.status !== "queued") $("run-queue").hidden = true;
+  }
+
+  async function refreshQueue() {
+    if (run.status !== "queued") return;
+    const answer = await R.getJSON(config.queue_url);
+    const entry = answer.queue.find((e) => e.run_id === run.id);
+    const el = $("run-queue");
+    el.hidden = !entry;
+    if (entry) el.textContent = `Waiting in pool ${entry.pool}: position ${entry.position} (${entry.ahead} ahead) — ${entry.reason}`;
+  }
+
+  function addStatusRow(data) {
+    const row = document.createElement("tr");
+    for (const text of [new Date().toISOString().slice(11, 19), run.status, data.status, data.reason || ""]) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      row.appendChild(td);
+    }
+    $("run-status-history").tBodies[0].appendChild(row);
   }
 
   function setLive(state, text) {
@@ -89,53 +119,51 @@
   }
 
   function markDirty(...ids) {
-    for (const id of ids) charts[id].dirty = true;
-  }
-
-  function setPoints(c, n) {
-    c.el.dataset.points = String(n);
-    $(`${c.id}-empty`).hidden = n > 0;
-  }
-
-  function baseLayout(xTitle, yTitle, extra) {
-    return Object.assign(
-      {
-        margin: { l: 56, r: 16, t: 8, b: 44 },
-        xaxis: { title: { text: xTitle }, automargin: true },
-        yaxis: { title: { text: yTitle }, automargin: true },
-        legend: { orientation: "h", y: -0.25 },
-        uirevision: "keep", // keep the user's zoom across redraws
-      },
-      extra || {},
-    );
+    for (const id of ids) if (charts[id]) charts[id].dirty = true;
   }
 
   // ---------------------------------------------------------------- line charts (metrics)
-  // series[name] = {x: steps, y: values}; each line chart remembers how many points of
-  // each of its series it has drawn, and appends only the rest.
+  // series[name] = {x: steps, y: values, t: wall times}; each line chart remembers how
+  // many points of each of its series it has drawn, and appends only the rest.
   const series = {};
-  const chartedNames = new Set([].concat(...Object.values(config.line_charts)));
-  const LINE_AXES = {
-    "chart-reward": ["step", "reward / accuracy (fraction)"],
-    "chart-length": ["step", "response length (tokens)"],
-  };
+  const knownNames = new Set(config.metric_names);
+
+  function matches(pattern, name) {
+    return pattern.endsWith("*") ? name.startsWith(pattern.slice(0, -1)) : pattern === name;
+  }
+
+  function namesOf(id) {
+    const names = [];
+    for (const pattern of config.line_charts[id].names) {
+      if (pattern.endsWith("*")) names.push(...[...knownNames].filter((n) => matches(pattern, n)).sort());
+      else names.push(pattern);
+    }
+    return names;
+  }
+
+  function chartsOf(name) {
+    return Object.keys(config.line_charts).filter((id) => config.line_charts[id].names.some((p) => matches(p, name)));
+  }
 
   function seriesOf(name) {
-    if (!series[name]) series[name] = { x: [], y: [] };
+    if (!series[name]) series[name] = { x: [], y: [], t: [] };
     return series[name];
   }
 
   function lineChart(id) {
-    const names = config.line_charts[id];
+    const spec = config.line_charts[id];
     const c = chart(id, () => {
+      const names = namesOf(id);
       const lines = names.map(seriesOf);
-      if (!c.drawnCounts) {
+      if (!c.drawnCounts || c.drawnNames !== names.join("|")) {
         const traces = names.map((name, i) => ({
           name, type: "scatter", mode: "lines+markers", marker: { size: 4 },
           x: lines[i].x.slice(), y: lines[i].y.slice(), connectgaps: false,
         }));
-        Plotly.react(c.el, traces, baseLayout(...LINE_AXES[id]), PLOT_CONFIG);
+        Plotly.react(c.el, traces, R.baseLayout("step", spec.unit), R.PLOT_CONFIG);
         c.drawnCounts = lines.map((s) => s.x.length);
+        c.drawnNames = names.join("|");
+        if (!c.clickable) { c.clickable = true; c.el.on("plotly_click", (e) => e.points[0] && samples.ofStep(e.points[0].x)); }
       } else {
         const fresh = lines.map((s, i) => ({ x: s.x.slice(c.drawnCounts[i]), y: s.y.slice(c.drawnCounts[i]) }));
         if (fresh.some((f) => f.x.length)) {
@@ -143,30 +171,42 @@
           c.drawnCounts = lines.map((s) => s.x.length);
         }
       }
-      setPoints(c, c.el.data ? c.el.data.reduce((sum, trace) => sum + trace.x.length, 0) : 0);
+      const points = lines.reduce((sum, s) => sum + s.x.length, 0);
+      R.setPoints(c.el, points);
+      if (spec.optional && points) showOptional(id);
     });
     c.reset = () => { c.drawnCounts = null; c.dirty = true; };
     return c;
   }
 
-  // Zooming asks the server for that step range at full resolution (re-bucketed), so a
-  // zoomed-in view shows real points, not the overview's buckets.
+  function showOptional(id) {
+    $(`${id}-card`).hidden = false;
+    const panel = $(`${id}-card`).closest(".tab-panel");
+    const empty = panel.querySelector(".optional-empty");
+    if (empty) empty.hidden = true;
+  }
+
+  // Zooming asks the server for that step range (re-bucketed), so a zoomed-in view shows
+  // real points, not the overview's buckets. A reply to an older zoom is discarded.
   function watchZoom(c) {
+    let asked = 0;
     c.el.on("plotly_relayout", async (event) => {
-      const names = config.line_charts[c.id];
-      if (event["xaxis.autorange"]) { c.reset(); return; }
+      if (event["xaxis.autorange"]) { asked++; c.reset(); return; }
       const lo = event["xaxis.range[0]"], hi = event["xaxis.range[1]"];
       if (lo === undefined || hi === undefined) return;
-      const data = await getJSON(urlWith(config.metrics_url, {
+      const mine = ++asked;
+      const names = namesOf(c.id);
+      const data = await R.getJSON(R.urlWith(config.metrics_url, {
         name: names, max_points: config.max_points, min_step: Math.floor(lo), max_step: Math.ceil(hi),
       }));
+      if (mine !== asked) return;
       const traces = names.map((name) => {
         const s = data.series[name] || { steps: [], values: [] };
         return { name, type: "scatter", mode: "lines+markers", marker: { size: 4 }, x: s.steps, y: s.values };
       });
-      Plotly.react(c.el, traces, c.el.layout, PLOT_CONFIG);
+      Plotly.react(c.el, traces, c.el.layout, R.PLOT_CONFIG);
       c.drawnCounts = names.map((name) => seriesOf(name).x.length); // later pushes append
-      setPoints(c, traces.reduce((sum, t) => sum + t.x.length, 0));
+      R.setPoints(c.el, traces.reduce((sum, t) => sum + t.x.length, 0));
     });
   }
 
@@ -187,9 +227,9 @@
         type: "bar", name: `step ${latest.step}`, x: binCenters(latest.bin_edges), y: latest.counts,
         width: latest.bin_edges.slice(1).map((hi, i) => hi - latest.bin_edges[i]), marker: { color: "#2f6fde" },
       }] : [];
-      const layout = baseLayout("response length (tokens)", "rollouts", { bargap: 0.02, showlegend: !!latest });
-      Plotly.react(c.el, traces, layout, PLOT_CONFIG);
-      setPoints(c, latest ? latest.counts.length : 0);
+      const layout = R.baseLayout("response length (tokens)", "rollouts", { bargap: 0.02, showlegend: !!latest });
+      Plotly.react(c.el, traces, layout, R.PLOT_CONFIG);
+      R.setPoints(c.el, latest ? latest.counts.length : 0);
     });
   }
 
@@ -202,13 +242,14 @@
         const edges = hs[hs.length - 1].bin_edges; // bins are fixed per run
         const z = binCenters(edges).map((_, bin) => hs.map((h) => (h.counts[bin] === undefined ? null : h.counts[bin])));
         traces = [{
-          type: "heatmap", x: hs.map((h) => h.step), y: binCenters(edges), z,
+          type: "heatmap", name: "rollouts", x: hs.map((h) => h.step), y: binCenters(edges), z,
           colorscale: "Viridis", colorbar: { title: { text: "rollouts" } },
         }];
         cells = hs.length * (edges.length - 1);
       }
-      Plotly.react(c.el, traces, baseLayout("step", "response length (tokens)"), PLOT_CONFIG);
-      setPoints(c, cells);
+      Plotly.react(c.el, traces, R.baseLayout("step", "response length (tokens)"), R.PLOT_CONFIG);
+      if (!c.clickable && cells) { c.clickable = true; c.el.on("plotly_click", (e) => e.points[0] && samples.ofStep(e.points[0].x)); }
+      R.setPoints(c.el, cells);
     });
   }
 
@@ -220,15 +261,20 @@
           type: "scatter", mode: "markers", name: `${split} · step ${event.step}`,
           x: event.results.map((r) => r.difficulty),
           y: event.results.map((r) => (r.attempts ? r.successes / r.attempts : null)),
+          customdata: event.results.map((r) => r.prompt_id),
           hovertext: event.results.map((r) => `${r.prompt_id}: ${r.successes}/${r.attempts}, mean length ${Math.round(r.mean_length)}`),
-          hoverinfo: "text", marker: { size: 7, opacity: 0.7 },
+          hoverinfo: "text", marker: { size: 8, opacity: 0.7 },
         };
       });
-      const layout = baseLayout("difficulty", "pass rate (successes / attempts)", {
+      const layout = R.baseLayout("difficulty (the dataset's)", "pass rate (successes / attempts)", {
         showlegend: true, yaxis: { range: [-0.05, 1.05], title: { text: "pass rate (successes / attempts)" } },
       });
-      Plotly.react(c.el, traces, layout, PLOT_CONFIG);
-      setPoints(c, traces.reduce((sum, t) => sum + t.x.length, 0));
+      Plotly.react(c.el, traces, layout, R.PLOT_CONFIG);
+      if (!c.clickable && traces.length) {
+        c.clickable = true;
+        c.el.on("plotly_click", (e) => e.points[0] && samples.ofPrompt(e.points[0].customdata));
+      }
+      R.setPoints(c.el, traces.reduce((sum, t) => sum + t.x.length, 0));
     });
   }
 
@@ -245,10 +291,113 @@
           hovertext: mine.map((s) => `${phase} · step ${s.step} · ${(s.end - s.start).toFixed(2)} s`), hoverinfo: "text",
         };
       });
-      Plotly.react(c.el, traces, baseLayout("seconds since the first span shown", "worker", { barmode: "overlay" }), PLOT_CONFIG);
-      setPoints(c, spans.length);
+      Plotly.react(c.el, traces, R.baseLayout("seconds since the first span shown", "worker", { barmode: "overlay" }), R.PLOT_CONFIG);
+      R.setPoints(c.el, spans.length);
     });
   }
+
+  // ---------------------------------------------------------------- difficulty tab
+  const difficulty = {
+    ordering: "-attempts", offset: 0, count: 0, dueAt: 0, timer: null,
+    // At most one refresh per REFRESH_MS, however many pushes ask for one.
+    refresh() {
+      const wait = Math.max(0, this.dueAt - Date.now());
+      if (this.timer) return;
+      this.timer = window.setTimeout(() => {
+        this.timer = null;
+        this.dueAt = Date.now() + REFRESH_MS;
+        this.loadTable().catch(console.error);
+        this.loadHeatmap().catch(console.error);
+      }, wait);
+    },
+    async loadTable() {
+      const answer = await R.getJSON(R.urlWith(config.prompts_url, { ordering: this.ordering, limit: PROMPTS_PAGE, offset: this.offset }));
+      this.count = answer.count;
+      const body = $("prompt-table").tBodies[0];
+      body.textContent = "";
+      for (const row of answer.results) {
+        const tr = document.createElement("tr");
+        tr.dataset.promptId = row.prompt_id;
+        tr.className = "clickable";
+        const cells = [row.prompt_id, row.mean.toFixed(3), `${row.low.toFixed(2)} – ${row.high.toFixed(2)}`,
+          `${row.successes}/${row.attempts}`, row.last_step ?? "—", row.allocated ?? "—"];
+        for (const text of cells) { const td = document.createElement("td"); td.textContent = text; tr.appendChild(td); }
+        tr.addEventListener("click", () => samples.ofPrompt(row.prompt_id));
+        body.appendChild(tr);
+      }
+      $("prompt-table").dataset.rows = String(answer.results.length);
+      $("prompt-table-empty").hidden = answer.results.length > 0;
+      const pages = Math.max(1, Math.ceil(this.count / PROMPTS_PAGE));
+      $("prompt-page").textContent = `page ${Math.floor(this.offset / PROMPTS_PAGE) + 1} of ${pages} · ${this.count} prompts`;
+      $("prompt-prev").disabled = this.offset === 0;
+      $("prompt-next").disabled = this.offset + PROMPTS_PAGE >= this.count;
+    },
+    async loadHeatmap() {
+      const el = $("chart-pass-heatmap");
+      const h = await R.getJSON(R.urlWith(config.heatmap_url, { by: "difficulty", buckets: 8 }));
+      const labels = h.edges.slice(0, -1).map((lo, i) => `${lo.toFixed(1)}–${h.edges[i + 1].toFixed(1)}`);
+      const traces = h.steps.length ? [{
+        type: "heatmap", name: "pass rate", x: h.steps, y: labels, z: h.pass_rate, zmin: 0, zmax: 1,
+        colorscale: "RdYlGn", colorbar: { title: { text: "pass rate" } },
+        customdata: h.attempts, hovertemplate: "step %{x}<br>difficulty %{y}<br>pass rate %{z:.2f} of %{customdata} attempts<extra></extra>",
+      }] : [];
+      Plotly.react(el, traces, R.baseLayout("step", "difficulty bucket (the dataset's)"), R.PLOT_CONFIG);
+      if (!el.dataset.clickable && traces.length) {
+        el.dataset.clickable = "1";
+        el.on("plotly_click", (e) => e.points[0] && samples.ofStep(e.points[0].x));
+      }
+      R.setPoints(el, h.steps.length * labels.length);
+    },
+  };
+  for (const th of document.querySelectorAll("#prompt-table th[data-order]")) {
+    th.classList.add("sortable");
+    th.addEventListener("click", () => {
+      const field = th.dataset.order;
+      difficulty.ordering = difficulty.ordering === `-${field}` ? field : `-${field}`;
+      for (const other of document.querySelectorAll("#prompt-table th")) other.removeAttribute("aria-sort");
+      th.setAttribute("aria-sort", difficulty.ordering.startsWith("-") ? "descending" : "ascending");
+      difficulty.offset = 0;
+      difficulty.loadTable().catch(console.error);
+    });
+  }
+  $("prompt-prev").addEventListener("click", () => { difficulty.offset = Math.max(0, difficulty.offset - PROMPTS_PAGE); difficulty.loadTable(); });
+  $("prompt-next").addEventListener("click", () => { difficulty.offset += PROMPTS_PAGE; difficulty.loadTable(); });
+
+  // Drill-down: a prompt's latest samples, or one step's, with text, reward, length, status.
+  const samples = {
+    asked: 0,
+    async show(url, title) {
+      const mine = ++this.asked;
+      showTab("difficulty");
+      $("samples-title").textContent = title;
+      const answer = await R.getJSON(url);
+      if (mine !== this.asked) return; // a later click won
+      const list = $("samples");
+      list.textContent = "";
+      const newest = answer.results.length ? answer.results[0].step : null;
+      for (const s of answer.results.filter((r) => r.step === newest)) {
+        const li = document.createElement("li");
+        li.className = `sample status-${s.status}`;
+        const meta = document.createElement("div");
+        meta.className = "sample-meta";
+        meta.textContent = `${s.prompt_id} · step ${s.step} (${s.split}) · reward ${s.reward} · ${s.length} tokens · ${s.status} · policy v${s.first_version}–v${s.last_version}`;
+        const text = document.createElement("pre");
+        text.className = "sample-text";
+        text.textContent = s.response;
+        li.append(meta, text);
+        list.appendChild(li);
+      }
+      list.dataset.samples = String(list.children.length);
+      $("samples-empty").hidden = list.children.length > 0;
+      $("samples-empty").textContent = "No samples kept for it (only the newest steps keep theirs).";
+    },
+    ofPrompt(promptId) {
+      return this.show(R.urlWith(`${config.prompts_url}${encodeURIComponent(promptId)}/samples/`, { limit: 32 }), `prompt ${promptId}, latest step`);
+    },
+    ofStep(step) {
+      return this.show(R.urlWith(config.samples_url, { step: Math.round(step), limit: 32 }), `step ${Math.round(step)}`);
+    },
+  };
 
   // ---------------------------------------------------------------- log
   function appendLog(event) {
@@ -279,12 +428,15 @@
     switch (event.kind) {
       case "metrics":
         for (const [name, value] of Object.entries(event.values)) {
-          if (!chartedNames.has(name)) continue;
+          const ids = chartsOf(name);
+          if (!ids.length) continue;
+          if (!knownNames.has(name)) { knownNames.add(name); for (const id of ids) charts[id].reset(); }
           const s = seriesOf(name);
           if (s.x.length && event.step <= s.x[s.x.length - 1]) continue;
           s.x.push(event.step);
           s.y.push(value);
-          for (const [id, names] of Object.entries(config.line_charts)) if (names.includes(name)) markDirty(id);
+          s.t.push(event.wall_time);
+          markDirty(...ids);
         }
         run.current_step = Math.max(run.current_step || 0, event.step);
         break;
@@ -299,6 +451,11 @@
       case "prompt_results":
         if (!state.prompts[event.split] || event.step >= state.prompts[event.split].step) state.prompts[event.split] = event;
         markDirty("chart-prompts");
+        if (!fromHistory) difficulty.refresh();
+        break;
+      case "difficulty":
+      case "samples":
+        if (!fromHistory) difficulty.refresh();
         break;
       case "span":
         state.spans.push(event);
@@ -325,18 +482,20 @@
 
   async function loadHistory() {
     loaded = false;
-    const names = [...chartedNames];
-    const metrics = await getJSON(urlWith(config.metrics_url, { name: names, max_points: config.max_points }));
+    const names = [...new Set(Object.keys(config.line_charts).flatMap(namesOf))];
+    const metrics = await R.getJSON(R.urlWith(config.metrics_url, { name: names, max_points: config.max_points }));
     // One request per distinct (kinds, latest): the histogram and heatmap share theirs.
     const requests = {};
     for (const { kinds, latest } of Object.values(config.event_charts)) {
-      const url = urlWith(config.events_url, { kind: kinds, latest });
-      requests[url] = requests[url] || getJSON(url);
+      const url = R.urlWith(config.events_url, { kind: kinds, latest });
+      requests[url] = requests[url] || R.getJSON(url);
     }
     const answers = await Promise.all(Object.values(requests));
 
     for (const key of Object.keys(series)) delete series[key];
-    for (const [name, s] of Object.entries(metrics.series)) series[name] = { x: s.steps.slice(), y: s.values.slice() };
+    for (const [name, s] of Object.entries(metrics.series)) {
+      series[name] = { x: s.steps.slice(), y: s.values.slice(), t: (s.wall_times || []).slice() };
+    }
     state.histograms = []; state.prompts = {}; state.spans = []; cutoff = {};
     $("run-log").textContent = "";
     const events = new Map();
@@ -348,6 +507,7 @@
     for (const c of Object.values(charts)) { if (c.reset) c.reset(); c.dirty = true; }
     loaded = true;
     onPush(queued.splice(0));
+    difficulty.refresh();
   }
 
   function reload() {
@@ -370,9 +530,11 @@
         runDirty = true;
         setLive("live");
         reload(); // now in the group: the history can miss nothing
+        refreshQueue().catch(console.error);
       } else if (data.type === "events") {
         onPush(data.events);
       } else if (data.type === "status") {
+        if (data.status !== run.status) addStatusRow(data);
         Object.assign(run, {
           status: data.status, status_reason: data.reason, cancel_requested: data.cancel_requested,
           started_at: data.started_at, finished_at: data.finished_at,
@@ -401,6 +563,7 @@
     charts[id].dirty = false;
     watchZoom(charts[id]);
   }
+  showTab(window.location.hash.slice(1) || "overview");
 
   window.setInterval(() => {
     for (const c of Object.values(charts)) {
@@ -411,6 +574,7 @@
     if (runDirty) { runDirty = false; renderRun(); }
   }, REDRAW_MS);
   window.setInterval(() => { $("run-eta").textContent = eta(); }, 5000);
+  window.setInterval(() => refreshQueue().catch(console.error), 5000);
 
   renderRun();
   connect();

@@ -2,7 +2,7 @@ from django.urls import path
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import DefaultRouter
 
-from runs.api import prompts
+from runs.api import dashboards, prompts
 from runs.api.views import RunViewSet, SpecDefaultsView, SpecSchemaView
 
 app_name = "api"
@@ -13,6 +13,7 @@ router.register("runs", RunViewSet, basename="run")
 urlpatterns = [
     path("spec/defaults/", SpecDefaultsView.as_view(), name="spec-defaults"),
     path("spec/schema/", SpecSchemaView.as_view(), name="spec-schema"),
+    path("spec/validate/", dashboards.SpecValidateView.as_view(), name="spec-validate"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("runs/<int:run_id>/prompts/", prompts.PromptDifficultyList.as_view(), name="run-prompts"),
     path("runs/<int:run_id>/prompts/heatmap/", prompts.PassRateHeatmap.as_view(), name="run-prompts-heatmap"),
