@@ -536,8 +536,31 @@ class ResourcesSpec(_Strict):
 
 
 class BackendsSpec(_Strict):
-    generation: str = Field("torch", description="the generation backend: torch (continuous batching)")
-    training: str = Field("torch", description="the training backend: torch (one device)")
+    generation: str = Field("torch", description="the generation backend: torch (continuous batching) or vllm")
+    training: str = Field("torch", description="the training backend: torch (one device) or deepspeed (ZeRO)")
+    # vllm only
+    kv_cache_gb: float = Field(1.0, gt=0, le=4096, description="vllm: GiB of KV cache the engine reserves")
+    tensor_parallel_size: int = Field(1, ge=1, le=64, description="vllm: GPUs one generation engine spans")
+    # deepspeed only
+    zero_stage: int = Field(0, ge=0, le=3, description="deepspeed: ZeRO stage 0-3 (what is sharded across ranks)")
+
+    @model_validator(mode="after")
+    def _options_of_the_chosen_backends(self) -> "BackendsSpec":
+        """An option of a backend the spec does not use would silently do nothing."""
+        for name, backend, side in (
+            ("kv_cache_gb", "vllm", self.generation),
+            ("tensor_parallel_size", "vllm", self.generation),
+            ("zero_stage", "deepspeed", self.training),
+        ):
+            if name in self.model_fields_set and side != backend:
+                raise ValueError(f"{name} applies to the {backend} backend only")
+        return self
+
+    def generation_options(self) -> dict[str, Any]:
+        """What the generation backend's constructor takes from the spec besides the model."""
+        if self.generation == "vllm":
+            return {"kv_cache_gb": self.kv_cache_gb, "tensor_parallel_size": self.tensor_parallel_size}
+        return {}
 
     @field_validator("generation")
     @classmethod

@@ -63,7 +63,7 @@ def build_collector(spec: Any, model: Any, tokenizer: PreTrainedTokenizerBase, t
     # BroRL's large n: a memory budget bounds the samples decoding at once (engine.rollout.chunked).
     memory = memory_plan(spec.model, rollout)
     limits = memory.backend_limits() if memory is not None else {}
-    backend = GENERATION_BACKENDS.load(spec.backends.generation)(model, **limits)
+    backend = GENERATION_BACKENDS.load(spec.backends.generation)(model, **limits, **spec.backends.generation_options())
     return Collector(backend, tokenizer, task, spec.model.chat_template, params, generator, worker)
 
 
