@@ -269,7 +269,8 @@ def test_spec_defaults_and_schema_come_from_the_engine(api_alice):
     assert defaults["spec"]["rollout"]["n"] == 8
     assert defaults["spec"]["algorithm"]["name"] == "grpo"
     assert "grpo" in [choice["name"] for choice in defaults["choices"]["algorithm"]]
-    assert [choice["name"] for choice in defaults["choices"]["curriculum"]] == ["easy_to_hard", "uniform"]
+    assert [choice["name"] for choice in defaults["choices"]["curriculum"]] == ["cures", "dars", "easy_to_hard", "uniform"]
+    assert "dars" in [choice["name"] for choice in defaults["choices"]["rollout_strategy"]]
     assert "builtin:arith-tiny" in [choice["name"] for choice in defaults["choices"]["model"]]
 
     schema = api_alice.get("/api/spec/schema/").json()

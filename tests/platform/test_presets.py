@@ -7,7 +7,7 @@ from rest_framework.test import APIClient
 from catalog.models import Preset
 from engine.algorithms import ALGORITHMS
 from engine.sampling import SAMPLERS
-from engine.spec import AlgorithmSpec
+from engine.spec import AlgorithmSpec, CurriculumSpec
 from runs.models import Run
 
 API = "/api/presets/"
@@ -18,6 +18,12 @@ DAPO_LIKE = {"name": "grpo", "clip_eps_high": 0.28, "aggregation": "token-mean"}
 def api_member(teams) -> APIClient:
     """A member of team "ml" (conftest's `teams`), who may create presets there."""
     return teams.client(teams.member)
+
+
+def unset_except(*read: str) -> dict[str, None]:
+    """The curriculum fields no strategy of `read` sets: stored unset (None)."""
+    shared = {"strategy", "prior_alpha", "prior_beta", *read}
+    return {name: None for name in CurriculumSpec.model_fields if name not in shared}
 
 
 def create(client: APIClient, body: dict, name: str = "wide-clip", kind: str = "algorithm", team: str = "ml"):
@@ -86,21 +92,26 @@ def test_a_curriculum_preset_is_validated_by_the_engines_curriculum_section(api_
     # The strategy's other parameter is filled in with its default, and so is the prior.
     assert preset["body"] == {
         "strategy": "easy_to_hard", "start_quantile": 0.3, "ramp_steps": 40, "prior_alpha": 1.0, "prior_beta": 1.0
-    }
+    } | unset_except("start_quantile", "ramp_steps")
 
 
 def test_a_curriculum_body_the_engine_refuses_is_a_400_naming_each_field(api_member):
-    unknown = create(api_member, {"strategy": "cures"}, kind="curriculum")
+    unknown = create(api_member, {"strategy": "gvm"}, kind="curriculum")
     out_of_range = create(
         api_member, {"strategy": "easy_to_hard", "start_quantile": 0, "ramp_steps": 0}, kind="curriculum"
     )
+    bad_cures = create(api_member, {"strategy": "cures", "weight_scale": -1, "pre_rollouts": 0}, kind="curriculum")
+    bad_dars = create(api_member, {"strategy": "dars", "schedule": "steep"}, kind="curriculum")
 
     assert unknown.status_code == 400
     assert unknown.json()["error"]["fields"] == {
-        "body.strategy": ["unknown curriculum strategy 'cures'; choose one of: easy_to_hard, uniform"]
+        "body.strategy": ["unknown curriculum strategy 'gvm'; choose one of: cures, dars, easy_to_hard, uniform"]
     }
     assert out_of_range.status_code == 400
     assert set(out_of_range.json()["error"]["fields"]) == {"body.start_quantile", "body.ramp_steps"}
+    assert bad_cures.status_code == 400
+    assert set(bad_cures.json()["error"]["fields"]) == {"body.weight_scale", "body.pre_rollouts"}
+    assert (bad_dars.status_code, set(bad_dars.json()["error"]["fields"])) == (400, {"body.schedule"})
     assert Preset.objects.count() == 0
 
 
@@ -118,7 +129,7 @@ def test_a_run_referencing_a_curriculum_preset_stores_the_resolved_section_and_t
     # The latest version, under the override next to the reference.
     assert run.spec["curriculum"] == {
         "strategy": "easy_to_hard", "start_quantile": 0.5, "ramp_steps": 5, "prior_alpha": 1.0, "prior_beta": 1.0
-    }
+    } | unset_except("start_quantile", "ramp_steps")
     assert [preset.reference for preset in run.inputs.presets.all()] == ["ml/pacing@2"]
 
 
@@ -134,12 +145,18 @@ def test_the_algorithm_registry_is_listed_with_its_defaults(api_member):
 def test_the_curriculum_strategies_are_listed_with_their_defaults(api_member):
     body = api_member.get(f"{API}curricula/").json()
 
-    assert [entry["name"] for entry in body["curricula"]] == SAMPLERS.names() == ["easy_to_hard", "uniform"]
+    assert [entry["name"] for entry in body["curricula"]] == SAMPLERS.names() == ["cures", "dars", "easy_to_hard", "uniform"]
     strategies = {entry["name"]: entry for entry in body["curricula"]}
     # Every strategy shares the difficulty store's prior (a uniform Beta(1, 1)).
     prior = {"prior_alpha": 1.0, "prior_beta": 1.0}
-    assert strategies["uniform"]["defaults"] == {"strategy": "uniform", "start_quantile": None, "ramp_steps": None} | prior
-    assert strategies["easy_to_hard"]["defaults"] == {"strategy": "easy_to_hard", "start_quantile": 0.3, "ramp_steps": 20} | prior
+    assert strategies["uniform"]["defaults"] == {"strategy": "uniform"} | unset_except() | prior
+    easy_to_hard = {"strategy": "easy_to_hard", "start_quantile": 0.3, "ramp_steps": 20}
+    assert strategies["easy_to_hard"]["defaults"] == easy_to_hard | unset_except(*easy_to_hard) | prior
+    cures = {"strategy": "cures", **SAMPLERS.get("cures").parameters}
+    assert cures["weight_scale"] == 0.01 and cures["pre_rollouts"] == 4
+    assert strategies["cures"]["defaults"] == cures | unset_except(*cures) | prior
+    dars = {"strategy": "dars", "schedule": "equal", "schedule_std": False, "upper_threshold": 1.0}
+    assert strategies["dars"]["defaults"] == dars | unset_except(*dars) | prior  # max_rollouts unset: 4·n
     assert "difficulty" in strategies["easy_to_hard"]["description"]
 
 
