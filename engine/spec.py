@@ -554,6 +554,10 @@ class BackendsSpec(_Strict):
         ):
             if name in self.model_fields_set and side != backend:
                 raise ValueError(f"{name} applies to the {backend} backend only")
+        if self.zero_stage == 3 and self.generation == "torch":
+            # The torch generation backend decodes with the trainer's own module, whose
+            # weights ZeRO-3 shards away between forward passes.
+            raise ValueError("zero_stage 3 needs generation: vllm (torch generation shares the sharded module)")
         return self
 
     def generation_options(self) -> dict[str, Any]:

@@ -11,10 +11,12 @@ owns the policy's weights and optimiser and offers (engine.training.torch_backen
                                             steps so far), for the generation backend
     state_dict() / load_state_dict(), save_model(folder) / load_model(folder)
 
-- `torch`: plain PyTorch on one device (CPU or a GPU). DeepSpeed ZeRO will be the next.
+- `torch`: plain PyTorch on one device (CPU or a GPU).
+- `deepspeed`: DeepSpeed ZeRO 0-3 (engine.training.deepspeed_backend); gloo on the CPU.
 """
 
 from engine.registry import Registry
 
 TRAINING_BACKENDS: Registry = Registry("training backend")
 TRAINING_BACKENDS.register("torch", "engine.training.torch_backend:TorchTrainingBackend")
+TRAINING_BACKENDS.register("deepspeed", "engine.training.deepspeed_backend:DeepSpeedTrainingBackend")

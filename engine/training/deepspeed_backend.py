@@ -1,0 +1,142 @@
+"""DeepSpeed ZeRO behind the training-backend interface (`backends: {training: deepspeed,
+zero_stage: 0-3}`), on GPUs with NCCL and on the CPU with gloo.
+
+It is the torch backend with DeepSpeed's engine in the optimiser's place: the same
+log-probs, loss and statistics (engine.training.torch_backend), and:
+
+- precision follows `model.dtype`: bfloat16 turns on DeepSpeed's bf16 mode (bf16 weights
+  for the forward pass, fp32 master weights in the optimiser), float32 trains in fp32;
+- one optimiser step accumulates gradients over the mini-batch's token-budget
+  micro-batches (engine.training.batching), however many there are: DeepSpeed's own
+  accumulation counts a fixed number, so each backward says itself whether it is the
+  step's last (`set_gradient_accumulation_boundary`); the policy loss already divides by
+  the mini-batch's counts, so DeepSpeed must not scale it again (`scale_wrt_gas=False`);
+- the optimiser is torch's AdamW handed to DeepSpeed (no native Adam op to compile: the
+  CPU's cold start drops from minutes to seconds) and the warm-up schedule steps once per
+  rollout batch, as in the torch backend;
+- a checkpoint's `model/` folder holds the Hugging Face model (what a spec or vLLM loads)
+  and, beside it, `deepspeed/` holds DeepSpeed's own checkpoint (module, optimiser and
+  fp32 master partitions), from which `load_model` resumes.
+
+Single process here: rank 0 of a world of one unless the launcher set RANK/WORLD_SIZE.
+"""
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.rollout.types import Rollout
+from engine.spec import RunSpec
+from engine.training.batching import micro_batches
+from engine.training.collate import collate
+from engine.training.torch_backend import TorchTrainingBackend, UpdateStatistics
+
+DEEPSPEED_DIR = "deepspeed"  # beside the checkpoint's model folder
+TAG = "state"
+
+
+def _single_process_environment() -> None:
+    """What deepspeed.initialize reads to start a world of one (else it looks for MPI)."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    for name, value in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(name, value)
+    if "MASTER_PORT" not in os.environ:
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(probe.getsockname()[1])
+
+
+class DeepSpeedTrainingBackend(TorchTrainingBackend):
+    def __init__(self, spec: RunSpec, needs_reference: bool):
+        super().__init__(spec, needs_reference)
+        _single_process_environment()
+        import deepspeed
+
+        if os.environ["WORLD_SIZE"] == "1":
+            # The shared-memory all-reduce op is for ranks on one host; alone it only costs a
+            # native build at the first initialise (about 3 minutes on 2 cores).
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+        self.zero_stage = spec.backends.zero_stage
+        training = spec.training
+        config = {
+            "train_micro_batch_size_per_gpu": 1,  # rows are the loss's business, not DeepSpeed's
+            "gradient_accumulation_steps": 1,
+            "gradient_clipping": training.grad_clip,
+            "zero_optimization": {"stage": self.zero_stage},
+            "bf16": {"enabled": spec.model.dtype == "bfloat16"},
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 2**31 - 1,
+        }
+        if spec.model.dtype == "float16":
+            raise ValueError("the deepspeed backend trains in bfloat16 or float32 (model.dtype), not float16")
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=self.model, optimizer=self.optimizer, config=config, dist_init_required=None
+        )
+        # DeepSpeed wraps the optimiser; the schedule keeps driving the torch one's groups.
+
+    def optimizer_step(self, mini_batch: Sequence[Rollout], loss, statistics: UpdateStatistics) -> None:
+        """TorchTrainingBackend.optimizer_step through DeepSpeed's engine."""
+        training = self.spec.training
+        engine = self.engine
+        num_tokens = sum(len(item.token_ids) - item.trained_from for item in mini_batch)
+        parts = micro_batches(mini_batch, training.micro_batch_tokens)
+        for index, micro_batch in enumerate(parts):
+            engine.set_gradient_accumulation_boundary(index == len(parts) - 1)
+            batch = collate(micro_batch, self.tokenizer.pad_token_id, self.device, self.reference is not None)
+            logits = engine(input_ids=batch.input_ids).logits.float()
+            value, sums = loss(logits[:, :-1], batch.input_ids[:, 1:], batch, len(mini_batch), num_tokens)
+            engine.backward(value, scale_wrt_gas=False)
+            for name, amount in sums.items():
+                statistics.sums[name] = statistics.sums.get(name, 0.0) + amount
+            statistics.trained_tokens += sum(len(item.prompt_ids) + len(item.token_ids) for item in micro_batch)
+        if self.zero_stage == 0 and not engine.bfloat16_enabled():
+            # DeepSpeed's plain fp32 path clips without keeping the norm: measure it first.
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+        engine.step()
+        if self.zero_stage or engine.bfloat16_enabled():
+            grad_norm = float(engine.get_global_grad_norm())
+        statistics.sums["grad_norm"] += grad_norm
+        statistics.steps += 1
+        self.version += 1
+
+    # ----------------------------------------------------------------- weights
+    def weights(self) -> Mapping[str, torch.Tensor]:
+        """Stages 0-2 keep whole weights in the module (its own tensors); stage 3 shards
+        them, so they are gathered into copies."""
+        if self.zero_stage < 3:
+            return self.model.state_dict()
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None):
+            return {name: tensor.detach().clone() for name, tensor in self.model.state_dict().items()}
+
+    def save_model(self, folder: Path) -> None:
+        """The Hugging Face folder, and DeepSpeed's checkpoint beside it."""
+        self.model.save_pretrained(folder, state_dict=dict(self.weights()))
+        self.tokenizer.save_pretrained(folder)
+        self.engine.save_checkpoint(str(Path(folder).parent / DEEPSPEED_DIR), tag=TAG)
+
+    def load_model(self, folder: Path) -> None:
+        """Resume from DeepSpeed's checkpoint beside `folder` (module, optimiser, master weights)."""
+        saved = Path(folder).parent / DEEPSPEED_DIR
+        if not (saved / TAG).is_dir():
+            raise FileNotFoundError(f"{saved / TAG} is missing: the deepspeed backend resumes from its own checkpoint")
+        self.engine.load_checkpoint(str(saved), tag=TAG, load_module_strict=True)
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """The optimiser lives in DeepSpeed's checkpoint; the schedule and version here."""
+        return {"scheduler": self.scheduler.state_dict(), "version": self.version}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.version = state["version"]
+        self._apply_spec_hyperparameters()

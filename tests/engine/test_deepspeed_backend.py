@@ -1,0 +1,122 @@
+"""The DeepSpeed training backend on the CPU (gloo): each ZeRO stage takes the optimiser
+step the torch backend takes, whatever the micro-batching; bf16 trains; a checkpoint in
+DeepSpeed's format resumes bit for bit. Runs from .venv-vllm (bin/setup-gpu-extras)."""
+
+import copy
+import importlib.util
+
+import pytest
+import torch
+
+from engine.recipes.sync import SyncRecipe
+from engine.spec import SpecError, parse_spec
+from engine.training import TRAINING_BACKENDS
+
+needs_deepspeed = pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None,
+    reason="needs deepspeed: bin/setup-gpu-extras builds .venv-vllm, bin/test runs this file there",
+)
+
+SMALL = {
+    "dataset": {"eval_size": 8},
+    "rollout": {"prompts_per_step": 4, "n": 4, "max_new_tokens": 40},
+    "training": {"steps": 2, "lr": 1e-3, "warmup_steps": 0},
+    "resources": {"executor": "inprocess", "cpus": 1},
+}
+
+
+def spec(backends=None, training=None, model=None):
+    data = copy.deepcopy(SMALL)
+    data["training"].update(training or {})
+    if backends:
+        data["backends"] = backends
+    if model:
+        data["model"] = model
+    return parse_spec(data)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """16 scored rollouts from the torch recipe with reference log-probs, advantages never all zero."""
+    from engine.algorithms.advantages import group_advantages
+    from engine.telemetry import Timeline
+
+    recipe = SyncRecipe(spec())
+    groups = recipe.collector.collect(recipe.sampler.next(1, 4), 0, Timeline(1), torch.Generator().manual_seed(0))
+    rollouts = [item for group in groups for item in group.rollouts]
+    for item, logprobs in zip(rollouts, recipe.training.logprobs(rollouts, reference=True)):
+        item.ref_logprobs = logprobs  # GRPO's KL term in the loss
+    rewards = torch.tensor([r.reward for r in rollouts]) + torch.arange(16) / 16  # distinct, so advantages ≠ 0
+    for item, advantage in zip(rollouts, group_advantages(rewards, [r.group for r in rollouts], "group_norm").tolist()):
+        item.advantage = advantage
+    return recipe, rollouts
+
+
+def trained(run_spec, batch, steps: int = 1) -> dict[str, torch.Tensor]:
+    recipe, rollouts = batch
+    backend = TRAINING_BACKENDS.load(run_spec.backends.training)(run_spec, needs_reference=True)
+    for _ in range(steps):
+        statistics = backend.begin_batch()
+        backend.optimizer_step(rollouts, recipe.loss, statistics)
+        backend.end_batch()
+    assert statistics.steps == 1 and statistics.sums["grad_norm"] > 0
+    return {name: tensor.detach().float().clone() for name, tensor in backend.weights().items()}, backend
+
+
+def test_the_spec_takes_zero_stages_and_refuses_what_cannot_run():
+    assert parse_spec({"backends": {"training": "deepspeed", "zero_stage": 2}}).backends.zero_stage == 2
+    for backends, field in (
+        ({"training": "deepspeed", "zero_stage": 4}, "zero_stage"),
+        ({"zero_stage": 1}, "zero_stage"),  # the torch backend has no ZeRO
+        ({"training": "deepspeed", "zero_stage": 3}, "zero_stage 3 needs generation: vllm"),
+    ):
+        with pytest.raises(SpecError) as refused:
+            parse_spec({"backends": backends})
+        assert field in str(refused.value)
+
+
+@needs_deepspeed
+def test_every_zero_stage_takes_the_torch_backends_step_over_any_micro_batching(batch):
+    """fp32, 2 optimiser steps (AdamW's second depends on the first's moments): each stage,
+    its gradient accumulated over > 4 micro-batches of ≤ 64 tokens, lands where the torch
+    backend does with the whole mini-batch in one."""
+    expected, _ = trained(spec(), batch, steps=2)
+    for stage in range(4):
+        backends = {"training": "deepspeed", "zero_stage": stage}
+        if stage == 3:
+            backends["generation"] = "vllm"  # the spec's rule; nothing generates here
+        weights, _ = trained(spec(backends, training={"micro_batch_tokens": 64}), batch, steps=2)
+        moved = max(float((expected[name] - batch[0].training.weights()[name]).abs().max()) for name in expected)
+        worst = max(float((weights[name] - expected[name]).abs().max()) for name in expected)
+        assert moved > 1e-4 and worst < 1e-5, (stage, moved, worst)
+
+
+@needs_deepspeed
+def test_bf16_trains_near_fp32(batch):
+    expected, _ = trained(spec(), batch)
+    weights, backend = trained(spec({"training": "deepspeed", "zero_stage": 2}, model={"dtype": "bfloat16"}), batch)
+    assert next(backend.model.parameters()).dtype == torch.bfloat16
+    # lr 1e-3: Adam moves each weight by about 1e-3; bf16 holds ~3 significant digits.
+    assert max(float((weights[name] - expected[name]).abs().max()) for name in expected) < 2e-2
+
+
+@needs_deepspeed
+def test_a_deepspeed_checkpoint_resumes_bit_for_bit(batch, tmp_path):
+    recipe, rollouts = batch
+    run_spec = spec({"training": "deepspeed", "zero_stage": 2})
+    straight, _ = trained(run_spec, batch, steps=2)
+
+    first = TRAINING_BACKENDS.load("deepspeed")(run_spec, needs_reference=True)
+    first.optimizer_step(rollouts, recipe.loss, first.begin_batch())
+    first.end_batch()
+    first.save_model(tmp_path / "model")
+    state = first.state_dict()
+    assert (tmp_path / "deepspeed" / "state").is_dir() and (tmp_path / "model" / "config.json").is_file()
+
+    resumed = TRAINING_BACKENDS.load("deepspeed")(run_spec, needs_reference=True)
+    resumed.load_model(tmp_path / "model")
+    resumed.load_state_dict(state)
+    assert resumed.version == 1
+    resumed.optimizer_step(rollouts, recipe.loss, resumed.begin_batch())
+    for name, tensor in resumed.weights().items():
+        assert torch.equal(tensor, straight[name]), name
