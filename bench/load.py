@@ -90,7 +90,7 @@ def admission_storm(prefix: str) -> dict[str, Any]:
 
     from accounts.models import Role, Team
     from accounts.services import add_member
-    from quotas.admission import admit_queued_runs
+    from runs.admission import admit_queued_runs
     from quotas.models import Accelerator, Allocation, Pool, Quota
     from runs import services
     from runs.models import Run, RunStatus, RunStatusChange
@@ -338,7 +338,7 @@ def dispatch_in_process(enqueued: list[int], set_attribute: Callable[[str, Any],
     """No worker takes part: runs handed to workers are only counted, and requested sweeps
     run in the committing thread (as in tests/platform/conftest.py). `set_attribute`
     ("module.name", value) is pytest's monkeypatch.setattr in the tests."""
-    from quotas.admission import admit_queued_runs
+    from runs.admission import admit_queued_runs
 
     def set_for_good(target: str, value: Any) -> None:
         module, name = target.rsplit(".", 1)

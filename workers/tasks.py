@@ -121,6 +121,7 @@ def admit_runs(pool_id: int | None = None) -> list[int]:
     admitted runs' ids. Sent after a launch, a release and a quota change, and on a
     timer. Here, in the worker, admission may read Ray's free GPUs; the web tier never
     does."""
-    from quotas.admission import admit_queued_runs, cluster_free_gpus
+    from runs.admission import admit_queued_runs
+    from workers.capacity import cluster_free_gpus
 
     return admit_queued_runs(pool_id, cluster_free_gpus=cluster_free_gpus())

@@ -9,7 +9,7 @@ for. On a CPU pool (machines without GPUs) they count run slots: every run holds
 one slot, so `capacity` is how many CPU runs go at once and a quota's "concurrent GPUs"
 is how many runs a team or user may have going there. CPU runs use no GPU-hours.
 
-Only `quotas.services` and `quotas.admission` write to these tables.
+Only `quotas.services` writes to these tables; `quotas.admission` reads them.
 """
 
 from datetime import datetime, timedelta
@@ -117,6 +117,10 @@ class Allocation(models.Model):
 
     run = models.ForeignKey("runs.Run", on_delete=models.CASCADE, related_name="allocations")
     pool = models.ForeignKey(Pool, on_delete=models.PROTECT, related_name="allocations")
+    # Whose quotas it counts against: the run's team and owner, copied at queue time so
+    # that admission and usage read the ledger alone, never the runs.
+    team = models.ForeignKey("accounts.Team", on_delete=models.PROTECT, related_name="allocations")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="allocations")
     # GPUs the run uses (0 on a CPU pool), for GPU-hours.
     gpus = models.PositiveIntegerField()
     # What it holds of the pool's capacity (Pool.slots_for): its GPUs, or one CPU run slot.

@@ -12,13 +12,12 @@ from datetime import datetime
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import Q, QuerySet
+from django.db.models import Model, Q, QuerySet
 from django.utils import timezone
 
 from accounts.permissions import teams_of
 from quotas.admission import plan_pool
 from quotas.models import DEFAULT_POOL, Allocation, Pool, Quota
-from runs.models import Run
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -57,16 +56,16 @@ def queue(user: User, pool_name: str | None = None) -> list[QueueEntry]:
     entries: list[QueueEntry] = []
     for pool in pools().filter(name=pool_name) if pool_name else pools():
         for decision in plan_pool(pool):
-            run = decision.allocation.run
-            if run.team_id not in visible_team_ids:
+            allocation = decision.allocation
+            if allocation.team_id not in visible_team_ids:
                 continue
             reason = "fits now: the next admission sweep starts it" if decision.admit else decision.reason
             entries.append(
                 QueueEntry(
-                    run_id=run.pk,
-                    run_name=run.name,
-                    owner=run.owner.get_username(),
-                    team=run.team.name,
+                    run_id=allocation.run_id,
+                    run_name=allocation.run.name,
+                    owner=allocation.user.get_username(),
+                    team=allocation.team.name,
                     pool=pool.name,
                     gpus=decision.allocation.gpus,
                     priority=decision.allocation.priority,
@@ -110,7 +109,7 @@ def usage(user: User, since: datetime, until: datetime | None = None, pool_name:
     see. {"teams": [...], "users": [...]}, largest first."""
     until = until or timezone.now()
     allocations = Allocation.objects.filter(
-        admitted_at__isnull=False, admitted_at__lt=until, run__team__in=teams_of(user)
+        admitted_at__isnull=False, admitted_at__lt=until, team__in=teams_of(user)
     ).exclude(released_at__lt=since)
     if pool_name:
         allocations = allocations.filter(pool__name=pool_name)
@@ -118,10 +117,10 @@ def usage(user: User, since: datetime, until: datetime | None = None, pool_name:
     team_runs: dict[tuple[str, str], set[int]] = defaultdict(set)
     user_hours: dict[tuple[str, str, str], float] = defaultdict(float)
     user_runs: dict[tuple[str, str, str], set[int]] = defaultdict(set)
-    for allocation in allocations.select_related("pool", "run__team", "run__owner"):
+    for allocation in allocations.select_related("pool", "team", "user"):
         hours = allocation.gpu_hours(since, until)
-        team_key = (allocation.pool.name, allocation.run.team.name)
-        user_key = (*team_key, allocation.run.owner.get_username())
+        team_key = (allocation.pool.name, allocation.team.name)
+        user_key = (*team_key, allocation.user.get_username())
         team_hours[team_key] += hours
         team_runs[team_key].add(allocation.run_id)
         user_hours[user_key] += hours
@@ -138,8 +137,9 @@ def usage(user: User, since: datetime, until: datetime | None = None, pool_name:
     return {"teams": sorted(teams, key=largest_first), "users": sorted(users, key=largest_first)}
 
 
-def pool_name_of(run: Run | None) -> str:
-    """The pool `run` last asked for (a clone or a fork goes there too); the default pool
-    for no run or a run stored before pools existed."""
+def pool_name_of(run: Model | None) -> str:
+    """The pool `run` (a runs.Run) last asked for (a clone or a fork goes there too); the
+    default pool for no run or a run stored before pools existed. A question about the
+    ledger, so it lives here; typed Model because quotas never imports runs."""
     allocation = Allocation.objects.filter(run=run).select_related("pool").order_by("-id").first() if run else None
     return allocation.pool.name if allocation else DEFAULT_POOL

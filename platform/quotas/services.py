@@ -1,13 +1,17 @@
-"""Changes to pools, quotas and the allocation ledger. The runs service, the REST API and
+"""Changes to pools, quotas and the allocation ledger. The runs services, the REST API and
 the admin call these, so a launch, a quota edit and a finished run behave the same from
-every edge.
+every edge. Quotas know nothing of runs but their ids: runs call in, never the reverse.
 
 - `check_request_fits` refuses at submit a launch that can never fit (naming the limit);
-- `queue_for_admission` puts a new run in its pool's queue;
-- `on_run_status_changed` keeps the ledger in step with the run's state machine;
+- `queue` puts a new run in its pool's queue;
+- `mark_admitted` and `release` move its allocation along (runs.admission admits,
+  runs.lifecycle.transition releases when the run finishes or goes back to the queue);
 - `save_pool_or_quota` / `delete_pool_or_quota` are site admins' edits.
-Each schedules an admission sweep of the pool after commit (`rollyard.dispatch`).
+Each change that may let a run start schedules an admission sweep of the pool after
+commit (`rollyard.dispatch`).
 """
+
+from datetime import datetime
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
@@ -27,7 +31,6 @@ from quotas.models import (
     Pool,
     Quota,
 )
-from runs.models import Run, RunStatus
 from rollyard import dispatch
 
 User = AbstractBaseUser | AnonymousUser
@@ -105,41 +108,50 @@ def check_request_fits(user: AbstractBaseUser, team: Team, pool_name: str, gpus:
     return pool
 
 
-def queue_for_admission(run: Run, pool: Pool, priority: int = DEFAULT_PRIORITY) -> Allocation:
-    """Put a new queued run in its pool's queue, in the caller's transaction, and sweep
-    the pool after commit. `pool` comes from check_request_fits."""
-    gpus = run.spec["resources"]["gpus"]
+def queue(
+    run_id: int, team: Team, user: AbstractBaseUser, pool: Pool, gpus: int, priority: int, requested_at: datetime
+) -> Allocation:
+    """Put a new run in its pool's queue (a pending allocation counted against `team`'s
+    and `user`'s quotas), in the caller's transaction, and sweep the pool after commit.
+    `pool` comes from check_request_fits."""
     allocation = Allocation.objects.create(
-        run=run, pool=pool, gpus=gpus, slots=pool.slots_for(gpus), priority=priority, requested_at=run.created_at
+        run_id=run_id,
+        pool=pool,
+        team=team,
+        user=user,
+        gpus=gpus,
+        slots=pool.slots_for(gpus),
+        priority=priority,
+        requested_at=requested_at,
     )
     dispatch.sweep_on_commit(pool.pk)
     return allocation
 
 
-# --- the run's life ---------------------------------------------------------------------------
+def mark_admitted(allocation: Allocation) -> None:
+    """The pending allocation now holds its pool's capacity (runs.admission.admit_pool,
+    under the pool's row lock, once the run is admitted)."""
+    allocation.admitted_at = timezone.now()
+    allocation.save(update_fields=["admitted_at"])
 
 
-def on_run_status_changed(run_id: int, source: RunStatus, target: RunStatus) -> None:
-    """Called by runs.services.transition inside its transaction, the run's row locked.
-
-    A finished run releases its allocation (the usage record closes at this moment); a
-    run sent back to the queue (its worker vanished, or its admission was taken back)
-    releases it too and waits again in a new pending one, keeping its place (same
+def release(run_id: int, requeue: bool) -> None:
+    """Close the run's open allocation: the usage record ends now. With `requeue` (the run
+    goes back to the queue: its worker vanished, or its admission was taken back) an
+    admitted allocation is followed by a new pending one that keeps its place (same
     priority and request time). Either frees capacity, so the pool is swept after commit.
-    Admission itself stamps admitted_at (`quotas.admission.admit_pool`).
-    """
-    requeued = target == RunStatus.QUEUED and source in (RunStatus.ADMITTED, RunStatus.RUNNING)
-    if target not in RunStatus.TERMINAL and not requeued:
-        return
+    Call it inside the transaction that changes the run's status."""
     allocation = Allocation.objects.select_for_update().filter(run_id=run_id, released_at__isnull=True).first()
     if allocation is None:
         return  # a run stored before pools existed, or by a test without the launch service
     allocation.released_at = timezone.now()
     allocation.save(update_fields=["released_at"])
-    if requeued and allocation.admitted_at is not None:
+    if requeue and allocation.admitted_at is not None:
         Allocation.objects.create(
             run_id=run_id,
             pool_id=allocation.pool_id,
+            team_id=allocation.team_id,
+            user_id=allocation.user_id,
             gpus=allocation.gpus,
             slots=allocation.slots,
             priority=allocation.priority,

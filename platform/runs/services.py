@@ -147,7 +147,7 @@ def create_run(
         )
         RunStatusChange.objects.create(run=run, from_status="", to_status=RunStatus.QUEUED, reason=run.status_reason)
         catalog.record_run_inputs(run, catalog_inputs)
-        quotas.queue_for_admission(run, pool_row, priority)
+        quotas.queue(run.pk, team, user, pool_row, spec.resources.gpus, priority, requested_at=now)
     return run
 
 
@@ -220,7 +220,11 @@ def transition(run_id: int, to_status: RunStatus | str, reason: str = "") -> Run
             update.append("finished_at")
         run.save(update_fields=update)
         RunStatusChange.objects.create(run=run, from_status=source, to_status=target, reason=reason, at=now)
-        quotas.on_run_status_changed(run_id, source, target)
+        # A finished run releases its allocation (its usage record closes now); a run sent
+        # back to the queue releases it and waits again in a new pending one.
+        requeued = target == RunStatus.QUEUED and source in (RunStatus.ADMITTED, RunStatus.RUNNING)
+        if target in RunStatus.TERMINAL or requeued:
+            quotas.release(run_id, requeue=requeued)
         if source == RunStatus.RUNNING:
             outcome = AttemptOutcome.LOST if target == RunStatus.QUEUED else AttemptOutcome(target)
             run.attempts.filter(ended_at__isnull=True).update(ended_at=now, outcome=outcome, reason=reason)

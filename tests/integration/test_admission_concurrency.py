@@ -28,8 +28,8 @@ from django.db import connection
 
 from accounts.models import Role, Team
 from accounts.services import add_member
-from quotas import admission
-from quotas.admission import admit_queued_runs
+from runs import admission
+from runs.admission import admit_queued_runs
 from quotas.models import Accelerator, Allocation, Pool, Quota
 from runs import services
 from runs.models import Run, RunStatus, RunStatusChange

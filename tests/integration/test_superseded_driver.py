@@ -18,7 +18,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 from django.utils import timezone
 
-from quotas.admission import admit_queued_runs
+from runs.admission import admit_queued_runs
 from runs import services
 from runs.models import Checkpoint, MetricPoint, Run, RunAttempt, RunEvent, RunStatus
 from runs.reconciler import reconcile_runs

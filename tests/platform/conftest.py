@@ -27,7 +27,7 @@ def enqueued(monkeypatch) -> list[int]:
     a worker of another test session sharing the Redis never picks up our runs. Admission
     sweeps run here, in the test's process, instead of in a worker (the same function the
     Celery task calls, without Ray): a launched run that fits is admitted and enqueued."""
-    from quotas.admission import admit_queued_runs
+    from runs.admission import admit_queued_runs
 
     calls: list[int] = []
     monkeypatch.setattr("rollyard.dispatch.enqueue_run", calls.append)

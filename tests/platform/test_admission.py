@@ -14,7 +14,8 @@ from django.utils import timezone
 
 from accounts.models import Role
 from accounts.services import add_member
-from quotas.admission import admit_queued_runs, gpu_hours_used, plan_pool
+from quotas.admission import gpu_hours_used, plan_pool
+from runs.admission import admit_queued_runs
 from quotas.models import Accelerator, Allocation, Pool, Quota
 from quotas.selectors import queue
 from quotas.services import RequestRefused
@@ -162,7 +163,8 @@ def test_gpu_hours_count_what_was_held_inside_the_rolling_period(teams, h100, ma
     ]
     for run, gpus, admitted_at, released_at in ledger:
         Allocation.objects.create(
-            run=run, pool=h100, gpus=gpus, slots=gpus, admitted_at=admitted_at, released_at=released_at,
+            run=run, team=run.team, user=run.owner, pool=h100, gpus=gpus, slots=gpus, admitted_at=admitted_at,
+            released_at=released_at,
             requested_at=admitted_at,
         )  # fmt: skip
 
@@ -185,7 +187,9 @@ def test_a_run_already_queued_when_the_gpu_hours_run_out_waits_naming_them(teams
     # 8 GPUs held for the last 15 hours: 120 GPU-hours, the whole quota.
     now = timezone.now()
     earlier = make_run(teams.member, status=RunStatus.RUNNING, team=teams.team)
-    Allocation.objects.create(run=earlier, pool=h100, gpus=8, slots=8, admitted_at=now - timedelta(hours=15))
+    Allocation.objects.create(
+        run=earlier, team=teams.team, user=teams.member, pool=h100, gpus=8, slots=8, admitted_at=now - timedelta(hours=15)
+    )
     quota.max_concurrent_gpus = 16  # so only the GPU-hours hold it back
     quota.save()
 
@@ -267,7 +271,7 @@ def test_a_member_of_two_teams_counts_against_each_teams_quota_separately(teams,
 def test_the_workers_sweep_reads_the_free_gpus_of_the_ray_cluster_it_is_attached_to(teams, h100, monkeypatch):
     import ray
 
-    from quotas.admission import cluster_free_gpus
+    from workers.capacity import cluster_free_gpus
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     ray.shutdown()  # a Ray an earlier test of the session left running (the engine re-inits on demand)

@@ -181,8 +181,9 @@ def used_up_gpu_hours(teams, h100, make_run) -> None:
     now = timezone.now()
     # 4 GPUs for 3 hours, ended an hour ago: 12 GPU-hours in the last day, 10 allowed.
     Allocation.objects.create(
-        run=earlier, pool=h100, gpus=4, slots=4, admitted_at=now - timedelta(hours=4), released_at=now - timedelta(hours=1)
-    )
+        run=earlier, team=teams.team, user=teams.member, pool=h100, gpus=4, slots=4,
+        admitted_at=now - timedelta(hours=4), released_at=now - timedelta(hours=1),
+    )  # fmt: skip
 
 
 def deactivate(h100) -> None:

@@ -87,8 +87,9 @@ def test_a_team_whose_gpu_hours_are_used_up_is_refused_until_the_window_moves(te
     now = timezone.now()
     # 4 GPUs for 3 hours, ended an hour ago: 12 GPU-hours in the last day, 10 allowed.
     Allocation.objects.create(
-        run=earlier, pool=h100, gpus=4, slots=4, admitted_at=now - timedelta(hours=4), released_at=now - timedelta(hours=1)
-    )
+        run=earlier, team=teams.team, user=teams.member, pool=h100, gpus=4, slots=4,
+        admitted_at=now - timedelta(hours=4), released_at=now - timedelta(hours=1),
+    )  # fmt: skip
 
     fields = refusal(launch(teams.client(teams.member)))
 
@@ -217,7 +218,7 @@ def test_the_queue_endpoint_gives_each_waiting_run_its_position_and_reason(teams
     Quota.objects.create(pool=h100, team=teams.team, max_concurrent_gpus=4)
     Allocation.objects.create(
         run=Run.objects.create(owner=teams.admin, team=teams.team, name="big", spec={}, status=RunStatus.RUNNING),
-        pool=h100, gpus=4, slots=4, admitted_at=timezone.now(),
+        team=teams.team, user=teams.admin, pool=h100, gpus=4, slots=4, admitted_at=timezone.now(),
     )  # fmt: skip
     theirs = launch(teams.client(teams.outsider)).json()["id"]
     ours = launch(teams.client(teams.member)).json()["id"]
@@ -248,7 +249,8 @@ def test_usage_counts_gpu_hours_per_team_and_user_for_the_users_teams_only(teams
         run = Run.objects.create(owner=owner, team=team, name="r", spec={}, status=RunStatus.SUCCEEDED)
         released = now - timedelta(hours=ended)
         Allocation.objects.create(
-            run=run, pool=h100, gpus=gpus, slots=gpus, admitted_at=released - timedelta(hours=hours), released_at=released
+            run=run, team=team, user=owner, pool=h100, gpus=gpus, slots=gpus,
+            admitted_at=released - timedelta(hours=hours), released_at=released,
         )
 
     mine = teams.client(teams.viewer).get("/api/usage/", {"pool": "h100"}).json()
@@ -287,7 +289,7 @@ def test_the_queue_page_shows_the_reason_a_run_waits(teams, h100, client):
     h100.save()
     Allocation.objects.create(
         run=Run.objects.create(owner=teams.admin, team=teams.team, name="big", spec={}, status=RunStatus.RUNNING),
-        pool=h100, gpus=1, slots=1, admitted_at=timezone.now(),
+        team=teams.team, user=teams.admin, pool=h100, gpus=1, slots=1, admitted_at=timezone.now(),
     )  # fmt: skip
     launch(teams.client(teams.member))
     client.force_login(teams.member)
