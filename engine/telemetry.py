@@ -47,24 +47,34 @@ class Timeline:
     def close(self, workers: Sequence[str]) -> list[Span]:
         """Every span of the step, a worker's back-to-back spans of one phase merged (the
         trainer's log-prob, shaping, advantage and update stages are one `train` span),
-        with `idle` spans filling each worker's gaps between the step's start and now;
-        the step's length goes into seconds['step']."""
+        with `idle` spans filling each worker's gaps between the step's start and now, so
+        each worker's spans tile the step exactly. A gap under MERGE_GAP_S is bookkeeping
+        between two stages, not idle time: the span before it (or, at the step's start,
+        the one after) absorbs it. The step's length goes into seconds['step']."""
         end = monotonic_now()
         self.seconds["step"] = end - self.start
         spans: list[Span] = []
         for worker in workers:
+            mine: list[Span] = []
             cursor = self.start
             for span in sorted((s for s in self.spans if s.worker == worker), key=lambda s: s.start):
-                if span.start - cursor > MERGE_GAP_S:
-                    spans.append(Span(step=self.step, worker=worker, phase="idle", start=cursor, end=span.start))
-                elif spans and spans[-1].worker == worker and spans[-1].phase == span.phase:
-                    spans[-1] = spans[-1].model_copy(update={"end": span.end})
-                    cursor = max(cursor, span.end)
-                    continue
-                spans.append(span)
+                gap = span.start - cursor
+                if gap > MERGE_GAP_S:
+                    mine.append(Span(step=self.step, worker=worker, phase="idle", start=cursor, end=span.start))
+                elif gap > 0 and mine:
+                    mine[-1] = mine[-1].model_copy(update={"end": span.start})
+                elif gap > 0:
+                    span = span.model_copy(update={"start": cursor})
+                if mine and mine[-1].phase == span.phase:
+                    mine[-1] = mine[-1].model_copy(update={"end": max(mine[-1].end, span.end)})
+                else:
+                    mine.append(span)
                 cursor = max(cursor, span.end)
             if end - cursor > MERGE_GAP_S:
-                spans.append(Span(step=self.step, worker=worker, phase="idle", start=cursor, end=end))
+                mine.append(Span(step=self.step, worker=worker, phase="idle", start=cursor, end=end))
+            elif mine:
+                mine[-1] = mine[-1].model_copy(update={"end": end})
+            spans += mine
         return sorted(spans, key=lambda s: (s.start, s.worker))
 
     def busy(self, worker: str) -> float:
