@@ -26,7 +26,7 @@ from quotas import selectors as quota_selectors
 from quotas.models import DEFAULT_POOL
 from quotas.services import RequestRefused
 from rollyard.params import whole_number
-from runs import selectors, services
+from runs import launch, lifecycle, selectors
 from runs.api.serializers import RunDetailSerializer
 from runs.api.dashboards import TECHNIQUES, RunListFilter
 from runs.models import Run, RunStatus
@@ -152,7 +152,7 @@ def run_new(request: HttpRequest) -> HttpResponse:
             problems = [("spec", f"not valid YAML or JSON: {exc}")]
         else:
             try:
-                run = services.create_run(
+                run = launch.create_run(
                     request.user,
                     data,
                     team=_chosen_team(request),
@@ -161,7 +161,7 @@ def run_new(request: HttpRequest) -> HttpResponse:
                 )
             except (SpecError, RequestRefused) as exc:
                 problems = exc.problems
-            except services.RunPermissionDenied as exc:
+            except lifecycle.RunPermissionDenied as exc:
                 problems = [("team", str(exc))]
             else:
                 return redirect("runs:detail", run_id=run.pk)
@@ -179,6 +179,8 @@ def run_new(request: HttpRequest) -> HttpResponse:
             "choices": selectors.spec_choices(),
             "catalog_datasets": [dataset.reference for dataset in catalog_selectors.visible_datasets(request.user)],
             "validate_url": reverse("api:spec-validate"),
+            # Nothing set yet: the form starts from the defaults, not from their YAML.
+            "fresh": request.method == "GET" and not request.GET.get("from"),
         },
         "quota_left": quota_left(request.user),
         "choices": selectors.spec_choices(),
@@ -304,7 +306,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         "attempts": run.attempts.order_by("number"),
         "checkpoints": run.checkpoints.order_by("-step"),
         "checkpoint_bytes": sum(run.checkpoints.filter(deleted_at__isnull=True).values_list("size_bytes", flat=True)),
-        "retention": services.resolve_retention(run.retention),
+        "retention": launch.resolve_retention(run.retention),
         "children": selectors.visible_runs(request.user).filter(parent=run).order_by("id"),
         "open_alerts": run.alerts.filter(resolved_at__isnull=True),
     }
@@ -323,12 +325,12 @@ def run_fork(request: HttpRequest, run_id: int) -> HttpResponse:
         overrides = yaml.safe_load(request.POST.get("overrides", "")) or {}
         if not isinstance(overrides, dict):
             raise SpecError([("overrides", "must be a mapping of spec settings")])
-        child = services.fork_run(request.user, parent, whole_number(step, default=-1), overrides)
+        child = launch.fork_run(request.user, parent, whole_number(step, default=-1), overrides)
     except yaml.YAMLError as exc:
         messages.error(request, f"overrides are not valid YAML: {exc}")
     except (SpecError, RequestRefused) as exc:  # a bad spec; a pool or quota that can never admit it
         messages.error(request, "not forked: " + "; ".join(f"{field}: {reason}" for field, reason in exc.problems))
-    except services.RunError as exc:
+    except lifecycle.RunError as exc:
         messages.error(request, str(exc))
     else:
         return redirect("runs:detail", run_id=child.pk)
@@ -385,8 +387,8 @@ def _leaf(spec: dict[str, Any], path: str) -> Any:
 def run_cancel(request: HttpRequest, run_id: int) -> HttpResponse:
     run = _visible_run_or_404(request, run_id)
     try:
-        run = services.request_cancel(request.user, run)
-    except services.RunError as exc:
+        run = lifecycle.request_cancel(request.user, run)
+    except lifecycle.RunError as exc:
         messages.error(request, str(exc))
     else:
         messages.info(request, "cancelled" if run.is_terminal else "cancel requested; the run stops after its current step")

@@ -7,7 +7,8 @@
  * (POST /api/spec/validate/, the launch's own checks, nothing stored) and its problems are
  * shown next to the field they name. A registry select that changes (algorithm,
  * curriculum, rollout strategy, orchestration) drops its section's other settings so the
- * new choice's defaults apply, shown once the server resolved them.
+ * new choice's defaults apply. The spec holds only what the user set; the form shows
+ * every other setting's default as the server resolved it (greyed).
  */
 (function () {
   "use strict";
@@ -29,7 +30,8 @@
     "orchestration.mode", "training.steps", "rollout.prompts_per_step", "rollout.n", "rollout.max_new_tokens",
     "training.eval_every", "training.lr"];
 
-  let spec = {};
+  let spec = {}; // what the user set (the YAML editor's content): the rest takes defaults
+  let resolved = {}; // the last valid spec with every default, as the server resolved it
   const inputs = {}; // path → input element
 
   // ------------------------------------------------------------ schema reading
@@ -53,8 +55,8 @@
   }
 
   // ------------------------------------------------------------ spec data
-  function get(path) {
-    return path.split(".").reduce((node, key) => (node && typeof node === "object" ? node[key] : undefined), spec);
+  function get(data, path) {
+    return path.split(".").reduce((node, key) => (node && typeof node === "object" ? node[key] : undefined), data);
   }
 
   function set(path, value) {
@@ -75,7 +77,9 @@
     if (value === null || value === undefined) return "null";
     if (typeof value === "string") return PLAIN.test(value) && !RESERVED.test(value) ? value : JSON.stringify(value);
     if (Array.isArray(value) || typeof value === "object") return JSON.stringify(value); // JSON is YAML's flow style
-    return String(value);
+    const text = String(value);
+    // YAML 1.1 (PyYAML) reads 1e-7 as a string: a float needs its dot.
+    return typeof value === "number" && /e/.test(text) && !/\./.test(text) ? text.replace("e", ".0e") : text;
   }
 
   function toYAML(data, indent) {
@@ -224,12 +228,14 @@
   function fill() {
     for (const [path, input] of Object.entries(inputs)) {
       if (path === "dataset") {
-        const d = spec.dataset || {};
+        const d = Object.assign({}, resolved.dataset, spec.dataset);
         input.value = d.catalog ? `catalog:${d.catalog}` : d.path ? "path" : `builtin:${d.name}`;
         continue;
       }
       if (document.activeElement === input) continue; // never rewrite what the user is typing
-      const value = get(path);
+      const own = get(spec, path);
+      const value = own === undefined ? get(resolved, path) : own;
+      input.classList.toggle("is-default", own === undefined);
       if (input.type === "checkbox") input.checked = !!value;
       else if (input.dataset.kind === "numbers") input.value = Array.isArray(value) ? value.join(", ") : "";
       else input.value = value === null || value === undefined ? "" : value;
@@ -252,20 +258,23 @@
       // A new choice: its section's other settings fall back to that choice's defaults.
       const [section, key] = path.split(".");
       spec[section] = { [key]: spec[section][key] };
-      resolveNext = true;
     }
     changed();
   }
 
   function changed() {
-    textarea.value = toYAML(spec) + "\n";
+    writeYAML();
     schedule({ spec });
   }
+
+  function writeYAML() {
+    textarea.value = `${YAML_HEAD}${toYAML(spec)}\n`;
+  }
+  const YAML_HEAD = "# What you set; every other setting takes the engine's default (shown in the form).\n";
 
   // ------------------------------------------------------------ validation
   let timer = null;
   let asked = 0;
-  let resolveNext = true; // the first answer fills the form with the resolved spec
   function schedule(body) {
     window.clearTimeout(timer);
     $("validation-state").dataset.state = "pending";
@@ -281,14 +290,7 @@
     let problems = {};
     if (answer.status === 200) {
       spec = answer.body.spec;
-      if (resolveNext && answer.body.resolved) {
-        // Show the chosen parts' defaults in the form, keeping catalog references as given.
-        const dataset = spec.dataset;
-        spec = answer.body.resolved;
-        if (dataset && dataset.catalog) spec.dataset = dataset;
-        textarea.value = toYAML(spec) + "\n";
-        resolveNext = false;
-      }
+      if (answer.body.resolved) resolved = answer.body.resolved;
       problems = answer.body.problems;
       fill();
     } else {
@@ -336,6 +338,12 @@
   if ($("team")) $("team").addEventListener("change", () => schedule({ spec }));
 
   build();
-  // The editor's text (defaults, a clone's spec, or what a refused launch sent) is the start.
-  validate({ text: textarea.value }).catch(console.error);
+  if (config.fresh) {
+    // A new run starts from nothing set: the form shows the defaults the server resolves.
+    writeYAML();
+    validate({ spec: {} }).catch(console.error);
+  } else {
+    // A clone's spec, or what a refused launch sent, is the start.
+    validate({ text: textarea.value }).catch(console.error);
+  }
 })();
