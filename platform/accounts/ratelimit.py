@@ -8,14 +8,29 @@ is never slowed down; an attacker guessing secrets gets N guesses per window.
 
 Limits live in settings.ROLLYARD_RATE_LIMITS as {"name": (failures, window_s)}. The
 cache's own key prefix keeps stacks that share one Redis apart.
+
+While the cache is unreachable (Redis restarting) limits are neither checked nor
+counted, with a warning: every API call checks one, and refusing them all for the
+outage would take the web tier down with Redis.
 """
 
+import functools
 import hashlib
+import logging
 import math
 import time
+from collections.abc import Callable
+from typing import TypeVar
+
 from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpRequest
+from redis.exceptions import ConnectionError as CacheUnreachable
+from redis.exceptions import TimeoutError as CacheTimeout
+
+logger = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., None])
 
 LOGIN = "login"  # failed sign-ins of one username from one address (login page, admin)
 LOGIN_ADDRESS = "login_address"  # failed sign-ins from one address, whatever the username
@@ -45,6 +60,18 @@ def _limit(limit: str) -> tuple[int, int]:
     return int(failures), int(window_s)
 
 
+def _unless_cache_down(function: F) -> F:
+    @functools.wraps(function)
+    def guarded(limit: str, key: str) -> None:
+        try:
+            function(limit, key)
+        except (CacheUnreachable, CacheTimeout) as down:
+            logger.warning("rate limit %s not applied, the cache is unreachable: %s", limit, down)
+
+    return guarded  # type: ignore[return-value]
+
+
+@_unless_cache_down
 def check(limit: str, key: str) -> None:
     """Raise Refused while `key` has used up its failures for the window."""
     failures, window_s = _limit(limit)
@@ -56,6 +83,7 @@ def check(limit: str, key: str) -> None:
     raise Refused(limit, max(1, math.ceil(opened + window_s - time.time())))
 
 
+@_unless_cache_down
 def record_failure(limit: str, key: str) -> None:
     """Count one failure of `key`; the first one opens its window."""
     _, window_s = _limit(limit)
@@ -71,6 +99,7 @@ def record_failure(limit: str, key: str) -> None:
         cache.add(count_key, 1, timeout=window_s)
 
 
+@_unless_cache_down
 def reset(limit: str, key: str) -> None:
     cache.delete_many(list(_keys(limit, key)))
 
