@@ -158,7 +158,9 @@ def _record_step(run_id: int, attempt_id: int, step: int, extra: dict[str, float
             "reward/mean": 0.4 + 0.1 * step, "acc/mean": 0.3 + 0.1 * step, "timing_s/step": 2.0,
             "rollout/response_length/p50": 20, "rollout/response_length/p90": 40,
             "rollout/response_length/p99": 60, "rollout/response_length/max": 64,
-            "rollout/clip_ratio": 0.1, "trainer/idle_ratio": 0.25, **(extra or {}),
+            "rollout/clip_ratio": 0.1, "trainer/idle_ratio": 0.25, "actor/pg_loss": 0.05 / step,
+            "actor/entropy": 1.2 - 0.1 * step, "actor/ppo_kl": 0.001 * step, "actor/grad_norm": 0.8,
+            "clip_ratio/high_mean": 0.02, **(extra or {}),
         }),
         LengthHistogram(step=step, bin_edges=[0, 16, 32, 48, 64], counts=[3, 5, 3, 1]),
         Span(step=step, worker="rollout-0", phase="generate", start=t0, end=t0 + 1.2),
@@ -223,14 +225,16 @@ def test_the_run_page_tabs_live_from_recorded_events(live_stack, chromium_path, 
         page.wait_for_function("() => Number(document.querySelector('#chart-reward').dataset.points) === 4", timeout=30_000)
         # 2.0 s a step (timing_s/step) × 1 step left of 3.
         expect(page.locator("#run-eta")).to_contain_text("ETA 2.0s", timeout=10_000)
-        shoot(page, "recorded-learning")
+        shoot(page, "run-learning")
 
         page.click("#tab-rollout")
         # p50, p90, p99 and max over 2 steps; the heatmap: 2 steps × 4 bins.
         page.wait_for_function("() => Number(document.querySelector('#chart-length').dataset.points) === 8", timeout=10_000)
         page.wait_for_function("() => Number(document.querySelector('#chart-heatmap').dataset.points) === 8", timeout=10_000)
+        shoot(page, "run-rollout-tail")
         page.click("#tab-accelerators")
         page.wait_for_function("() => Number(document.querySelector('#chart-timeline').dataset.points) === 6", timeout=10_000)
+        shoot(page, "run-accelerators")
 
         page.click("#tab-techniques")
         expect(page.locator("#chart-cures-card")).to_be_visible(timeout=10_000)
@@ -249,9 +253,10 @@ def test_the_run_page_tabs_live_from_recorded_events(live_stack, chromium_path, 
         expect(page.locator("#samples .sample-meta").first).to_contain_text("reward 0")
         expect(page.locator("#samples .sample-text").first).to_contain_text("#### 12 (step 2)")
         page.wait_for_function("() => Number(document.querySelector('#chart-pass-heatmap').dataset.points) > 0", timeout=10_000)
-        shoot(page, "recorded-difficulty")
+        shoot(page, "run-difficulty")
 
         page.click("#tab-overview")
+        shoot(page, "run-overview")
         page.click("#run-cancel-button")
         expect(page.locator("#run-cancel-button")).to_have_text("Cancelling…", timeout=10_000)
         assert Run.objects.get(pk=run.id).cancel_requested
@@ -262,4 +267,5 @@ def test_the_run_page_tabs_live_from_recorded_events(live_stack, chromium_path, 
         assert points(page, "chart-compare") == 3
         differing = page.locator("#compare-diff tbody tr").evaluate_all("rows => rows.map(r => r.dataset.path)")
         assert set(differing) == {"name", "seed"}
+        shoot(page, "compare")
         browser.close()
