@@ -60,7 +60,7 @@ def test_off_policy_and_technique_panels_show_only_when_their_metrics_exist(brow
 
 
 def test_a_queued_run_shows_its_place_and_why_it_waits(browser_alice, alice):
-    from runs.services import create_run
+    from runs.launch import create_run
 
     run = create_run(alice, {"training": {"steps": 2}})
 
@@ -144,7 +144,9 @@ def test_the_list_filters_by_algorithm_technique_status_and_search(browser_alice
     grpo = spec_run(alice, "plain grpo", spec={"algorithm": {"name": "grpo"}, "rollout": {"strategy": "plain"}})
     april = spec_run(alice, "april dapo", status=RunStatus.RUNNING,
                      spec={"algorithm": {"name": "dapo"}, "rollout": {"strategy": "april"}})
-    cures = spec_run(alice, "cures", spec={"algorithm": {"name": "grpo"}, "curriculum": {"strategy": "cures"}})
+    cures = spec_run(alice, "cures", spec={"algorithm": {"name": "grpo"}, "curriculum": {"strategy": "cures"},
+                                           "rollout": {"samples_per_step": None}})
+    brorl = spec_run(alice, "broad", spec={"algorithm": {"name": "rloo"}, "rollout": {"samples_per_step": 512}})
 
     def listed(query: str) -> set[int]:
         return runs_listed(browser_alice.get(f"/runs/?{query}").content.decode())
@@ -152,10 +154,11 @@ def test_the_list_filters_by_algorithm_technique_status_and_search(browser_alice
     assert listed("algorithm=grpo") == {grpo.id, cures.id}
     assert listed("technique=april") == {april.id}
     assert listed("technique=cures") == {cures.id}
+    assert listed("technique=brorl") == {brorl.id}  # samples_per_step set; null or absent is not
     assert listed("status=running") == {april.id}
     assert listed("q=DAPO") == {april.id}
     assert listed(f"q=%23{grpo.id}") == {grpo.id}
-    assert listed("") == {grpo.id, april.id, cures.id}
+    assert listed("") == {grpo.id, april.id, cures.id, brorl.id}
 
 
 def test_a_bad_filter_is_a_400_naming_it(browser_alice):
