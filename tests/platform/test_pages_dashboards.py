@@ -190,3 +190,15 @@ def test_compare_needs_two_to_ten_visible_runs(browser_alice, alice, bob, make_r
     assert browser_alice.get("/runs/compare/?" + "&".join(f"run={n}" for n in range(1, 12))).status_code == 400
     assert browser_alice.get(f"/runs/compare/?run={mine.id}&run=x").status_code == 400
     assert browser_alice.get(f"/runs/compare/?run={mine.id}&run={theirs.id}").status_code == 404
+
+
+def test_clone_and_edit_opens_the_form_with_that_runs_spec(browser_alice, alice, spec_run):
+    source = spec_run(alice, "source", spec={"training": {"steps": 7}, "rollout": {"n": 4}})
+
+    page = browser_alice.get(f"/runs/new/?from={source.id}").content.decode()
+
+    config = page_config(page, "launch-config")
+    # Not fresh: the form starts from the editor's text, the source's spec.
+    assert config["fresh"] is False
+    assert "steps: 7" in page and f'name="from" value="{source.id}"' in page
+    assert page_config(browser_alice.get("/runs/new/").content.decode(), "launch-config")["fresh"] is True
