@@ -92,7 +92,8 @@ def admission_storm(prefix: str) -> dict[str, Any]:
     from accounts.services import add_member
     from runs.admission import admit_queued_runs
     from quotas.models import Accelerator, Allocation, Pool, Quota
-    from runs import services
+    from runs.launch import create_run
+    from runs.lifecycle import IllegalTransition, transition
     from runs.models import Run, RunStatus, RunStatusChange
 
     pool = Pool.objects.create(name=f"{prefix}-gpu", accelerator=Accelerator.GPU, gpu_type="H100", capacity=POOL_GPUS)
@@ -121,7 +122,7 @@ def admission_storm(prefix: str) -> dict[str, Any]:
 
     def launch(index: int) -> None:
         user = users[index % LAUNCH_USERS]
-        services.create_run(user, spec, name=f"{prefix}-run{index}", team=team_of[user.pk], pool=pool.name)
+        create_run(user, spec, name=f"{prefix}-run{index}", team=team_of[user.pk], pool=pool.name)
 
     launches = LAUNCH_USERS * LAUNCHES_PER_USER
     barrier = threading.Barrier(launches + SWEEPERS)
@@ -147,10 +148,10 @@ def admission_storm(prefix: str) -> dict[str, Any]:
                 time.sleep(0.01)
                 continue
             try:
-                services.transition(run.pk, RunStatus.RUNNING, f"picked up by finisher {index}")
-            except services.IllegalTransition:
+                transition(run.pk, RunStatus.RUNNING, f"picked up by finisher {index}")
+            except IllegalTransition:
                 continue  # another finisher took it
-            services.transition(run.pk, RunStatus.SUCCEEDED, "all steps done")
+            transition(run.pk, RunStatus.SUCCEEDED, "all steps done")
         finished.set()
 
     barrier = threading.Barrier(SWEEPERS + SWEEPERS)

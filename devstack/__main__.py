@@ -45,7 +45,7 @@ def prepare_database():
 
 
 def launch_demo_run(user) -> int:
-    from runs.services import create_run
+    from runs.launch import create_run
 
     run = create_run(user, {"name": "demo: GRPO on arith"})
     return run.id

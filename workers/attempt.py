@@ -63,8 +63,8 @@ class AttemptFence:
         """Call `write(*args)`, a platform service of this attempt, through a database
         outage of up to `outage_s` (the connection is closed and the call retried, backing
         off up to 5 s). Raises Superseded, bringing the fence down, when the platform
-        refuses the attempt (runs.services.AttemptSuperseded) or the outage lasts longer."""
-        from runs.services import AttemptSuperseded
+        refuses the attempt (runs.attempts.AttemptSuperseded) or the outage lasts longer."""
+        from runs.attempts import AttemptSuperseded
 
         self.check()
         deadline = time.monotonic() + self.outage_s
@@ -86,7 +86,7 @@ class AttemptFence:
 
 
 class AttemptHeartbeat:
-    """A daemon thread that calls runs.services.keep_attempt_alive every `every_s`
+    """A daemon thread that calls runs.attempts.keep_attempt_alive every `every_s`
     seconds until stopped, and brings the fence down when the attempt is no longer
     current. A beat that fails (the database is away) is logged and tried again at the
     next one: missing a few is what the reconciler's timeout allows for."""
@@ -105,7 +105,7 @@ class AttemptHeartbeat:
         self._thread.join(timeout=self.every_s + 30)
 
     def _beat(self) -> None:
-        from runs.services import keep_attempt_alive
+        from runs.attempts import keep_attempt_alive
 
         try:
             while not self._stopping.wait(self.every_s) and not self.fence.is_down:

@@ -1,7 +1,7 @@
 """The event sink of a run's driver: engine events → database rows → live websocket groups.
 
 Events are buffered and written in batches (one transaction, one channel-layer message per
-batch) so a chatty run costs few round trips; `runs.services.record_events` publishes each
+batch) so a chatty run costs few round trips; `runs.telemetry.record_events` publishes each
 batch only after its transaction commits, so a browser never sees an event the database
 does not hold.
 
@@ -42,7 +42,7 @@ class DatabaseSink:
         """Write what is buffered. With nothing buffered it still asks the platform whether
         the attempt is current: the engine flushes right before each checkpoint, and a
         superseded driver must learn it there, before it writes into the run's folder."""
-        from runs.services import record_events
+        from runs.telemetry import record_events
 
         batch = self._buffer
         number = self._batches + 1 if batch else None

@@ -29,7 +29,8 @@ def execute_run(run_id: int) -> str:
     from engine.spec import parse_spec
     from runs.models import Run, RunStatus
     from runs.selectors import cancel_requested
-    from runs.services import IllegalTransition, claim_run, end_attempt, give_up_attempt, set_aside_stale_run_dir
+    from runs.attempts import claim_run, end_attempt, give_up_attempt, set_aside_stale_run_dir
+    from runs.lifecycle import IllegalTransition
 
     try:
         run = Run.objects.get(pk=run_id)

@@ -1,7 +1,7 @@
 """Channel-layer groups of API tokens, and the one way the platform sends to a group.
 
 Every websocket authenticated by a token joins its token's group, so revoking the token
-closes those sockets at once (`rollyard.ws_auth`), as its next API call answers 401."""
+closes those sockets at once (`accounts.ws_auth`), as its next API call answers 401."""
 
 from typing import Any
 

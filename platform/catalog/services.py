@@ -32,7 +32,7 @@ from engine.events import DifficultyUpdates, Event, PromptResults
 from engine.spec import DatasetSpec, RunSpec, SpecError, parse_spec
 from engine.tasks.file import split_problems
 from rollyard.params import NUL, NUL_REASON, nul_fields, whole_number
-from runs.spec_paths import is_inside, os_reason
+from rollyard.paths import is_inside, os_reason
 
 # A 400 lists at most this many bad rows (and says how many there were in all).
 REPORTED_ROW_ERRORS = 100
@@ -317,7 +317,7 @@ def _remove_stored_copy(final_path: Path, moved: bool) -> None:
 
 def record_prompt_results(run_id: int, events: Iterable[Event]) -> None:
     """Copy a run's prompt_results events into PromptStat rows, when the run trained on a
-    catalog dataset. Called by runs.services.record_events inside its transaction, so the
+    catalog dataset. Called by runs.telemetry.record_events inside its transaction, so the
     history commits with the run's other telemetry; a batch stored twice adds nothing."""
     results = [event for event in events if isinstance(event, PromptResults)]
     if not results:

@@ -15,6 +15,7 @@ from datetime import datetime
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
+from django.db.models import ProtectedError
 from django.utils import timezone
 
 from accounts.models import Role, Team
@@ -43,6 +44,10 @@ class RequestRefused(Exception):
     def __init__(self, problems: list[tuple[str, str]]):
         self.problems = problems
         super().__init__("; ".join(message for _, message in problems))
+
+
+class PoolInUse(Exception):
+    """A pool with runs on record cannot be deleted (the ledger keeps it); deactivate it."""
 
 
 # --- submit -----------------------------------------------------------------------------
@@ -183,10 +188,13 @@ def save_pool_or_quota(user: User, limits: Pool | Quota) -> Pool | Quota:
 def delete_pool_or_quota(user: User, limits: Pool | Quota) -> None:
     """Delete a quota (its holder is then unlimited in the pool) or a pool nothing was
     ever allocated in (pools with history are deactivated instead: the ledger keeps them).
-    Raises PermissionDenied for anyone but staff, django.db.models.ProtectedError."""
+    Raises PermissionDenied for anyone but staff, PoolInUse for a pool with history."""
     check_can_manage_quotas(user)
     with transaction.atomic():
         pool_id = limits.pk if isinstance(limits, Pool) else limits.pool_id
-        limits.delete()
+        try:
+            limits.delete()
+        except ProtectedError:
+            raise PoolInUse(f"pool {limits} has runs on record; deactivate it instead (active: false)") from None
         if isinstance(limits, Quota):
             dispatch.sweep_on_commit(pool_id)

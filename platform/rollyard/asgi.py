@@ -1,6 +1,6 @@
 """The ASGI entry point (Daphne): HTTP pages, REST API and static files through Django;
 websockets through Channels, behind the origin check and session-or-token auth of
-`rollyard.ws_auth`."""
+`accounts.ws_auth`."""
 
 import os
 
@@ -13,7 +13,7 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from catalog.asgi import UploadSizeLimit  # noqa: E402
-from rollyard.ws_auth import WebsocketAuthMiddleware  # noqa: E402
+from accounts.ws_auth import WebsocketAuthMiddleware  # noqa: E402
 from runs.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(

@@ -3,9 +3,9 @@
     {"error": {"code": "invalid_spec", "message": "...", "fields": {"rollout.n": ["..."]}}}
 
 Domain errors from services are mapped here, so views stay thin: SpecError → 400
-(fields are paths inside the run spec), IllegalTransition and LastAdminError → 409,
-RunPermissionDenied and accounts.permissions.PermissionDenied → 403 (with the message that
-names the role needed), a body over Django's upload limit → 413. Every status (400, 401,
+(fields are paths inside the run spec), IllegalTransition, LastAdminError and PoolInUse
+→ 409, RunPermissionDenied and accounts.permissions.PermissionDenied → 403 (with the
+message that names the role needed), a body over Django's upload limit → 413. Every status (400, 401,
 403, 404, 405, 409, 413, 415, 429) carries the same body.
 """
 
@@ -20,8 +20,8 @@ from rest_framework.views import exception_handler
 
 from accounts.services import LastAdminError
 from engine.spec import SpecError
-from quotas.services import RequestRefused
-from runs.services import IllegalTransition, RunPermissionDenied
+from quotas.services import PoolInUse, RequestRefused
+from runs.lifecycle import IllegalTransition, RunPermissionDenied
 
 
 class InvalidSpec(exceptions.APIException):
@@ -59,7 +59,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         exc = InvalidSpec(exc)
     elif isinstance(exc, RequestRefused):
         exc = CannotFit(exc)
-    elif isinstance(exc, IllegalTransition | LastAdminError):
+    elif isinstance(exc, IllegalTransition | LastAdminError | PoolInUse):
         exc = Conflict(str(exc))
     elif isinstance(exc, RequestDataTooBig):
         exc = PayloadTooLarge(f"request body too large: {exc}")

@@ -8,7 +8,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from runs import services
+from runs import lifecycle
 from runs.models import Alert, Checkpoint, MetricPoint, Run, RunAttempt, RunEvent, RunStatusChange
 
 
@@ -61,8 +61,8 @@ class RunAdmin(admin.ModelAdmin):
     def cancel_runs(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
         for run in queryset:
             try:
-                services.request_cancel(request.user, run)
-            except services.RunError as exc:
+                lifecycle.request_cancel(request.user, run)
+            except lifecycle.RunError as exc:
                 self.message_user(request, str(exc), messages.WARNING)
 
 

@@ -13,7 +13,7 @@ from quotas import services as quotas
 from quotas.admission import plan_pool
 from quotas.models import Allocation, Pool
 from runs.models import RunStatus
-from runs.services import IllegalTransition, enqueue_on_commit, transition
+from runs.lifecycle import IllegalTransition, enqueue_on_commit, transition
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The live websocket of one run: /ws/runs/<id>/.
 
-Authorised like the API (`rollyard.ws_auth`: a session cookie with an allowed Origin, or a
+Authorised like the API (`accounts.ws_auth`: a session cookie with an allowed Origin, or a
 token by header, `?token=` or a first {"type": "auth", "token": ...} message). Close
 codes: 4401 not signed in or the token was revoked, 4403 no such run or not yours, 4429
 too many failed token uses.
@@ -17,7 +17,7 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 
-from rollyard.ws_auth import CLOSE_FORBIDDEN, AuthenticatedJsonWebsocketConsumer
+from accounts.ws_auth import CLOSE_FORBIDDEN, AuthenticatedJsonWebsocketConsumer
 from runs import selectors
 from runs.api.serializers import RunSerializer
 from runs.live import run_group

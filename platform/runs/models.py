@@ -1,7 +1,7 @@
 """Runs, their status history, and their telemetry.
 
-Only `runs.services` writes to these tables; everything else reads through
-`runs.selectors`. Metrics live apart from runs in a narrow append-only table; list pages
+Only the runs services (`runs.launch`, `runs.lifecycle`, `runs.attempts`, `runs.telemetry`)
+write to these tables; everything else reads through `runs.selectors`. Metrics live apart from runs in a narrow append-only table; list pages
 read `Run.summary` instead.
 """
 
@@ -32,7 +32,7 @@ class RunStatus(models.TextChoices):
         return frozenset({cls.SUCCEEDED, cls.FAILED, cls.CANCELLED})
 
 
-# The state machine: the only moves `services.transition` makes.
+# The state machine: the only moves `runs.lifecycle.transition` makes.
 TRANSITIONS: dict[str, frozenset[str]] = {
     RunStatus.QUEUED: frozenset({RunStatus.ADMITTED, RunStatus.CANCELLED, RunStatus.FAILED}),
     # admitted → queued: the admission was taken back (its worker never claimed it).

@@ -1,7 +1,7 @@
 """A run's per-prompt telemetry: its difficulty store (the latest record of each prompt)
 and the sampled responses kept for drill-down (step → prompt → samples).
 
-Written only by services.record_events, inside its transaction and under its fence: a
+Written only by runs.telemetry.record_events, inside its transaction and under its fence: a
 superseded attempt's batch and a re-sent batch never get here, so what is stored here
 is the current attempt's, once. What a resumed attempt reports again replaces the earlier
 report: the latest difficulty record of a prompt wins, and a step's sample set is

@@ -22,7 +22,7 @@ from django.db.models import Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from runs import alerts, services
+from runs import alerts, attempts
 from runs.models import AlertKind, Run, RunStatus
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def reconcile_runs(now: datetime | None = None) -> SweepReport:
         last_sign=Coalesce("last_heartbeat_at", "started_at")
     ).filter(last_sign__lt=stale_before)
     for run in silent:
-        handled = services.requeue_or_fail_lost_run(run.pk, now)
+        handled = attempts.requeue_or_fail_lost_run(run.pk, now)
         if handled is None:
             continue
         (report.requeued if handled.status == RunStatus.QUEUED else report.failed).append(run.pk)
@@ -58,7 +58,7 @@ def reconcile_runs(now: datetime | None = None) -> SweepReport:
     waiting = Run.objects.filter(status__in=[RunStatus.QUEUED, RunStatus.ADMITTED], status_changed_at__lt=sent_before)
     waiting = waiting.filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=sent_before))
     for run in waiting:
-        if services.enqueue_again_if_stale(run.pk, now) is not None:
+        if attempts.enqueue_again_if_stale(run.pk, now) is not None:
             report.enqueued_again.append(run.pk)
 
     report.alerts_opened += [f"{alert.run_id}:{alert.kind}" for alert in alerts.check_running_runs(now)]

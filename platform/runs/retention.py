@@ -18,7 +18,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from runs.models import Checkpoint, Run
-from runs.services import resolve_retention, run_dir
+from runs.attempts import run_dir
+from runs.launch import resolve_retention
 
 logger = logging.getLogger(__name__)
 

@@ -18,9 +18,8 @@ Refusals name the field and the setting, never a server folder: the roots are th
 operator's business, and echoing them tells a caller where to aim.
 """
 
-import errno
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from catalog.selectors import visible_dataset_at
 from engine.assets import ASSETS_DIR, BUILTIN_MODELS, BUILTIN_PREFIX
 from engine.spec import RunSpec, SpecError, parse_spec
+from rollyard.paths import is_inside, os_reason
 
 PATH_FIELDS = (("dataset", "path"), ("model", "path"), ("model", "reference"))
 
@@ -106,25 +106,6 @@ def _model_path_refusal(value: str) -> str | None:
         configured = "" if model_roots() else " (none are configured)"
         return f"{OUTSIDE}: model folders must lie under ROLLYARD_MODEL_ROOTS{configured}, or use builtin:<name>"
     return None
-
-
-def is_inside(value: str, roots: Iterable[Path]) -> bool:
-    """Whether `value` is an absolute path inside one of `roots`. Also the rule for
-    registering a dataset in place (catalog.services)."""
-    if "\x00" in value or not os.path.isabs(value):
-        return False
-    # resolve() follows symlinks and '..', so a link inside a root cannot lead out of it.
-    # It does not raise for a name too long to exist (strict=False); the engine's checks do.
-    path = Path(value).resolve()
-    return any(path.is_relative_to(Path(root).resolve()) for root in roots)
-
-
-def os_reason(exc: OSError) -> str:
-    """Why the server cannot use a path, without the path (the caller names the field).
-    Also what dataset registration answers (catalog.services)."""
-    if exc.errno == errno.ENAMETOOLONG:
-        return "a name in this path is longer than the file system allows (255 bytes per name)"
-    return f"the server cannot read this path: {os.strerror(exc.errno) if exc.errno else type(exc).__name__}"
 
 
 def _field_of(data: Any, filename: Any) -> str:

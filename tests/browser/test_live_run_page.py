@@ -9,7 +9,8 @@ from django.contrib.auth import get_user_model
 from playwright.sync_api import expect, sync_playwright
 
 from runs.models import Run
-from runs.services import create_run, request_cancel
+from runs.launch import create_run
+from runs.lifecycle import request_cancel
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser, pytest.mark.timeout(600)]
 

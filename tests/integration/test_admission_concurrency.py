@@ -31,7 +31,8 @@ from accounts.services import add_member
 from runs import admission
 from runs.admission import admit_queued_runs
 from quotas.models import Accelerator, Allocation, Pool, Quota
-from runs import services
+from runs import lifecycle
+from runs import launch as run_launch
 from runs.models import Run, RunStatus, RunStatusChange
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
@@ -108,7 +109,7 @@ def test_a_sweep_started_while_another_has_planned_waits_for_its_commit(enqueued
     spec = {"resources": {"gpus": 1, "executor": "inprocess"}, "training": {"steps": 1}}
     # Launches request no sweep here: the two sweeps below are the only ones.
     monkeypatch.setattr("rollyard.dispatch.request_admission", lambda pool_id=None: None)
-    first = services.create_run(member, spec, name="first", team=team, pool="a100")
+    first = run_launch.create_run(member, spec, name="first", team=team, pool="a100")
 
     a_planned, release_a = threading.Event(), threading.Event()
     real_plan_pool = admission.plan_pool
@@ -139,7 +140,7 @@ def test_a_sweep_started_while_another_has_planned_waits_for_its_commit(enqueued
 
     sweep_a = sweep("sweep-A")
     assert a_planned.wait(30), errors
-    second = services.create_run(admin, spec, name="second", team=team, pool="a100", priority=10)
+    second = run_launch.create_run(admin, spec, name="second", team=team, pool="a100", priority=10)
     sweep_b = sweep("sweep-B")
     # B either waits on A's lock or (without the lock) plans and commits on its own.
     deadline = time.monotonic() + 30
@@ -172,7 +173,7 @@ def test_simultaneous_launches_and_sweeps_never_admit_more_than_the_team_quota(e
     launches_done = threading.Event()
 
     def launch(index: int) -> None:
-        services.create_run(users[index], spec, name=f"run-{index}", team=team, pool="h100")
+        run_launch.create_run(users[index], spec, name=f"run-{index}", team=team, pool="h100")
 
     def sweep_until(done: threading.Event) -> Callable[[int], None]:
         def sweep(index: int) -> None:
@@ -212,10 +213,10 @@ def test_simultaneous_launches_and_sweeps_never_admit_more_than_the_team_quota(e
                 time.sleep(0.01)  # the next admission is a sweep away
                 continue
             try:
-                services.transition(run.pk, RunStatus.RUNNING, f"picked up by finisher {index}")
-            except services.IllegalTransition:
+                lifecycle.transition(run.pk, RunStatus.RUNNING, f"picked up by finisher {index}")
+            except lifecycle.IllegalTransition:
                 continue  # another finisher took it
-            services.transition(run.pk, RunStatus.SUCCEEDED, "all steps done")
+            lifecycle.transition(run.pk, RunStatus.SUCCEEDED, "all steps done")
         all_done.set()
 
     start = threading.Barrier(FINISHERS + SWEEPERS)

@@ -17,7 +17,7 @@ from django.contrib.auth import get_user_model
 
 from devstack.processes import start_worker, stop
 from devstack.services import redis_url
-from runs import services
+from runs import launch
 from runs.models import Checkpoint, MetricPoint, Run, RunAttempt, RunEvent
 from rollyard import dispatch
 from rollyard.celery import app
@@ -115,7 +115,7 @@ def launch_kill_and_reconcile(user, start_worker) -> tuple[int, int, int, dict]:
     """Launch a run, SIGKILL its worker after a checkpoint, wait until its last heartbeat
     is older than HEARTBEAT_TIMEOUT_S, and run the reconciler's task. Returns the run's id, the
     step of its last checkpoint, the step it had reached, and the reconciler's report."""
-    run_id = services.create_run(user, SPEC).pk
+    run_id = launch.create_run(user, SPEC).pk
     checkpoint_step = kill_after_a_checkpoint(run_id, start_worker("worker-1"))
     run = Run.objects.get(pk=run_id)
     time.sleep(max(0.0, run.last_heartbeat_at.timestamp() + HEARTBEAT_TIMEOUT_S + 0.5 - time.time()))

@@ -19,7 +19,8 @@ from django.db import connection
 from django.utils import timezone
 
 from runs.admission import admit_queued_runs
-from runs import services
+from runs import attempts
+from runs import launch as run_launch
 from runs.models import Checkpoint, MetricPoint, Run, RunAttempt, RunEvent, RunStatus
 from runs.reconciler import reconcile_runs
 from workers import sink as sink_module
@@ -45,7 +46,7 @@ def platform(settings, tmp_path, monkeypatch) -> list[int]:
 
 def launch(spec: dict, enqueued: list[int]) -> int:
     user = get_user_model().objects.create_user(f"erin-{time.monotonic_ns()}")
-    run_id = services.create_run(user, spec).pk
+    run_id = run_launch.create_run(user, spec).pk
     admit_queued_runs()
     assert enqueued == [run_id]
     return run_id
@@ -70,7 +71,7 @@ def drive_in_a_thread(run_id: int) -> tuple[threading.Thread, dict]:
 
 
 def checkpoint_folders(run_id: int) -> list[str]:
-    root = services.run_dir(run_id) / "checkpoints"
+    root = attempts.run_dir(run_id) / "checkpoints"
     return sorted(folder.name for folder in root.iterdir()) if root.exists() else []
 
 
@@ -100,7 +101,7 @@ def test_a_superseded_driver_stops_before_its_next_checkpoint_and_writes_nothing
 
     assert step_3_stored.wait(120), result
     # From this thread's own connection, as the reconciler's sweep would.
-    services.requeue_or_fail_lost_run(run_id, timezone.now() + timedelta(seconds=601))
+    attempts.requeue_or_fail_lost_run(run_id, timezone.now() + timedelta(seconds=601))
     points_at_give_up = MetricPoint.objects.filter(run_id=run_id).count()
     events_at_give_up = RunEvent.objects.filter(run_id=run_id).count()
     assert checkpoint_folders(run_id) == ["step-000002"]

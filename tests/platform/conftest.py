@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 from accounts.models import Role, Team
 from accounts.services import add_member, create_token, default_team
 from engine.events import Event
-from runs import services
+from runs import telemetry
 from runs.models import Run, RunAttempt, RunStatus
 
 
@@ -126,7 +126,7 @@ def record() -> Callable[[int, Sequence[Event]], None]:
         if attempt is None:
             number = RunAttempt.objects.filter(run_id=run_id).count() + 1
             attempt = RunAttempt.objects.create(run_id=run_id, number=number, worker_host="test", worker_pid=1)
-        services.record_events(run_id, attempt.pk, events)
+        telemetry.record_events(run_id, attempt.pk, events)
 
     return record_for
 

@@ -2,7 +2,7 @@
 their team's and owner's quotas allow; the others wait with a reason naming the limit;
 finished runs give their capacity back; GPU-hours are counted over a rolling period.
 
-Launches go through runs.services.create_run, as from the API. Their commit callbacks do
+Launches go through runs.launch.create_run, as from the API. Their commit callbacks do
 not fire in these tests unless captured, so each test sweeps when it chooses to
 (`admit_queued_runs`, the function the Celery task calls).
 """
@@ -19,7 +19,8 @@ from runs.admission import admit_queued_runs
 from quotas.models import Accelerator, Allocation, Pool, Quota
 from quotas.selectors import queue
 from quotas.services import RequestRefused
-from runs import services
+from runs import lifecycle
+from runs import launch as run_launch
 from runs.models import Run, RunStatus
 
 pytestmark = pytest.mark.django_db
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(autouse=True)
 def multi_gpu_runs(settings) -> None:
     """The quota arithmetic for runs of several GPUs, which the platform refuses until
-    multi-device training exists (runs.services.check_launch_resources)."""
+    multi-device training exists (runs.launch.check_launch_resources)."""
     settings.ROLLYARD_MAX_GPUS_PER_RUN = 16
 
 
@@ -39,7 +40,7 @@ def h100() -> Pool:
 
 def launch(user, team, gpus: int = 1, pool: str = "h100", priority: int = 0, name: str = "r") -> Run:
     spec = {"resources": {"gpus": gpus, "executor": "inprocess"}, "training": {"steps": 2}}
-    return services.create_run(user, spec, name=name, team=team, pool=pool, priority=priority)
+    return run_launch.create_run(user, spec, name=name, team=team, pool=pool, priority=priority)
 
 
 def statuses(*runs: Run) -> list[str]:
@@ -110,11 +111,11 @@ def test_a_finished_run_releases_its_gpus_and_the_sweep_after_commit_admits_the_
     first = launch(teams.member, teams.team, name="first")
     second = launch(teams.member, teams.team, name="second")
     admit_queued_runs()
-    services.transition(first.pk, RunStatus.RUNNING, "picked up")
+    lifecycle.transition(first.pk, RunStatus.RUNNING, "picked up")
 
     # The tests' dispatch fixture runs the requested sweep in-process, then "enqueues".
     with django_capture_on_commit_callbacks(execute=True):
-        services.transition(first.pk, RunStatus.SUCCEEDED, "all steps done")
+        lifecycle.transition(first.pk, RunStatus.SUCCEEDED, "all steps done")
 
     released = Allocation.objects.get(run=first)
     assert released.released_at is not None and released.admitted_at <= released.released_at
@@ -125,7 +126,7 @@ def test_a_finished_run_releases_its_gpus_and_the_sweep_after_commit_admits_the_
 def test_a_run_cancelled_while_queued_leaves_the_queue_having_used_nothing(teams, h100):
     waiting = launch(teams.member, teams.team)
 
-    services.request_cancel(teams.member, Run.objects.get(pk=waiting.pk))
+    lifecycle.request_cancel(teams.member, Run.objects.get(pk=waiting.pk))
 
     allocation = Allocation.objects.get(run=waiting)
     assert allocation.admitted_at is None and allocation.released_at is not None
@@ -135,9 +136,9 @@ def test_a_run_cancelled_while_queued_leaves_the_queue_having_used_nothing(teams
 def test_a_requeued_run_waits_again_in_its_old_place_and_keeps_its_usage_record(teams, h100):
     run = launch(teams.member, teams.team, gpus=2)
     admit_queued_runs()
-    services.transition(run.pk, RunStatus.RUNNING, "picked up")
+    lifecycle.transition(run.pk, RunStatus.RUNNING, "picked up")
 
-    services.transition(run.pk, RunStatus.QUEUED, "worker lost; requeued")
+    lifecycle.transition(run.pk, RunStatus.QUEUED, "worker lost; requeued")
 
     old, new = Allocation.objects.filter(run=run).order_by("id")
     assert old.admitted_at is not None and old.released_at is not None  # the usage record
@@ -210,8 +211,8 @@ def test_rays_free_gpus_cap_what_is_admitted_beyond_the_pools_arithmetic(teams, 
     assert admit_queued_runs(cluster_free_gpus=2) == []
     # Both start (Ray: 0 free), then r0 finishes (Ray: 1 free): r2 gets its GPU.
     for run in runs[:2]:
-        services.transition(run.pk, RunStatus.RUNNING, "picked up")
-    services.transition(runs[0].pk, RunStatus.SUCCEEDED, "all steps done")
+        lifecycle.transition(run.pk, RunStatus.RUNNING, "picked up")
+    lifecycle.transition(runs[0].pk, RunStatus.SUCCEEDED, "all steps done")
     assert admit_queued_runs(cluster_free_gpus=1) == [runs[2].pk]
 
 

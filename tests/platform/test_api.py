@@ -9,7 +9,7 @@ from rest_framework.test import APIClient
 
 from engine.events import LengthHistogram, Log, Metrics
 from rollyard.errors import api_exception_handler
-from runs import services
+from runs import launch, lifecycle
 from runs.models import MetricPoint, Run, RunStatus, RunStatusChange
 
 pytestmark = pytest.mark.django_db
@@ -152,7 +152,7 @@ def test_the_detail_holds_status_progress_and_spec(api_alice, alice, make_run):
 
 
 def test_cancelling_a_queued_run_cancels_it_at_once(api_alice, alice):
-    run = services.create_run(alice, SMALL_SPEC)
+    run = launch.create_run(alice, SMALL_SPEC)
 
     response = api_alice.post(f"/api/runs/{run.id}/cancel/")
 
@@ -165,9 +165,9 @@ def test_cancelling_a_queued_run_cancels_it_at_once(api_alice, alice):
 
 
 def test_cancelling_a_running_run_asks_its_driver(api_alice, alice):
-    run = services.create_run(alice, SMALL_SPEC)
-    services.transition(run.id, RunStatus.ADMITTED, "no quota applies")
-    services.transition(run.id, RunStatus.RUNNING, "picked up")
+    run = launch.create_run(alice, SMALL_SPEC)
+    lifecycle.transition(run.id, RunStatus.ADMITTED, "no quota applies")
+    lifecycle.transition(run.id, RunStatus.RUNNING, "picked up")
 
     body = api_alice.post(f"/api/runs/{run.id}/cancel/").json()
 
@@ -176,7 +176,7 @@ def test_cancelling_a_running_run_asks_its_driver(api_alice, alice):
 
 
 def test_cancelling_a_finished_run_is_a_conflict(api_alice, alice, error_of):
-    run = services.create_run(alice, SMALL_SPEC)
+    run = launch.create_run(alice, SMALL_SPEC)
     api_alice.post(f"/api/runs/{run.id}/cancel/")
 
     response = api_alice.post(f"/api/runs/{run.id}/cancel/")

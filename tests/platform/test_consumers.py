@@ -17,7 +17,7 @@ from accounts.models import ApiToken, Role
 from accounts.services import add_member, create_token, default_team, revoke_token
 from engine.events import LengthHistogram, Metrics
 from rollyard.asgi import application
-from runs import services
+from runs import lifecycle
 from runs.models import Run, RunStatus
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
@@ -326,10 +326,10 @@ async def test_recorded_events_and_status_changes_are_pushed_live(record):
     assert connected
     assert (await communicator.receive_json_from(timeout=10))["type"] == "hello"
 
-    await database_sync_to_async(services.transition)(run.id, RunStatus.ADMITTED, "no quota applies")
+    await database_sync_to_async(lifecycle.transition)(run.id, RunStatus.ADMITTED, "no quota applies")
     admitted = await communicator.receive_json_from(timeout=10)
     assert (admitted["type"], admitted["status"]) == ("status", "admitted")
-    await database_sync_to_async(services.transition)(run.id, RunStatus.RUNNING, "picked up")
+    await database_sync_to_async(lifecycle.transition)(run.id, RunStatus.RUNNING, "picked up")
     status = await communicator.receive_json_from(timeout=10)
     assert (status["type"], status["status"], status["reason"]) == ("status", "running", "picked up")
     assert status["started_at"] is not None
@@ -346,7 +346,7 @@ async def test_recorded_events_and_status_changes_are_pushed_live(record):
     assert pushed["events"][0]["values"] == {"reward/mean": 0.5}
     assert pushed["events"][1]["counts"] == [7, 1]
 
-    await database_sync_to_async(services.request_cancel)(alice, run)
+    await database_sync_to_async(lifecycle.request_cancel)(alice, run)
     cancelling = await communicator.receive_json_from(timeout=10)
     assert (cancelling["status"], cancelling["cancel_requested"]) == ("running", True)
     await communicator.disconnect()

@@ -10,7 +10,9 @@ from rest_framework.test import APIClient
 
 from catalog.models import Dataset, PromptStat, RunInputs
 from engine.events import PromptResult, PromptResults
-from runs import services as run_services
+from runs import lifecycle
+from runs import attempts as run_attempts
+from runs import launch as run_launch
 from runs.models import Run
 
 ROWS = [
@@ -149,7 +151,7 @@ def test_prompt_results_of_a_run_become_each_prompts_difficulty_history(dataset,
 
 
 def test_prompt_results_of_a_run_without_a_catalog_dataset_add_no_history(dataset, teams, record):
-    run = run_services.create_run(teams.member, {"training": {"steps": 2}}, team=dataset.team)
+    run = run_launch.create_run(teams.member, {"training": {"steps": 2}}, team=dataset.team)
 
     record(
         run.pk,
@@ -235,8 +237,8 @@ def test_a_real_run_on_a_catalog_dataset_fills_its_prompts_history(teams):
         "resources": {"executor": "inprocess"},
     }
     run = Run.objects.get(pk=launch(api, spec).json()["id"])
-    run_services.transition(run.pk, "admitted", "admitted by the test")
-    claim = run_services.claim_run(run.pk, "host-a", 1111)
+    lifecycle.transition(run.pk, "admitted", "admitted by the test")
+    claim = run_attempts.claim_run(run.pk, "host-a", 1111)
     sink = DatabaseSink(AttemptFence(run.pk, claim.attempt.pk, outage_s=5))
 
     assert run_engine(parse_spec(run.spec), sink) == "succeeded"

@@ -18,7 +18,7 @@ from accounts.services import create_token
 from catalog.models import Dataset
 from quotas.models import Accelerator, Allocation, Pool, Quota
 from rollyard_cli.app import app as cli
-from runs import services
+from runs import launch as run_launch
 from runs.models import Checkpoint, Run, RunStatus
 
 pytestmark = pytest.mark.django_db
@@ -168,7 +168,7 @@ def test_the_cli_launch_refuses_two_gpus_naming_the_field(live_server, teams, h1
 @pytest.fixture
 def gpu_parent(teams, h100, tmp_path) -> Run:
     """A finished one-GPU run of `ml` on h100 with a checkpoint at step 3."""
-    parent = services.create_run(teams.member, gpu_spec(1), pool="h100")
+    parent = run_launch.create_run(teams.member, gpu_spec(1), pool="h100")
     folder = tmp_path / "ckpt-3"
     folder.mkdir()
     Checkpoint.objects.create(run=parent, step=3, path=str(folder), created_at=timezone.now())

@@ -15,7 +15,9 @@ from django.utils import timezone
 from engine.events import Checkpoint as CheckpointEvent
 from engine.events import Heartbeat, Metrics
 from engine.spec import SpecError
-from runs import alerts, retention, services
+from runs import alerts, lifecycle, retention, telemetry
+from runs import attempts as run_attempts
+from runs import launch as run_launch
 from runs.models import Alert, Checkpoint, MetricPoint, Run, RunAttempt, RunStatus, RunStatusChange
 from runs.reconciler import reconcile_runs
 from runs.spec_diff import spec_differences
@@ -57,20 +59,20 @@ def sweep(django_capture_on_commit_callbacks):
 
 
 def admitted_run(user, spec: dict | None = None, **launch) -> Run:
-    run = services.create_run(user, spec or {"training": {"steps": 20}}, **launch)
+    run = run_launch.create_run(user, spec or {"training": {"steps": 20}}, **launch)
     if Run.objects.get(pk=run.pk).status == RunStatus.QUEUED:
-        services.transition(run.pk, RunStatus.ADMITTED, "admitted by the test")
+        lifecycle.transition(run.pk, RunStatus.ADMITTED, "admitted by the test")
     return Run.objects.get(pk=run.pk)
 
 
-def running_run(user, **launch) -> tuple[Run, services.Claim]:
+def running_run(user, **launch) -> tuple[Run, run_attempts.Claim]:
     run = admitted_run(user, **launch)
-    return run, services.claim_run(run.pk, "host-a", 1111)
+    return run, run_attempts.claim_run(run.pk, "host-a", 1111)
 
 
 def write_checkpoint(run: Run, step: int, metrics: dict[str, float] | None = None) -> Path:
     """A checkpoint folder as the engine lays it out, reported through record_events."""
-    folder = services.run_dir(run.pk) / "checkpoints" / f"step-{step:06d}"
+    folder = run_attempts.run_dir(run.pk) / "checkpoints" / f"step-{step:06d}"
     (folder / "model").mkdir(parents=True)
     (folder / "model" / "weights.bin").write_bytes(b"w" * 1000)
     (folder / "trainer.pt").write_bytes(b"t" * 24)
@@ -84,7 +86,7 @@ def beat(run: Run, step: int, values: dict[str, float] | None = None) -> None:
 
 def record(run: Run, events: list) -> None:
     """As the driver of the run's open attempt."""
-    services.record_events(run.pk, run.attempts.get(ended_at__isnull=True).pk, events)
+    telemetry.record_events(run.pk, run.attempts.get(ended_at__isnull=True).pk, events)
 
 
 def later(seconds: float = TIMEOUT_S + 1):
@@ -99,16 +101,16 @@ def test_claiming_a_run_opens_attempt_1_and_a_second_claim_is_refused(alice):
 
     assert claim.attempt.number == 1 and claim.attempt.outcome == "running"
     assert (claim.attempt.worker_host, claim.attempt.worker_pid) == ("host-a", 1111)
-    assert claim.run_dir == services.run_dir(run.pk) and claim.resume_from is None
+    assert claim.run_dir == run_attempts.run_dir(run.pk) and claim.resume_from is None
     # A redelivered message for the same run finds it running already.
-    with pytest.raises(services.IllegalTransition):
-        services.claim_run(run.pk, "host-b", 2222)
+    with pytest.raises(lifecycle.IllegalTransition):
+        run_attempts.claim_run(run.pk, "host-b", 2222)
     assert RunAttempt.objects.filter(run=run).count() == 1
 
 
 def test_the_end_of_a_run_closes_its_attempt_with_the_outcome(alice):
     run, claim = running_run(alice)
-    services.end_attempt(claim.attempt.pk, RunStatus.SUCCEEDED, "all steps done")
+    run_attempts.end_attempt(claim.attempt.pk, RunStatus.SUCCEEDED, "all steps done")
 
     attempt = RunAttempt.objects.get(pk=claim.attempt.pk)
     assert (attempt.outcome, attempt.reason) == ("succeeded", "all steps done")
@@ -118,11 +120,11 @@ def test_the_end_of_a_run_closes_its_attempt_with_the_outcome(alice):
 
 def test_a_first_attempt_sets_aside_a_folder_an_earlier_database_left_under_its_id(alice):
     run = admitted_run(alice)
-    left_over = services.run_dir(run.pk) / "checkpoints" / "step-000009"
+    left_over = run_attempts.run_dir(run.pk) / "checkpoints" / "step-000009"
     left_over.mkdir(parents=True)
 
-    claim = services.claim_run(run.pk, "host-a", 1111)
-    aside = services.set_aside_stale_run_dir(claim)
+    claim = run_attempts.claim_run(run.pk, "host-a", 1111)
+    aside = run_attempts.set_aside_stale_run_dir(claim)
 
     assert not claim.run_dir.exists()  # the engine starts fresh instead of resuming step 9
     assert (aside / "checkpoints" / "step-000009").is_dir() and aside.parent == claim.run_dir.parent
@@ -163,8 +165,8 @@ def test_a_silent_running_run_is_requeued_with_a_reason_and_resumes_from_its_che
 
     # Admitted again, the next worker's attempt resumes at step 5; steps 6 and 7, which the
     # lost worker reported, are dropped (the engine reports them again).
-    services.transition(run.pk, RunStatus.ADMITTED, "admitted again")
-    second = services.claim_run(run.pk, "host-b", 2222)
+    lifecycle.transition(run.pk, RunStatus.ADMITTED, "admitted again")
+    second = run_attempts.claim_run(run.pk, "host-b", 2222)
     assert second.attempt.number == 2
     assert second.attempt.resumed_from_step == 5
     assert second.resume_from is None  # the engine finds its own checkpoint in run_dir
@@ -179,8 +181,8 @@ def test_a_silent_running_run_is_requeued_with_a_reason_and_resumes_from_its_che
 def test_a_run_out_of_attempts_is_failed_naming_the_lost_heartbeat(alice, admissions, sweep):
     run, _ = running_run(alice)
     sweep(now=later())
-    services.transition(run.pk, RunStatus.ADMITTED, "admitted again")
-    second = services.claim_run(run.pk, "host-b", 2222)
+    lifecycle.transition(run.pk, RunStatus.ADMITTED, "admitted again")
+    second = run_attempts.claim_run(run.pk, "host-b", 2222)
 
     report = sweep(now=later())
 
@@ -206,12 +208,12 @@ def test_a_run_with_a_fresh_heartbeat_is_left_alone(alice, sweep):
 def test_a_driver_given_up_by_the_reconciler_cannot_end_the_run(alice, admissions, sweep):
     run, lost = running_run(alice)
     sweep(now=later())
-    services.transition(run.pk, RunStatus.ADMITTED, "admitted again")
-    services.claim_run(run.pk, "host-b", 2222)
+    lifecycle.transition(run.pk, RunStatus.ADMITTED, "admitted again")
+    run_attempts.claim_run(run.pk, "host-b", 2222)
 
     # The first worker was only stalled: it wakes up, sees it must stop, and reports an end.
-    assert not services.attempt_is_current(lost.attempt.pk)
-    assert services.end_attempt(lost.attempt.pk, RunStatus.CANCELLED, "cancelled on request") is None
+    assert not run_attempts.attempt_is_current(lost.attempt.pk)
+    assert run_attempts.end_attempt(lost.attempt.pk, RunStatus.CANCELLED, "cancelled on request") is None
     assert Run.objects.get(pk=run.pk).status == "running"
 
 
@@ -285,7 +287,7 @@ def test_retention_by_min_keeps_the_lowest_and_ignores_checkpoints_without_the_m
 def test_retention_never_deletes_a_checkpoint_a_fork_starts_from(alice):
     run, _ = running_run(alice, retention={"keep_last": 1, "keep_best": 0})
     folders = make_checkpoints(run, {10: 0.5, 20: 0.6, 30: 0.7})
-    services.fork_run(alice, Run.objects.get(pk=run.pk), 10)
+    run_launch.fork_run(alice, Run.objects.get(pk=run.pk), 10)
 
     assert retention.apply_retention(Run.objects.get(pk=run.pk)) == [20]
     assert folders[10].exists() and folders[30].exists() and not folders[20].exists()
@@ -298,7 +300,7 @@ def test_retention_refuses_a_path_outside_the_runs_folder(alice, tmp_path):
     (outside / "data").write_text("not ours")
     record(run, [CheckpointEvent(step=1, path=str(outside), metrics={})])
     # A symlink inside the run's folder that points outside is refused too.
-    link = services.run_dir(run.pk) / "checkpoints" / "step-000002"
+    link = run_attempts.run_dir(run.pk) / "checkpoints" / "step-000002"
     link.parent.mkdir(parents=True)
     link.symlink_to(outside)
     record(run, [CheckpointEvent(step=2, path=str(link), metrics={})])
@@ -311,7 +313,7 @@ def test_retention_refuses_a_path_outside_the_runs_folder(alice, tmp_path):
 
 def test_a_bad_retention_override_is_refused_naming_each_key(alice):
     with pytest.raises(SpecError) as raised:
-        services.create_run(alice, {}, retention={"keep_last": 0, "mode": "best", "keep_everything": True})
+        run_launch.create_run(alice, {}, retention={"keep_last": 0, "mode": "best", "keep_everything": True})
     assert {field for field, _ in raised.value.problems} == {
         "retention.keep_last", "retention.mode", "retention.keep_everything",
     }  # fmt: skip
@@ -327,7 +329,7 @@ def test_a_fork_starts_from_the_parents_checkpoint_with_its_metrics_up_to_the_st
         beat(parent, step)
     folder = write_checkpoint(parent, 4)
 
-    child = services.fork_run(alice, Run.objects.get(pk=parent.pk), 4, {"training": {"lr": 1e-4}})
+    child = run_launch.fork_run(alice, Run.objects.get(pk=parent.pk), 4, {"training": {"lr": 1e-4}})
 
     assert (child.parent_id, child.forked_from_step) == (parent.pk, 4)
     assert child.spec["training"]["lr"] == 1e-4
@@ -335,8 +337,8 @@ def test_a_fork_starts_from_the_parents_checkpoint_with_its_metrics_up_to_the_st
     assert child.current_step == 4
     assert sorted(MetricPoint.objects.filter(run=child).values_list("step", flat=True)) == [1, 2, 3, 4]
     if Run.objects.get(pk=child.pk).status == RunStatus.QUEUED:
-        services.transition(child.pk, RunStatus.ADMITTED, "admitted by the test")
-    claim = services.claim_run(child.pk, "host-c", 3333)
+        lifecycle.transition(child.pk, RunStatus.ADMITTED, "admitted by the test")
+    claim = run_attempts.claim_run(child.pk, "host-c", 3333)
     assert claim.resume_from == folder and claim.attempt.resumed_from_step == 4
 
 
@@ -345,9 +347,9 @@ def test_a_fork_needs_a_checkpoint_at_that_step_and_steps_beyond_it(alice):
     write_checkpoint(parent, 4)
 
     with pytest.raises(SpecError, match="no checkpoint at step 3; it has: \\[4\\]"):
-        services.fork_run(alice, parent, 3)
+        run_launch.fork_run(alice, parent, 3)
     with pytest.raises(SpecError) as raised:
-        services.fork_run(alice, parent, 4, {"training": {"steps": 4}})
+        run_launch.fork_run(alice, parent, 4, {"training": {"steps": 4}})
     assert raised.value.problems[0][0] == "training.steps"
     assert Run.objects.count() == 1
 
@@ -365,7 +367,7 @@ def test_spec_differences_are_leaves_with_dotted_paths():
 
 def test_merge_spec_merges_mappings_and_replaces_the_rest():
     base = {"training": {"lr": 1, "steps": 2}, "seed": 0}
-    merged = services.merge_spec(base, {"training": {"lr": 5}, "seed": 3})
+    merged = run_launch.merge_spec(base, {"training": {"lr": 5}, "seed": 3})
     assert merged == {"training": {"lr": 5, "steps": 2}, "seed": 3}
     assert base == {"training": {"lr": 1, "steps": 2}, "seed": 0}
 
@@ -497,7 +499,7 @@ def test_the_api_lists_attempts_and_checkpoints_and_forks_from_one(alice, api_al
 
 
 def test_the_api_clones_and_launches_with_a_retention_override(alice, api_alice):
-    run = services.create_run(alice, {"name": "first", "training": {"steps": 9}}, retention={"keep_last": 5})
+    run = run_launch.create_run(alice, {"name": "first", "training": {"steps": 9}}, retention={"keep_last": 5})
 
     clone = api_alice.get(f"/api/runs/{run.pk}/clone/").json()
     assert clone["spec"]["training"]["steps"] == 9 and "name" not in clone["spec"]
@@ -513,9 +515,9 @@ def test_the_api_clones_and_launches_with_a_retention_override(alice, api_alice)
 
 
 def test_the_api_diffs_two_runs_and_hides_another_teams(alice, bob, api_alice):
-    a = services.create_run(alice, {"training": {"lr": 3e-4}})
-    b = services.create_run(alice, {"training": {"lr": 1e-3}, "seed": 7})
-    hidden = services.create_run(bob, {})
+    a = run_launch.create_run(alice, {"training": {"lr": 3e-4}})
+    b = run_launch.create_run(alice, {"training": {"lr": 1e-3}, "seed": 7})
+    hidden = run_launch.create_run(bob, {})
 
     diff = api_alice.get(f"/api/runs/diff/?a={a.pk}&b={b.pk}").json()
     paths = {d["path"]: (d["a"], d["b"]) for d in diff["differences"]}
@@ -548,7 +550,7 @@ def test_the_run_page_shows_attempts_checkpoints_and_forks_from_a_form(alice, cl
 
 def test_launching_from_the_clone_form_records_the_parent(alice, client):
     client.force_login(alice)
-    source = services.create_run(alice, {"name": "source"})
+    source = run_launch.create_run(alice, {"name": "source"})
 
     form = client.get(f"/runs/new/?from={source.pk}").content.decode()
     assert 'id="clone-of"' in form and 'name="from"' in form

@@ -5,7 +5,7 @@ import re
 import pytest
 from django.test import Client
 
-from runs import services
+from runs import launch
 from runs.models import MetricPoint, Run, RunStatus
 
 pytestmark = pytest.mark.django_db
@@ -92,13 +92,13 @@ def test_a_bad_spec_shows_each_problem_by_field_and_launches_nothing(browser_ali
 
 
 def test_clone_prefills_the_form_with_an_earlier_runs_spec(browser_alice, alice):
-    run = services.create_run(alice, {"name": "original", "rollout": {"n": 5}})
+    run = launch.create_run(alice, {"name": "original", "rollout": {"n": 5}})
     page = browser_alice.get(f"/runs/new/?from={run.id}").content.decode()
     assert "n: 5" in page and "name: original" in page
 
 
 def test_the_run_page_has_live_charts_and_plotly_served_by_the_app(browser_alice, alice):
-    run = services.create_run(alice, {"name": "watched"})
+    run = launch.create_run(alice, {"name": "watched"})
     page = browser_alice.get(f"/runs/{run.id}/").content.decode()
 
     for element in ("run-status", "run-progress", "run-eta", "run-cancel", "run-spec", "run-log", "chart-reward",
@@ -123,7 +123,7 @@ def test_another_users_run_page_is_not_found(browser_alice, bob, make_run):
 
 
 def test_the_cancel_button_cancels_a_queued_run(browser_alice, alice):
-    run = services.create_run(alice, {})
+    run = launch.create_run(alice, {})
     response = browser_alice.post(f"/runs/{run.id}/cancel/")
     assert response.status_code == 302
     run.refresh_from_db()
@@ -134,7 +134,7 @@ def test_the_cancel_button_cancels_a_queued_run(browser_alice, alice):
 
 
 def test_the_admin_lists_runs_and_keeps_telemetry_read_only(staff, alice):
-    run = services.create_run(alice, {"name": "admin-visible"})
+    run = launch.create_run(alice, {"name": "admin-visible"})
     MetricPoint.objects.create(run=run, name="reward/mean", step=1, wall_time=0.0, value=1.0)
     client = Client()
     client.force_login(staff)

@@ -18,7 +18,8 @@ from django.utils import timezone
 from catalog.models import Dataset, PromptRunDifficulty
 from engine.events import DifficultyUpdates, PromptResult, PromptResults
 from engine.sampling.difficulty import DifficultyStore
-from runs import services
+from runs import telemetry
+from runs import attempts as run_attempts
 from runs.models import AttemptOutcome, RunAttempt, RunEvent, RunPromptDifficulty, RunStatus
 
 
@@ -140,8 +141,8 @@ def test_a_resumed_attempt_replaces_what_the_lost_one_reported(teams, run, recor
     resumed.load_state_dict(checkpoint)
     record(run.pk, [step_of(resumed, 2, {"a": hits(0, 8)})])
     # The lost attempt's late batch is refused and changes nothing.
-    with pytest.raises(services.AttemptSuperseded):
-        services.record_events(run.pk, lost.pk, [step_of(store, 3, {"a": hits(8, 8)})])
+    with pytest.raises(run_attempts.AttemptSuperseded):
+        telemetry.record_events(run.pk, lost.pk, [step_of(store, 3, {"a": hits(8, 8)})])
 
     (row,) = teams.client(teams.viewer).get(f"/api/runs/{run.pk}/prompts/").json()["results"]
     # 4 + 0 successes of 16 → Beta(5, 13): attempt 2's step 2, not attempt 1's 12 of 16.

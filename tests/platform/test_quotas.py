@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(autouse=True)
 def multi_gpu_runs(settings) -> None:
     """The quota arithmetic for runs of several GPUs, which the platform refuses until
-    multi-device training exists (runs.services.check_launch_resources)."""
+    multi-device training exists (runs.launch.check_launch_resources)."""
     settings.ROLLYARD_MAX_GPUS_PER_RUN = 16
 
 

@@ -10,7 +10,7 @@ from django.utils import timezone
 from engine.events import Heartbeat, ListSink, SampleRecord, SampleRecords
 from engine.orchestration import run as run_engine
 from engine.spec import parse_spec
-from runs import services
+from runs import telemetry
 from runs.models import AttemptOutcome, RunAttempt, RunEvent, RunSample, RunStatus
 
 
@@ -68,10 +68,10 @@ def test_a_resent_batch_is_stored_once(run):
     first = [SampleRecords(step=1, samples=[sample("a", 1.0), sample("a", 0.0)])]
     second = [SampleRecords(step=2, samples=[sample("a", 0.0)])]
 
-    services.record_events(run.pk, attempt.pk, first, batch=1)
-    services.record_events(run.pk, attempt.pk, first, batch=1)  # the reply was lost: sent again
-    services.record_events(run.pk, attempt.pk, second, batch=2)
-    services.record_events(run.pk, attempt.pk, first, batch=1)  # a late duplicate of batch 1
+    telemetry.record_events(run.pk, attempt.pk, first, batch=1)
+    telemetry.record_events(run.pk, attempt.pk, first, batch=1)  # the reply was lost: sent again
+    telemetry.record_events(run.pk, attempt.pk, second, batch=2)
+    telemetry.record_events(run.pk, attempt.pk, first, batch=1)  # a late duplicate of batch 1
 
     assert sorted(RunSample.objects.filter(run=run).values_list("step", "reward")) == [(1, 0.0), (1, 1.0), (2, 0.0)]
 
@@ -149,9 +149,9 @@ def test_a_real_runs_difficulty_and_samples_are_stored_as_the_engine_reported_th
         batch.append(event)
         if isinstance(event, Heartbeat):
             number += 1
-            services.record_events(run.pk, attempt.pk, batch, batch=number)
+            telemetry.record_events(run.pk, attempt.pk, batch, batch=number)
             batch = []
-    services.record_events(run.pk, attempt.pk, batch, batch=number + 1)
+    telemetry.record_events(run.pk, attempt.pk, batch, batch=number + 1)
     api = teams.client(teams.viewer)
 
     prompts = {row["prompt_id"]: row for row in results(api.get(f"/api/runs/{run.pk}/prompts/", {"limit": 500}))}

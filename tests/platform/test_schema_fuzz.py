@@ -25,7 +25,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from accounts.services import create_token
-from runs import services
+from runs import launch
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -69,7 +69,7 @@ def cases(operation, real_ids: dict[str, int] | None = None) -> st.SearchStrateg
 
 @pytest.mark.parametrize("operation", OPERATIONS, ids=lambda operation: operation.label)
 def test_no_request_with_a_token_gets_a_server_error(operation, teams, wsgi_in_test_transaction):
-    run = services.create_run(teams.member, {"training": {"steps": 2}}, name="fuzzed", team=teams.team)
+    run = launch.create_run(teams.member, {"training": {"steps": 2}}, name="fuzzed", team=teams.team)
     secret = create_token(teams.member, "fuzz")[1]
     # Tokens stay out: a fuzzed DELETE would revoke the one the fuzzer uses.
     real_ids = {"team_id": teams.team.pk, "user_id": teams.member.pk}
@@ -101,7 +101,7 @@ def test_no_sequence_of_linked_calls_gets_a_server_error(role, teams, staff, mak
     """As a member of team "ml" (whose run, dataset-free preset and team the links start
     from) and as staff (who also reach pools, quotas and teams' writes)."""
     user = teams.member if role == "member" else staff
-    services.create_run(teams.member, {"training": {"steps": 2}}, name="fuzzed", team=teams.team)
+    launch.create_run(teams.member, {"training": {"steps": 2}}, name="fuzzed", team=teams.team)
     secret = create_token(user, "fuzz")[1]
     assert SCHEMA.as_state_machine().bundles, "no links inferred: the stateful phase would test nothing"
 

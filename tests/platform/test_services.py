@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from engine.events import Heartbeat, LengthHistogram, Log, Metrics, PromptResult, PromptResults, Span, Status
 from engine.spec import SpecError
-from runs import selectors, services
+from runs import launch, lifecycle, selectors
 from runs.models import TRANSITIONS, MetricPoint, Run, RunEvent, RunStatus, RunStatusChange
 
 pytestmark = pytest.mark.django_db
@@ -24,7 +24,7 @@ def history(run: Run) -> list[tuple[str, str]]:
 
 
 def test_create_run_stores_the_resolved_spec_and_names_the_run(alice):
-    run = services.create_run(alice, {"training": {"steps": 7}})
+    run = launch.create_run(alice, {"training": {"steps": 7}})
     assert run.status == "queued"
     assert run.total_steps == 7
     assert run.name == "grpo on arith"  # no name given: algorithm on dataset
@@ -34,14 +34,14 @@ def test_create_run_stores_the_resolved_spec_and_names_the_run(alice):
 
 
 def test_create_run_takes_the_name_from_the_spec_or_the_argument(alice):
-    assert services.create_run(alice, {"name": "from spec"}).name == "from spec"
-    named = services.create_run(alice, {"name": "from spec"}, name="given")
+    assert launch.create_run(alice, {"name": "from spec"}).name == "from spec"
+    named = launch.create_run(alice, {"name": "from spec"}, name="given")
     assert named.name == named.spec["name"] == "given"
 
 
 def test_an_invalid_spec_raises_with_every_problem_and_stores_nothing(alice):
     with pytest.raises(SpecError) as raised:
-        services.create_run(alice, {"rollout": {"n": 0, "temperature": -1}})
+        launch.create_run(alice, {"rollout": {"n": 0, "temperature": -1}})
     assert {field for field, _ in raised.value.problems} == {"rollout.n", "rollout.temperature"}
     assert Run.objects.count() == 0
 
@@ -49,7 +49,7 @@ def test_an_invalid_spec_raises_with_every_problem_and_stores_nothing(alice):
 def test_a_rolled_back_launch_enqueues_nothing(alice, enqueued, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         with pytest.raises(RuntimeError), transaction.atomic():
-            services.create_run(alice, {})
+            launch.create_run(alice, {})
             raise RuntimeError("the request failed after the run was created")
     assert enqueued == []
     assert Run.objects.count() == 0
@@ -59,13 +59,13 @@ def test_a_rolled_back_launch_enqueues_nothing(alice, enqueued, django_capture_o
 
 
 def test_a_run_moves_queued_admitted_running_succeeded_with_history_and_timestamps(alice):
-    run = services.create_run(alice, {})
+    run = launch.create_run(alice, {})
     assert run.started_at is None and run.finished_at is None
 
-    services.transition(run.id, RunStatus.ADMITTED, "no quota applies")
-    running = services.transition(run.id, RunStatus.RUNNING, "picked up by w1")
+    lifecycle.transition(run.id, RunStatus.ADMITTED, "no quota applies")
+    running = lifecycle.transition(run.id, RunStatus.RUNNING, "picked up by w1")
     assert running.started_at is not None and running.finished_at is None
-    done = services.transition(run.id, "succeeded", "all steps done")
+    done = lifecycle.transition(run.id, "succeeded", "all steps done")
 
     assert done.status == "succeeded" and done.status_reason == "all steps done"
     assert done.finished_at >= done.started_at
@@ -89,13 +89,13 @@ def test_a_run_moves_queued_admitted_running_succeeded_with_history_and_timestam
     ],
 )
 def test_illegal_transitions_are_refused_and_change_nothing(alice, path, illegal):
-    run = services.create_run(alice, {})
+    run = launch.create_run(alice, {})
     for status in path:
-        services.transition(run.id, status)
+        lifecycle.transition(run.id, status)
     before = Run.objects.get(pk=run.id)
 
-    with pytest.raises(services.IllegalTransition):
-        services.transition(run.id, illegal)
+    with pytest.raises(lifecycle.IllegalTransition):
+        lifecycle.transition(run.id, illegal)
 
     after = Run.objects.get(pk=run.id)
     assert (after.status, after.finished_at) == (before.status, before.finished_at)
@@ -105,16 +105,16 @@ def test_illegal_transitions_are_refused_and_change_nothing(alice, path, illegal
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(moves=st.lists(st.sampled_from(list(RunStatus)), max_size=6))
 def test_any_sequence_of_moves_follows_the_state_machine(alice, moves):
-    run = services.create_run(alice, {})
+    run = launch.create_run(alice, {})
     expected = RunStatus.QUEUED
     legal_moves = 0
     for move in moves:
         if move in TRANSITIONS[expected]:
-            services.transition(run.id, move)
+            lifecycle.transition(run.id, move)
             expected, legal_moves = move, legal_moves + 1
         else:
-            with pytest.raises(services.IllegalTransition):
-                services.transition(run.id, move)
+            with pytest.raises(lifecycle.IllegalTransition):
+                lifecycle.transition(run.id, move)
     run.refresh_from_db()
     assert run.status == expected
     assert len(history(run)) == 1 + legal_moves
@@ -125,41 +125,41 @@ def test_any_sequence_of_moves_follows_the_state_machine(alice, moves):
 
 
 def test_cancel_of_a_running_run_sets_the_flag_its_driver_polls(alice):
-    run = services.create_run(alice, {})
-    services.transition(run.id, RunStatus.ADMITTED)
-    services.transition(run.id, RunStatus.RUNNING)
+    run = launch.create_run(alice, {})
+    lifecycle.transition(run.id, RunStatus.ADMITTED)
+    lifecycle.transition(run.id, RunStatus.RUNNING)
     assert selectors.cancel_requested(run.id) is False
 
-    services.request_cancel(alice, run)
-    services.request_cancel(alice, run)  # asking twice is harmless
+    lifecycle.request_cancel(alice, run)
+    lifecycle.request_cancel(alice, run)  # asking twice is harmless
 
     run.refresh_from_db()
     assert (run.status, run.cancel_requested) == ("running", True)
     assert selectors.cancel_requested(run.id) is True
     # The driver stops between steps and reports it.
-    services.transition(run.id, RunStatus.CANCELLED, "cancelled on request")
+    lifecycle.transition(run.id, RunStatus.CANCELLED, "cancelled on request")
     assert history(run)[-1] == ("running", "cancelled")
 
 
 def test_cancel_of_a_finished_run_is_refused(alice):
-    run = services.create_run(alice, {})
-    services.transition(run.id, RunStatus.FAILED, "no capacity")
-    with pytest.raises(services.IllegalTransition, match="failed"):
-        services.request_cancel(alice, run)
+    run = launch.create_run(alice, {})
+    lifecycle.transition(run.id, RunStatus.FAILED, "no capacity")
+    with pytest.raises(lifecycle.IllegalTransition, match="failed"):
+        lifecycle.request_cancel(alice, run)
 
 
 def test_only_the_owner_or_staff_may_cancel(alice, bob, staff):
-    run = services.create_run(alice, {})
-    with pytest.raises(services.RunPermissionDenied):
-        services.request_cancel(bob, run)
-    assert services.request_cancel(staff, run).status == "cancelled"
+    run = launch.create_run(alice, {})
+    with pytest.raises(lifecycle.RunPermissionDenied):
+        lifecycle.request_cancel(bob, run)
+    assert lifecycle.request_cancel(staff, run).status == "cancelled"
 
 
 def test_a_driver_stops_when_its_run_is_gone_or_already_finished(alice):
-    run = services.create_run(alice, {})
-    services.transition(run.id, RunStatus.ADMITTED)
-    services.transition(run.id, RunStatus.RUNNING)
-    services.transition(run.id, RunStatus.FAILED, "heartbeat lost")
+    run = launch.create_run(alice, {})
+    lifecycle.transition(run.id, RunStatus.ADMITTED)
+    lifecycle.transition(run.id, RunStatus.RUNNING)
+    lifecycle.transition(run.id, RunStatus.FAILED, "heartbeat lost")
     assert selectors.cancel_requested(run.id) is True
     assert selectors.cancel_requested(987654) is True
 

@@ -13,7 +13,8 @@ from accounts.services import remove_member
 from catalog.models import Dataset, RunInputs
 from engine.assets import ASSETS_DIR
 from engine.spec import SpecError
-from runs import services
+from runs import attempts, lifecycle
+from runs import launch as run_launch
 from runs.models import Run, RunStatus
 
 SAMPLE = str(ASSETS_DIR / "datasets" / "gsm8k-style-sample.jsonl")
@@ -27,7 +28,7 @@ def no_extra_roots(settings):
 
 def problems_of(user, spec) -> list[tuple[str, str]]:
     with pytest.raises(SpecError) as refused:
-        services.create_run(user, spec)
+        run_launch.create_run(user, spec)
     return refused.value.problems
 
 
@@ -59,7 +60,7 @@ def test_model_folders_need_a_configured_model_root(alice, settings, tmp_path):
 
 
 def test_the_engine_sample_dataset_and_built_in_models_are_allowed(alice):
-    run = services.create_run(alice, {"dataset": {"path": SAMPLE}, "model": {"path": "builtin:arith-tiny"}})
+    run = run_launch.create_run(alice, {"dataset": {"path": SAMPLE}, "model": {"path": "builtin:arith-tiny"}})
     assert run.spec["dataset"]["path"] == SAMPLE
 
 
@@ -168,9 +169,9 @@ def test_refusals_name_the_setting_but_never_the_servers_folders(teams, data_dir
 
 
 def admitted(user, spec: dict, team=None) -> Run:
-    run = services.create_run(user, spec, team=team)
+    run = run_launch.create_run(user, spec, team=team)
     if Run.objects.get(pk=run.pk).status == RunStatus.QUEUED:
-        services.transition(run.pk, RunStatus.ADMITTED, "admitted by the test")
+        lifecycle.transition(run.pk, RunStatus.ADMITTED, "admitted by the test")
     return run
 
 
@@ -180,8 +181,8 @@ def test_a_run_whose_owner_left_the_team_of_its_dataset_fails_at_claim_without_a
     # Launched while a member; removed while the run waited in the queue.
     remove_member(Membership.objects.get(user=teams.member, team=teams.team))
 
-    with pytest.raises(services.IllegalTransition):
-        services.claim_run(run.pk, "host-a", 1111)
+    with pytest.raises(lifecycle.IllegalTransition):
+        attempts.claim_run(run.pk, "host-a", 1111)
 
     run.refresh_from_db()
     assert run.status == RunStatus.FAILED
@@ -198,10 +199,10 @@ def test_a_run_whose_root_was_withdrawn_fails_at_claim_and_an_allowed_one_is_cla
     spec = {"dataset": {"path": str(root / "train.jsonl"), "eval_size": 4}}
     kept, withdrawn = admitted(alice, spec), admitted(alice, spec)
 
-    claim = services.claim_run(kept.pk, "host-a", 1111)
+    claim = attempts.claim_run(kept.pk, "host-a", 1111)
     settings.ROLLYARD_DATASET_ROOTS = []  # the operator narrows the roots
-    with pytest.raises(services.IllegalTransition):
-        services.claim_run(withdrawn.pk, "host-a", 1112)
+    with pytest.raises(lifecycle.IllegalTransition):
+        attempts.claim_run(withdrawn.pk, "host-a", 1112)
 
     assert (claim.run.status, claim.attempt.number) == (RunStatus.RUNNING, 1)
     withdrawn.refresh_from_db()

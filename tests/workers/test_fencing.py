@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from engine.events import Checkpoint as CheckpointEvent
 from engine.events import Heartbeat, Log, Metrics, Superseded
-from runs import services
+from runs import attempts, launch, lifecycle, telemetry
 from runs.models import Checkpoint, MetricPoint, Run, RunAttempt, RunEvent, RunStatus
 from workers.attempt import AttemptFence, AttemptHeartbeat
 from workers.sink import DatabaseSink
@@ -40,26 +40,26 @@ def lifecycle_settings(settings, tmp_path, monkeypatch):
     return settings
 
 
-def claimed(run_id: int) -> services.Claim:
+def claimed(run_id: int) -> attempts.Claim:
     if Run.objects.get(pk=run_id).status == RunStatus.QUEUED:
-        services.transition(run_id, RunStatus.ADMITTED, "admitted by the test")
-    return services.claim_run(run_id, "host-a", 1111)
+        lifecycle.transition(run_id, RunStatus.ADMITTED, "admitted by the test")
+    return attempts.claim_run(run_id, "host-a", 1111)
 
 
 @pytest.fixture
-def claim() -> services.Claim:
+def claim() -> attempts.Claim:
     user = get_user_model().objects.create_user("dora")
-    return claimed(services.create_run(user, {"name": "fenced", "training": {"steps": 10}}).pk)
+    return claimed(launch.create_run(user, {"name": "fenced", "training": {"steps": 10}}).pk)
 
 
-def sink_of(claim: services.Claim, outage_s: float = 5) -> DatabaseSink:
+def sink_of(claim: attempts.Claim, outage_s: float = 5) -> DatabaseSink:
     return DatabaseSink(AttemptFence(claim.run.pk, claim.attempt.pk, outage_s=outage_s), max_delay_s=3600)
 
 
 def give_up(run_id: int) -> None:
     """What the reconciler does to a run silent past the timeout: requeue it."""
     later = timezone.now() + timedelta(seconds=TIMEOUT_S + 1)
-    assert services.requeue_or_fail_lost_run(run_id, later).status == RunStatus.QUEUED
+    assert attempts.requeue_or_fail_lost_run(run_id, later).status == RunStatus.QUEUED
 
 
 def steps_of(run_id: int, name: str = "reward/mean") -> list[tuple[int, float]]:
@@ -103,8 +103,8 @@ def test_a_batch_sent_again_is_stored_once(claim):
     batch = [Metrics(step=1, values={"reward/mean": 0.5}), Log(message="step 1"), Heartbeat(step=1)]
 
     for _ in range(2):  # the second as after a reply lost on the way back
-        services.record_events(claim.run.pk, claim.attempt.pk, batch, batch=1)
-    services.record_events(claim.run.pk, claim.attempt.pk, [Metrics(step=2, values={"reward/mean": 0.6})], batch=2)
+        telemetry.record_events(claim.run.pk, claim.attempt.pk, batch, batch=1)
+    telemetry.record_events(claim.run.pk, claim.attempt.pk, [Metrics(step=2, values={"reward/mean": 0.6})], batch=2)
 
     assert steps_of(claim.run.pk) == [(1, 0.5), (2, 0.6)]
     # One log and one heartbeat row: batch 1's second copy was ignored whole.
@@ -113,7 +113,7 @@ def test_a_batch_sent_again_is_stored_once(claim):
 
 
 def test_a_step_reported_again_keeps_one_point_the_latest(claim):
-    record = lambda events: services.record_events(claim.run.pk, claim.attempt.pk, events)  # noqa: E731
+    record = lambda events: telemetry.record_events(claim.run.pk, claim.attempt.pk, events)  # noqa: E731
     record([Metrics(step=3, values={"reward/mean": 0.3}), Metrics(step=3, values={"reward/mean": 0.4})])
     record([Metrics(step=3, values={"reward/mean": 0.9, "acc/mean": 1.0})])
 
@@ -124,25 +124,25 @@ def test_a_step_reported_again_keeps_one_point_the_latest(claim):
 
 def test_a_resumed_attempt_replaces_what_the_lost_one_reported_after_its_checkpoint(claim):
     first = claim.attempt.pk
-    folder = services.run_dir(claim.run.pk) / "checkpoints" / "step-000002"
-    services.record_events(claim.run.pk, first, [Metrics(step=s, values={"reward/mean": s / 10}) for s in (1, 2, 3)])
-    services.record_events(claim.run.pk, first, [CheckpointEvent(step=2, path=str(folder), metrics={})])
+    folder = attempts.run_dir(claim.run.pk) / "checkpoints" / "step-000002"
+    telemetry.record_events(claim.run.pk, first, [Metrics(step=s, values={"reward/mean": s / 10}) for s in (1, 2, 3)])
+    telemetry.record_events(claim.run.pk, first, [CheckpointEvent(step=2, path=str(folder), metrics={})])
     give_up(claim.run.pk)
 
     second = claimed(claim.run.pk)
     # The lost attempt's step 3 is gone: the resumed engine reports it again, from step 2's
     # checkpoint, and only the second attempt may write.
     assert second.attempt.resumed_from_step == 2 and steps_of(claim.run.pk) == [(1, 0.1), (2, 0.2)]
-    with pytest.raises(services.AttemptSuperseded):
-        services.record_events(claim.run.pk, first, [Metrics(step=3, values={"reward/mean": -1.0})])
-    services.record_events(claim.run.pk, second.attempt.pk, [Metrics(step=3, values={"reward/mean": 0.9})])
+    with pytest.raises(attempts.AttemptSuperseded):
+        telemetry.record_events(claim.run.pk, first, [Metrics(step=3, values={"reward/mean": -1.0})])
+    telemetry.record_events(claim.run.pk, second.attempt.pk, [Metrics(step=3, values={"reward/mean": 0.9})])
 
     assert steps_of(claim.run.pk) == [(1, 0.1), (2, 0.2), (3, 0.9)]
 
 
 def write_complete_checkpoint(run_id: int, step: int) -> None:
     """A checkpoint folder as engine.checkpoint lays one out (the parts its reader checks)."""
-    folder = services.run_dir(run_id) / "checkpoints" / f"step-{step:06d}"
+    folder = attempts.run_dir(run_id) / "checkpoints" / f"step-{step:06d}"
     (folder / "model").mkdir(parents=True)
     (folder / "trainer_state.pt").write_bytes(b"s" * 100)
     (folder / "checkpoint.json").write_text(json.dumps({"step": step, "metrics": {"val/acc/mean@1": 0.5}}))
@@ -153,9 +153,9 @@ def test_a_checkpoint_written_but_never_reported_is_where_the_next_attempt_resum
     # step 4 and died before reporting it. The engine resumes from the newest folder on
     # disk (step 4), so steps 3 and 4 must stay and only what follows step 4 goes.
     first = claim.attempt.pk
-    services.record_events(claim.run.pk, first, [Metrics(step=s, values={"reward/mean": s / 10}) for s in (1, 2, 3, 4)])
+    telemetry.record_events(claim.run.pk, first, [Metrics(step=s, values={"reward/mean": s / 10}) for s in (1, 2, 3, 4)])
     write_complete_checkpoint(claim.run.pk, 2)
-    services.record_events(claim.run.pk, first, [CheckpointEvent(step=2, path=str(services.run_dir(claim.run.pk)), metrics={})])
+    telemetry.record_events(claim.run.pk, first, [CheckpointEvent(step=2, path=str(attempts.run_dir(claim.run.pk)), metrics={})])
     write_complete_checkpoint(claim.run.pk, 4)
     give_up(claim.run.pk)
 

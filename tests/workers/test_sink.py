@@ -6,7 +6,9 @@ from django.contrib.auth import get_user_model
 
 from engine.events import Heartbeat, LengthHistogram, Metrics, Status
 from runs.models import MetricPoint, Run, RunEvent, RunStatus
-from runs.services import claim_run, create_run, transition
+from runs.attempts import claim_run
+from runs.launch import create_run
+from runs.lifecycle import transition
 from workers.attempt import AttemptFence
 from workers.sink import DatabaseSink
 

@@ -3,7 +3,7 @@ service, shape the answer. Anyone signed in reads; only site admins write (403 n
 why, from quotas.services.check_can_manage_quotas)."""
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db.models import ProtectedError, QuerySet
+from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import permissions, serializers, viewsets
@@ -21,7 +21,6 @@ from quotas.api.serializers import (
     UsageRowSerializer,
 )
 from quotas.models import Pool, Quota
-from rollyard.errors import Conflict
 
 
 class StaffWritesOnly(permissions.BasePermission):
@@ -48,10 +47,7 @@ class LimitsViewSet(viewsets.ModelViewSet):
         self._save(serializer.instance)
 
     def perform_destroy(self, instance: Pool | Quota) -> None:
-        try:
-            services.delete_pool_or_quota(self.request.user, instance)
-        except ProtectedError:
-            raise Conflict(f"pool {instance} has runs on record; deactivate it instead (active: false)") from None
+        services.delete_pool_or_quota(self.request.user, instance)  # PoolInUse: a 409 (rollyard.errors)
 
     def _save(self, limits: Pool | Quota) -> Pool | Quota:
         try:

@@ -21,7 +21,7 @@ from engine.spec import SpecError
 from quotas import services as quotas
 from quotas.models import DEFAULT_POOL, DEFAULT_PRIORITY
 from quotas.services import RequestRefused
-from runs import services
+from runs import launch
 from runs.api.filters import RunFilter
 from runs.api.views import launch_team
 from runs.models import Run
@@ -50,7 +50,7 @@ class ValidateSerializer(serializers.Serializer):
 
 
 def check_launch(user, spec_data: dict[str, Any], team, pool: str) -> dict[str, Any]:
-    """The checks a launch passes before anything is stored, in services.create_run's order
+    """The checks a launch passes before anything is stored, in launch.create_run's order
     (NUL characters, catalog references, server paths, the engine's schema, resources,
     the pool and quotas), without storing anything. Returns the resolved spec; raises
     SpecError or RequestRefused with (field, reason) problems.
@@ -58,12 +58,12 @@ def check_launch(user, spec_data: dict[str, Any], team, pool: str) -> dict[str, 
     Kept in step with create_run by hand until services grows one check_launch both call
     (services.py belongs to another engineer today)."""
     team = team or default_team(user)
-    services.check_can_launch(user, team)
-    services.check_no_nul_characters(spec_data, None)
+    launch.check_can_launch(user, team)
+    launch.check_no_nul_characters(spec_data, None)
     data, _ = catalog.resolve_references(user, team, dict(spec_data))
     check_spec_paths(user, data)
     spec = parse_server_spec(data)
-    services.check_launch_resources(spec)
+    launch.check_launch_resources(spec)
     quotas.check_request_fits(user, team, pool, spec.resources.gpus, DEFAULT_PRIORITY)
     return spec.model_dump(mode="json")
 

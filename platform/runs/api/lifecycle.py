@@ -9,7 +9,7 @@ from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from runs import selectors, services
+from runs import launch, selectors
 from runs.api.serializers import (
     CheckpointSerializer,
     DiffQuerySerializer,
@@ -53,7 +53,7 @@ class RunLifecycleActions:
         over its spec. 400 names the problem (no checkpoint at that step, a bad spec)."""
         body = ForkSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        child = services.fork_run(
+        child = launch.fork_run(
             request.user,
             self.get_object(),
             body.validated_data["step"],

@@ -13,7 +13,7 @@ from rest_framework.views import APIView
 
 from accounts.models import Team
 from accounts.permissions import find_team
-from runs import selectors, services
+from runs import launch, lifecycle, selectors
 from runs.api.filters import RunFilter
 from runs.api.lifecycle import RunLifecycleActions
 from runs.api.serializers import (
@@ -49,7 +49,7 @@ class RunViewSet(RunLifecycleActions, mixins.ListModelMixin, mixins.RetrieveMode
         body = RunCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         team = launch_team(request.user, body.validated_data.get("team"))
-        run = services.create_run(
+        run = launch.create_run(
             request.user,
             body.validated_data["spec"],
             name=body.validated_data["name"],
@@ -64,7 +64,7 @@ class RunViewSet(RunLifecycleActions, mixins.ListModelMixin, mixins.RetrieveMode
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str) -> Response:
         """Cancel: a queued run at once, a running one between two steps (409 if finished)."""
-        run = services.request_cancel(request.user, self.get_object())
+        run = lifecycle.request_cancel(request.user, self.get_object())
         return Response(RunDetailSerializer(run).data)
 
     @extend_schema(
