@@ -54,6 +54,10 @@ class LocalRecipe:
         getattr(self._recipe, "close", lambda: None)()
 
 
+# A split placement waits this long for nodes with room for every bundle, then fails the run.
+PLACEMENT_TIMEOUT_S = 120
+
+
 class RayRecipe:
     """The run's recipe in a Ray actor holding the run's CPUs and GPUs. Ray stays up after
     the run: a Celery worker drives many runs, and starting Ray costs seconds each time."""
@@ -71,7 +75,17 @@ class RayRecipe:
         self._ray = ray
         recipe_class = RECIPES.load(spec.orchestration.mode)
         actor_class = ray.remote(num_cpus=spec.resources.cpus, num_gpus=spec.resources.gpus)(recipe_class)
-        self._actor = actor_class.remote(spec)
+        self.placement_group = None
+        options: dict = {}
+        if spec.resources.placement == "split":
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            # Bundle 0 is the trainer's; the rollout workers it starts take bundles 1 … k
+            # (engine.rollout.workers.WorkerPool), each on a node of its own.
+            self.placement_group = ray.util.placement_group(spec.resources.bundles(), strategy="STRICT_SPREAD")
+            ray.get(self.placement_group.ready(), timeout=PLACEMENT_TIMEOUT_S)
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(self.placement_group, 0)
+        self._actor = actor_class.options(**options).remote(spec)
 
     def step(self) -> list[Event]:
         return self._ray.get(self._actor.step.remote())
@@ -89,6 +103,8 @@ class RayRecipe:
 
     def close(self) -> None:
         self._ray.kill(self._actor)
+        if self.placement_group is not None:
+            self._ray.util.remove_placement_group(self.placement_group)
 
 
 EXECUTORS = {"inprocess": LocalRecipe, "ray": RayRecipe}

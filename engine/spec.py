@@ -533,6 +533,23 @@ class ResourcesSpec(_Strict):
     )
     rollout_cpus: int = Field(1, ge=1, le=1024, description="CPU cores of each rollout worker")
     rollout_gpus: int = Field(0, ge=0, le=1024, description="GPUs of each rollout worker")
+    placement: Literal["colocated", "split"] = Field(
+        "colocated",
+        description="executor ray: 'split' puts the trainer and each rollout worker on different Ray nodes (a "
+        "STRICT_SPREAD placement group); 'colocated' lets Ray place them anywhere, one node included",
+    )
+
+    @model_validator(mode="after")
+    def _split_needs_rollout_workers_on_ray(self) -> "ResourcesSpec":
+        if self.placement == "split" and (self.executor != "ray" or self.rollout_workers < 1):
+            raise ValueError("placement 'split' needs executor 'ray' and at least one rollout worker")
+        return self
+
+    def bundles(self) -> list[dict[str, float]]:
+        """Ray placement-group bundles: the trainer's, then one per rollout worker."""
+        trainer = {"CPU": self.cpus, "GPU": self.gpus}
+        worker = {"CPU": self.rollout_cpus, "GPU": self.rollout_gpus}
+        return [{k: v for k, v in bundle.items() if v} for bundle in [trainer] + [worker] * self.rollout_workers]
 
 
 class BackendsSpec(_Strict):

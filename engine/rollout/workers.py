@@ -175,7 +175,10 @@ class WorkerPool:
 
             self._ray = ray
             actor = ray.remote(num_cpus=resources.rollout_cpus, num_gpus=resources.rollout_gpus)(RolloutWorker)
-            self._workers = [actor.remote(spec, index, own_process=True) for index in range(len(self.names))]
+            self._workers = [
+                actor.options(**_placed(resources, index)).remote(spec, index, own_process=True)
+                for index in range(len(self.names))
+            ]
         else:
             self._workers = [RolloutWorker(spec, index) for index in range(len(self.names))]
 
@@ -219,3 +222,14 @@ class WorkerPool:
         else:
             for worker in self._workers:
                 self._ray.kill(worker)
+
+
+def _placed(resources: Any, index: int) -> dict[str, Any]:
+    """Ray options of rollout worker `index`: under a split placement, bundle index + 1 of
+    the placement group the trainer's actor runs in (engine.orchestration.RayRecipe)."""
+    if resources.placement != "split":
+        return {}
+    from ray.util import get_current_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(get_current_placement_group(), index + 1)}
