@@ -69,9 +69,19 @@ def imports_of(path: Path, module: str) -> list[tuple[int, str]]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
-            # `from runs import lifecycle` imports runs.lifecycle: judge the module itself.
-            found += [(node.lineno, f"{base}.{alias.name}" if layer_of(f"{base}.{alias.name}") is not None else base) for alias in node.names]
+            # `from rollyard import dispatch` imports the module rollyard.dispatch (base),
+            # not the package (project): judge a named module itself.
+            found += [(node.lineno, _module_or_package(base, alias.name)) for alias in node.names]
     return found
+
+
+def _module_or_package(package: str, name: str) -> str:
+    """`package.name` when that is a module of ours, else `package` (a name defined in it)."""
+    relative = Path(*f"{package}.{name}".split("."))
+    for root in (REPO, REPO / "platform"):
+        if (root / relative).with_suffix(".py").is_file() or (root / relative / "__init__.py").is_file():
+            return f"{package}.{name}"
+    return package
 
 
 def violations() -> list[str]:
@@ -82,7 +92,7 @@ def violations() -> list[str]:
             own = layer_of(module)
             if own is None:
                 continue
-            for line, imported in imports_of(path, module):
+            for line, imported in sorted(set(imports_of(path, module))):
                 theirs = layer_of(imported)
                 if theirs is not None and theirs > own:
                     wrong.append(
@@ -104,5 +114,9 @@ def test_the_check_sees_an_import_against_the_order(tmp_path):
     code = tmp_path / "admission.py"
     code.write_text("from runs import lifecycle\n\ndef f():\n    from workers.capacity import cluster_free_gpus\n")
     assert imports_of(code, "quotas.admission") == [(1, "runs.lifecycle"), (4, "workers.capacity")]
-    code.write_text("from . import models\nfrom ..accounts import services\n")
-    assert imports_of(code, "quotas.admission") == [(1, "quotas.models"), (2, "accounts.services")]
+    code.write_text("from . import models\nfrom ..accounts import services\nfrom rollyard import dispatch, settings\n")
+    found = imports_of(code, "quotas.admission")
+    assert found == [(1, "quotas.models"), (2, "accounts.services"), (3, "rollyard.dispatch"), (3, "rollyard.settings")]
+    # Of these, only the import of runs, the workers and the project's settings go up.
+    above = [name for _, name in found + [(1, "runs.lifecycle"), (4, "workers.capacity")] if layer_of(name) > layer_of("quotas")]
+    assert above == ["rollyard.settings", "runs.lifecycle", "workers.capacity"]
