@@ -5,6 +5,7 @@ main view go to docs/screenshots/ (shown in the README)."""
 
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,13 @@ FORM_FIELDS = {
 
 def points(page, chart: str) -> int:
     return int(page.locator(f"#{chart}").get_attribute("data-points") or 0)
+
+
+def wait_until_started(run_id: int, timeout_s: float = 300) -> Run:
+    deadline = time.monotonic() + timeout_s
+    while (run := Run.objects.get(pk=run_id)).status == "queued" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return run
 
 
 def shoot(page, name: str) -> None:
@@ -73,6 +81,10 @@ def test_launch_through_the_form_watch_drill_down_cancel_and_compare(live_stack,
         run = Run.objects.get(name="form-launched")
         assert run.spec["rollout"]["max_new_tokens"] == 32 and run.spec["algorithm"]["name"] == "dr_grpo"
         assert run.total_steps == 5
+
+        # The worker picks it up; a run that fails says why here rather than as a chart timeout.
+        started = wait_until_started(run.id)
+        assert started.status != "failed", f"the run failed: {started.status_reason}"
 
         # Live: the learning charts grow over the websocket, no reload.
         page.click("#tab-learning")
