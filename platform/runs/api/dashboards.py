@@ -55,8 +55,8 @@ def check_launch(user, spec_data: dict[str, Any], team, pool: str) -> dict[str, 
     the pool and quotas), without storing anything. Returns the resolved spec; raises
     SpecError or RequestRefused with (field, reason) problems.
 
-    Kept in step with create_run by hand until services grows one check_launch both call
-    (services.py belongs to another engineer today)."""
+    Kept in step with create_run by hand until runs.launch grows one check_launch that
+    both call (runs.launch belongs to another engineer today)."""
     team = team or default_team(user)
     launch.check_can_launch(user, team)
     launch.check_no_nul_characters(spec_data, None)
