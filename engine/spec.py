@@ -7,7 +7,7 @@ strategies, recipes, generation and training backends), never from a second list
 """
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -555,21 +555,35 @@ class ResourcesSpec(_Strict):
 class BackendsSpec(_Strict):
     generation: str = Field("torch", description="the generation backend: torch (continuous batching) or vllm")
     training: str = Field("torch", description="the training backend: torch (one device) or deepspeed (ZeRO)")
-    # vllm only
-    kv_cache_gb: float = Field(1.0, gt=0, le=4096, description="vllm: GiB of KV cache the engine reserves")
-    tensor_parallel_size: int = Field(1, ge=1, le=64, description="vllm: GPUs one generation engine spans")
-    # deepspeed only
-    zero_stage: int = Field(0, ge=0, le=3, description="deepspeed: ZeRO stage 0-3 (what is sharded across ranks)")
+    # Options of one backend each: unset (null) under the other backends, so a stored,
+    # resolved spec parses back to itself; the chosen backend's are filled in.
+    kv_cache_gb: float | None = Field(None, gt=0, le=4096, description="vllm: GiB of KV cache the engine reserves; default 1")
+    tensor_parallel_size: int | None = Field(None, ge=1, le=64, description="vllm: GPUs one generation engine spans; default 1")
+    zero_stage: int | None = Field(
+        None, ge=0, le=3, description="deepspeed: ZeRO stage 0-3 (what is sharded across ranks); default 0"
+    )
+
+    # (option, its backend, the section field naming the backend, its default)
+    OPTIONS: ClassVar[tuple[tuple[str, str, str, Any], ...]] = (
+        ("kv_cache_gb", "vllm", "generation", 1.0),
+        ("tensor_parallel_size", "vllm", "generation", 1),
+        ("zero_stage", "deepspeed", "training", 0),
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_the_chosen_backends_options(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        chosen = {"generation": data.get("generation", "torch"), "training": data.get("training", "torch")}
+        filled = {name: default for name, backend, side, default in cls.OPTIONS if chosen[side] == backend}
+        return filled | {key: value for key, value in data.items() if value is not None}
 
     @model_validator(mode="after")
     def _options_of_the_chosen_backends(self) -> "BackendsSpec":
         """An option of a backend the spec does not use would silently do nothing."""
-        for name, backend, side in (
-            ("kv_cache_gb", "vllm", self.generation),
-            ("tensor_parallel_size", "vllm", self.generation),
-            ("zero_stage", "deepspeed", self.training),
-        ):
-            if name in self.model_fields_set and side != backend:
+        for name, backend, side, _ in self.OPTIONS:
+            if getattr(self, name) is not None and getattr(self, side) != backend:
                 raise ValueError(f"{name} applies to the {backend} backend only")
         if self.zero_stage == 3 and self.generation == "torch":
             # The torch generation backend decodes with the trainer's own module, whose

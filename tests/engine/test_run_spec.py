@@ -112,3 +112,25 @@ def test_a_path_the_file_system_cannot_look_up_is_a_spec_error_naming_the_field(
     with pytest.raises(SpecError) as refused:
         parse_spec({section: {field: too_long}})
     assert refused.value.problems == [(f"{section}.{field}", "cannot look this path up: File name too long")]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {},
+        {"algorithm": {"name": "dapo"}},
+        {"curriculum": {"strategy": "easy_to_hard"}},
+        {"curriculum": {"strategy": "cures"}},
+        {"curriculum": {"strategy": "dars"}},
+        {"rollout": {"strategy": "april"}},
+        {"orchestration": {"mode": "async"}, "resources": {"rollout_workers": 1}},
+        {"backends": {"generation": "vllm"}},
+        {"backends": {"training": "deepspeed", "zero_stage": 2}},
+    ],
+    ids=lambda data: ",".join(f"{k}={v}" for k, v in data.items()) or "defaults",
+)
+def test_a_stored_resolved_spec_parses_back_to_itself(data):
+    # The platform stores the resolved spec and the worker parses it again at claim: a
+    # resolved field that the schema then refused would fail every run at start.
+    spec = parse_spec(data)
+    assert parse_spec(spec.model_dump(mode="json")) == spec
