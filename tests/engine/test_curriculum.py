@@ -129,7 +129,8 @@ def test_a_sampler_continues_from_its_state_dict():
 @pytest.mark.parametrize(
     ("curriculum", "field", "reason"),
     [
-        ({"strategy": "cures"}, "curriculum.strategy", "choose one of: easy_to_hard, uniform"),
+        # Every registered sampler is offered (the registry grows: CurES, DARS, …).
+        ({"strategy": "nope"}, "curriculum.strategy", "choose one of: " + ", ".join(SAMPLERS.names())),
         ({"strategy": "easy_to_hard", "start_quantile": 0}, "curriculum.start_quantile", "greater than 0"),
         ({"strategy": "easy_to_hard", "start_quantile": 1.5}, "curriculum.start_quantile", "less than or equal to 1"),
         ({"strategy": "easy_to_hard", "ramp_steps": 0}, "curriculum.ramp_steps", "greater than or equal to 1"),
