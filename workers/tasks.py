@@ -5,9 +5,9 @@ import os
 import socket
 import sys
 
-from workers.attempt import AttemptFence, AttemptHeartbeat
 from rollyard.celery import app
 from rollyard.task_names import ADMIT_RUNS, APPLY_CHECKPOINT_RETENTION, EXECUTE_RUN, RECONCILE_RUNS
+from workers.attempt import AttemptFence, AttemptHeartbeat
 from workers.sink import DatabaseSink
 
 logger = logging.getLogger(__name__)
@@ -69,8 +69,9 @@ def execute_run(run_id: int) -> str:
         if trainer_lost(exc):
             # The worker is fine, the trainer's process died (killed, out of memory): the
             # run goes on from its last checkpoint as for a lost worker, on this worker or
-            # another.
-            ended = fence.call(give_up_attempt, claim.attempt.pk, f"trainer lost: {describe(exc)}")
+            # another. Ray's message runs over several lines; the first one says it.
+            cause = f"trainer lost: {describe(exc).splitlines()[0]}"
+            ended = fence.call(give_up_attempt, claim.attempt.pk, cause)
             logger.warning("run %s: %s", run_id, ended.status_reason if ended else "trainer lost, attempt superseded")
             return "trainer lost"
         logger.exception("run %s failed", run_id)
