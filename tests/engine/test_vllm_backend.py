@@ -206,3 +206,17 @@ def test_an_in_place_update_generates_what_a_fresh_load_generates(backend, model
     assert after.token_ids == expected.token_ids != before.token_ids
     assert torch.allclose(torch.tensor(after.logprobs), torch.tensor(expected.logprobs), atol=1e-4)
     assert after.versions == [3] * 16
+
+
+@needs_vllm
+@pytest.mark.gpu(reason="upstream vLLM on CUDA: the same backend, the model on the GPU")
+def test_on_a_gpu_vllm_decodes_greedily_like_the_torch_backend(model):
+    on_gpu = copy.deepcopy(model).cuda()
+    engine = VllmBackend(copy.deepcopy(on_gpu), kv_cache_gb=1)
+    try:
+        sample = one(engine, Request("g", PROMPT, greedy(20)))
+    finally:
+        engine.close()
+    assert sample.token_ids == torch_greedy(on_gpu, PROMPT, 20)
+    expected = recomputed_logprobs(on_gpu, PROMPT, sample.token_ids).cpu()
+    assert torch.allclose(torch.tensor(sample.logprobs), expected, atol=1e-4)
