@@ -2,6 +2,7 @@
 `python -m engine.warmstart`) and the file check every model folder passes (torch-free,
 so spec validation can run it)."""
 
+import errno
 from pathlib import Path
 
 from engine.registry import Registry
@@ -34,6 +35,13 @@ def missing_model_files(folder: Path) -> list[str]:
     return missing
 
 
+def lookup_failure(exc: BaseException) -> str:
+    """Why a path cannot be looked up, without the path (the field names it)."""
+    if getattr(exc, "errno", None) == errno.ENAMETOOLONG:
+        return "a name in this path is longer than the file system allows (255 bytes per name)"
+    return f"cannot look this path up: {getattr(exc, 'strerror', None) or exc}"
+
+
 def check_model_folder(path: str) -> Path:
     """The local folder of a spec's model path, or ValueError naming what is missing."""
     if path.startswith(BUILTIN_PREFIX):
@@ -46,7 +54,7 @@ def check_model_folder(path: str) -> Path:
             raise ValueError(f"no model folder at {str(folder)!r}")
         missing = missing_model_files(folder)
     except OSError as exc:  # e.g. a name longer than the file system allows
-        raise ValueError(f"cannot look this path up: {exc.strerror or exc}") from None
+        raise ValueError(lookup_failure(exc)) from None
     if missing:
         raise ValueError(f"the model folder {str(folder)!r} lacks " + ", ".join(missing))
     return folder

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from engine.algorithms import ALGORITHMS, Advantage, Aggregation, KLEstimator, KLPlacement, PolicyLoss, RatioLevel
-from engine.assets import BUILTIN_PREFIX, check_model_folder
+from engine.assets import BUILTIN_PREFIX, check_model_folder, lookup_failure
 from engine.data import AnswerFormat, DatasetError, DatasetFormat, check_template, detect_format
 from engine.inference import GENERATION_BACKENDS
 from engine.recipes import RECIPES
@@ -89,7 +89,7 @@ def path_exists(path: Path, refuse: bool = False) -> bool:
         return path.exists()
     except (OSError, ValueError) as exc:
         if refuse:
-            raise ValueError(f"cannot look this path up: {getattr(exc, 'strerror', None) or exc}") from None
+            raise ValueError(lookup_failure(exc)) from None
         return False
 
 

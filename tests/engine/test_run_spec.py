@@ -111,7 +111,9 @@ def test_a_path_the_file_system_cannot_look_up_is_a_spec_error_naming_the_field(
     too_long = str(tmp_path / ("x" * 300))
     with pytest.raises(SpecError) as refused:
         parse_spec({section: {field: too_long}})
-    assert refused.value.problems == [(f"{section}.{field}", "cannot look this path up: File name too long")]
+    assert refused.value.problems == [
+        (f"{section}.{field}", "a name in this path is longer than the file system allows (255 bytes per name)")
+    ]
 
 
 @pytest.mark.parametrize(
