@@ -72,18 +72,25 @@ def test_the_spec_holds_samples_per_step_fixed_and_cuts_micro_batches_to_the_bud
         parse_spec({"rollout": {"memory_budget_mb": 8}})
 
 
-# One step in a fresh process: its peak resident memory (ru_maxrss, which only grows)
-# less what the process held once the recipe was built and its model loaded.
+# One step in a fresh process: the peak resident memory during the step (the kernel's
+# high-water mark, reset to the current size once the recipe is built and its model
+# loaded: "5" in /proc/self/clear_refs) less what the process held then. Reset, because
+# whatever building the recipe briefly held must not count as the step's.
 MEASURE = """
-import json, resource, sys
-import psutil
+import json, sys
+from pathlib import Path
 from engine.recipes.sync import SyncRecipe
 from engine.spec import parse_spec
 
+def status_kib(field):
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field + ":"))
+    return int(line.split()[1])
+
 recipe = SyncRecipe(parse_spec(json.loads(sys.argv[1])))
-before = psutil.Process().memory_info().rss
+Path("/proc/self/clear_refs").write_text("5")
+before = status_kib("VmRSS") * 1024
 values = recipe.step()[0].values
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = status_kib("VmHWM") * 1024
 backend = recipe.collector.backend
 print(json.dumps({"grown": peak - before, "slots": backend.max_slots, "micro": recipe.spec.training.micro_batch_tokens,
                   "generated": values["perf/generated_tokens"], "trained": values["perf/trained_tokens"]}))
@@ -120,7 +127,7 @@ def test_brorl_raises_held_out_accuracy_on_the_built_in_task():
     """Broad exploration at test_learning's budget: 128 samples a step as 2 prompts × 64,
     16 steps within a 128 MiB budget, must beat step 0 by more than 3 standard errors."""
     before, after, margin, sink = techniques.held_out_gain(
-        {"rollout": {"samples_per_step": 128, "n": 64, "memory_budget_mb": 128}}
+        {"rollout": {"samples_per_step": 128, "n": 64, "prompts_per_step": 2, "memory_budget_mb": 128}}
     )
     print(f"brorl n=64: val/acc/mean@1 {before:.3f} -> {after:.3f} (needs > +{margin:.3f})")
     assert after - before > margin

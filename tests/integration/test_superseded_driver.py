@@ -123,8 +123,10 @@ def test_a_superseded_driver_stops_before_its_next_checkpoint_and_writes_nothing
 
 def test_a_step_longer_than_the_heartbeat_timeout_is_not_taken_for_a_dead_worker(platform, settings):
     settings.ROLLYARD_HEARTBEAT_TIMEOUT_S = 1.0  # the driver beats every 0.2 s
-    # Evaluations of 48 prompts before step 1 and after step 2: each takes seconds here.
-    spec = {**SMALL, "training": {"steps": 2, "eval_every": 0, "checkpoint_every": 0}, "dataset": {"eval_size": 48}}
+    # Evaluations of 512 prompts before step 1 and after step 2: each takes longer than
+    # the timeout even on a quiet machine (48 took under a second there; the premise below
+    # failed with them).
+    spec = {**SMALL, "training": {"steps": 2, "eval_every": 0, "checkpoint_every": 0}, "dataset": {"eval_size": 512}}
     run_id = launch(spec, platform)
     driver, result = drive_in_a_thread(run_id)
 
