@@ -49,7 +49,7 @@ DEADLINE_S = 100  # every scenario stops by itself well within two minutes
 # --- 1. admission storm ------------------------------------------------------------------------
 
 
-def _in_threads(target: Callable[[int], None], count: int, start: threading.Barrier, errors: list[str]) -> list[threading.Thread]:
+def in_threads(target: Callable[[int], None], count: int, start: threading.Barrier, errors: list[str]) -> list[threading.Thread]:
     from django.db import connection
 
     def body(index: int) -> None:
@@ -126,8 +126,8 @@ def admission_storm(prefix: str) -> dict[str, Any]:
 
     launches = LAUNCH_USERS * LAUNCHES_PER_USER
     barrier = threading.Barrier(launches + SWEEPERS)
-    launchers = _in_threads(launch, launches, barrier, errors)
-    sweepers = _in_threads(sweep_until(launches_done), SWEEPERS, barrier, errors)
+    launchers = in_threads(launch, launches, barrier, errors)
+    sweepers = in_threads(sweep_until(launches_done), SWEEPERS, barrier, errors)
     for thread in launchers:
         thread.join()
     launch_s = time.perf_counter() - started
@@ -155,7 +155,7 @@ def admission_storm(prefix: str) -> dict[str, Any]:
         finished.set()
 
     barrier = threading.Barrier(SWEEPERS + SWEEPERS)
-    threads = _in_threads(finish, SWEEPERS, barrier, errors) + _in_threads(sweep_until(finished), SWEEPERS, barrier, errors)
+    threads = in_threads(finish, SWEEPERS, barrier, errors) + in_threads(sweep_until(finished), SWEEPERS, barrier, errors)
     for thread in threads:
         thread.join()
     total_s = time.perf_counter() - started

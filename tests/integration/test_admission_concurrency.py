@@ -28,6 +28,7 @@ from django.db import connection
 
 from accounts.models import Role, Team
 from accounts.services import add_member
+from bench.load import in_threads, most_gpus_ever_held
 from runs import admission
 from runs.admission import admit_queued_runs
 from quotas.models import Accelerator, Allocation, Pool, Quota
@@ -51,38 +52,6 @@ def enqueued(monkeypatch) -> list[int]:
     monkeypatch.setattr("rollyard.dispatch.enqueue_run", calls.append)  # list.append is atomic
     monkeypatch.setattr("rollyard.dispatch.request_admission", lambda pool_id=None: admit_queued_runs(pool_id))
     return calls
-
-
-def in_threads(target: Callable[[int], None], count: int, start: threading.Barrier, errors: list) -> list[threading.Thread]:
-    def body(index: int) -> None:
-        try:
-            start.wait()
-            target(index)
-        except Exception as exc:  # collected, so the test fails naming it
-            errors.append(repr(exc))
-        finally:
-            connection.close()  # this thread's own connection
-
-    threads = [threading.Thread(target=body, args=(index,)) for index in range(count)]
-    for thread in threads:
-        thread.start()
-    return threads
-
-
-def most_gpus_ever_held(pool: Pool) -> int:
-    """The peak of GPUs held at once in the pool, replayed from the ledger. A sweep stamps
-    admitted_at after it saw the release that freed the GPUs committed, so at equal times
-    the release comes first."""
-    changes = []
-    for allocation in Allocation.objects.filter(pool=pool, admitted_at__isnull=False):
-        changes.append((allocation.admitted_at, 1, allocation.gpus))
-        if allocation.released_at is not None:
-            changes.append((allocation.released_at, 0, -allocation.gpus))
-    held = peak = 0
-    for _, _, delta in sorted(changes):
-        held += delta
-        peak = max(peak, held)
-    return peak
 
 
 def sessions_waiting_on_a_lock() -> int:
@@ -153,7 +122,7 @@ def test_a_sweep_started_while_another_has_planned_waits_for_its_commit(enqueued
 
     assert errors == []
     assert admitted == {"sweep-A": [first.pk], "sweep-B": []}, admitted
-    assert most_gpus_ever_held(pool) == 1
+    assert most_gpus_ever_held(Allocation.objects.filter(pool=pool)) == 1
     assert Run.objects.get(pk=second.pk).status == RunStatus.QUEUED
     waiting = {decision.allocation.run_id: decision.reason for decision in admission.plan_pool(pool)}
     assert waiting[second.pk].startswith("pool a100 full: 1/1")
@@ -200,7 +169,7 @@ def test_simultaneous_launches_and_sweeps_never_admit_more_than_the_team_quota(e
     held = Allocation.objects.filter(pool=pool, admitted_at__isnull=False, released_at__isnull=True)
     assert sum(held.values_list("gpus", flat=True)) == TEAM_QUOTA_GPUS
     assert Run.objects.filter(status=RunStatus.ADMITTED).count() == TEAM_QUOTA_GPUS
-    assert most_gpus_ever_held(pool) == TEAM_QUOTA_GPUS
+    assert most_gpus_ever_held(Allocation.objects.filter(pool=pool)) == TEAM_QUOTA_GPUS
 
     # 2. Admitted runs run and finish while sweeps race the releases, until all are done.
     all_done = threading.Event()
@@ -231,5 +200,5 @@ def test_simultaneous_launches_and_sweeps_never_admit_more_than_the_team_quota(e
     admissions = Counter(RunStatusChange.objects.filter(to_status=RunStatus.ADMITTED).values_list("run_id", flat=True))
     assert sorted(admissions.values()) == [1] * LAUNCHERS
     assert sorted(enqueued) == sorted(Run.objects.values_list("pk", flat=True))
-    assert most_gpus_ever_held(pool) == TEAM_QUOTA_GPUS
+    assert most_gpus_ever_held(Allocation.objects.filter(pool=pool)) == TEAM_QUOTA_GPUS
     assert not Allocation.objects.filter(released_at__isnull=True).exists()
