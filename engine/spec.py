@@ -562,12 +562,20 @@ class BackendsSpec(_Strict):
     zero_stage: int | None = Field(
         None, ge=0, le=3, description="deepspeed: ZeRO stage 0-3 (what is sharded across ranks); default 0"
     )
+    data_parallel: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="deepspeed: trainer ranks, each a process training on its shard of every mini-batch "
+        "(gradients averaged); on GPUs one per GPU, resources.gpus; on the CPU default 1",
+    )
 
     # (option, its backend, the section field naming the backend, its default)
     OPTIONS: ClassVar[tuple[tuple[str, str, str, Any], ...]] = (
         ("kv_cache_gb", "vllm", "generation", 1.0),
         ("tensor_parallel_size", "vllm", "generation", 1),
         ("zero_stage", "deepspeed", "training", 0),
+        ("data_parallel", "deepspeed", "training", None),  # resolved from resources.gpus (RunSpec)
     )
 
     @model_validator(mode="before")
@@ -699,6 +707,23 @@ class RunSpec(_Strict):
                 "leave rollout.strategy unset or set algorithm.dynamic_sampling: false"
             )
         return rollout
+
+    @field_validator("backends")
+    @classmethod
+    def _data_parallel_ranks_fit_the_gpus(cls, backends: BackendsSpec, info: ValidationInfo) -> BackendsSpec:
+        """deepspeed's ranks: one per GPU on GPUs (resources.gpus), else data_parallel or 1."""
+        resources = info.data.get("resources")
+        if backends.training != "deepspeed" or resources is None:
+            return backends
+        ranks = backends.data_parallel
+        if resources.gpus:
+            if ranks not in (None, resources.gpus):
+                raise ValueError(
+                    f"data_parallel ({ranks}) must equal resources.gpus ({resources.gpus}): one rank per GPU; "
+                    "leave it unset"
+                )
+            ranks = resources.gpus
+        return backends.model_copy(update={"data_parallel": ranks or 1})
 
     @field_validator("orchestration")
     @classmethod

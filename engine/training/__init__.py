@@ -12,11 +12,14 @@ owns the policy's weights and optimiser and offers (engine.training.torch_backen
     state_dict() / load_state_dict(), save_model(folder) / load_model(folder)
 
 - `torch`: plain PyTorch on one device (CPU or a GPU).
-- `deepspeed`: DeepSpeed ZeRO 0-3 (engine.training.deepspeed_backend); gloo on the CPU.
+- `deepspeed`: DeepSpeed ZeRO 0-3 (engine.training.deepspeed_backend); gloo on the CPU;
+  `backends.data_parallel` ranks, one per GPU on GPUs (engine.training.data_parallel).
 """
 
 from engine.registry import Registry
 
 TRAINING_BACKENDS: Registry = Registry("training backend")
 TRAINING_BACKENDS.register("torch", "engine.training.torch_backend:TorchTrainingBackend")
-TRAINING_BACKENDS.register("deepspeed", "engine.training.deepspeed_backend:DeepSpeedTrainingBackend")
+TRAINING_BACKENDS.register("deepspeed", "engine.training.data_parallel:deepspeed_backend")
+# The backends that train on more than one device (the platform refuses more GPUs for the others).
+MULTI_DEVICE_BACKENDS = frozenset({"deepspeed"})

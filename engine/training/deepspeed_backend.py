@@ -18,7 +18,9 @@ log-probs, loss and statistics (engine.training.torch_backend), and:
   and, beside it, `deepspeed/` holds DeepSpeed's own checkpoint (module, optimiser and
   fp32 master partitions), from which `load_model` resumes.
 
-Single process here: rank 0 of a world of one unless the launcher set RANK/WORLD_SIZE.
+One process is rank 0 of a world of one; `backends.data_parallel: N` runs N of these as
+ranks in child processes behind a coordinator (engine.training.data_parallel), each on its
+shard of every mini-batch.
 """
 
 import os
@@ -58,9 +60,10 @@ class DeepSpeedTrainingBackend(TorchTrainingBackend):
         _single_process_environment()
         import deepspeed
 
-        if os.environ["WORLD_SIZE"] == "1":
-            # The shared-memory all-reduce op is for ranks on one host; alone it only costs a
-            # native build at the first initialise (about 3 minutes on 2 cores).
+        if os.environ["WORLD_SIZE"] == "1" or not torch.cuda.is_available():
+            # The shared-memory all-reduce op speeds up CPU ranks on one host, at the price
+            # of a native build at the first initialise (about 3 minutes on 2 cores); alone
+            # it is of no use, and gloo's all-reduce serves the CPU's few ranks.
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
         self.zero_stage = spec.backends.zero_stage
@@ -83,29 +86,55 @@ class DeepSpeedTrainingBackend(TorchTrainingBackend):
 
     def optimizer_step(self, mini_batch: Sequence[Rollout], loss, statistics: UpdateStatistics) -> None:
         """TorchTrainingBackend.optimizer_step through DeepSpeed's engine."""
-        training = self.spec.training
-        engine = self.engine
         num_tokens = sum(len(item.token_ids) - item.trained_from for item in mini_batch)
-        parts = micro_batches(mini_batch, training.micro_batch_tokens)
-        for index, micro_batch in enumerate(parts):
+        parts = [(part, 1.0) for part in micro_batches(mini_batch, self.spec.training.micro_batch_tokens)]
+        sums, trained_tokens, grad_norm = self.accumulate_and_step(
+            parts, loss, len(mini_batch), num_tokens, self.reference is not None
+        )
+        for name, amount in sums.items():
+            statistics.sums[name] = statistics.sums.get(name, 0.0) + amount
+        statistics.trained_tokens += trained_tokens
+        statistics.sums["grad_norm"] += grad_norm
+        statistics.steps += 1
+
+    def accumulate_and_step(
+        self,
+        parts: Sequence[tuple[Sequence[Rollout], float]],
+        loss,
+        num_rollouts: int,
+        num_tokens: int,
+        with_reference: bool,
+    ) -> tuple[dict[str, float], int, float]:
+        """One optimiser step over micro-batches `parts`, each with its weight (1, or 0
+        for a rank's filler: engine.training.data_parallel), the loss normalised by the
+        whole mini-batch's `num_rollouts` and `num_tokens`. DeepSpeed averages gradients
+        over the ranks, so each rank's loss (the sum over its shard of the mini-batch's
+        loss) is scaled by the world size: the averaged gradient is the mini-batch's.
+        Returns this rank's loss sums, its trained tokens and the global gradient norm."""
+        engine = self.engine
+        scale = float(engine.dp_world_size)
+        sums: dict[str, float] = {}
+        trained_tokens = 0
+        for index, (micro_batch, weight) in enumerate(parts):
             engine.set_gradient_accumulation_boundary(index == len(parts) - 1)
-            batch = collate(micro_batch, self.tokenizer.pad_token_id, self.device, self.reference is not None)
+            batch = collate(micro_batch, self.tokenizer.pad_token_id, self.device, with_reference)
             logits = engine(input_ids=batch.input_ids).logits.float()
-            value, sums = loss(logits[:, :-1], batch.input_ids[:, 1:], batch, len(mini_batch), num_tokens)
-            engine.backward(value, scale_wrt_gas=False)
-            for name, amount in sums.items():
-                statistics.sums[name] = statistics.sums.get(name, 0.0) + amount
-            statistics.trained_tokens += sum(len(item.prompt_ids) + len(item.token_ids) for item in micro_batch)
+            value, micro_sums = loss(logits[:, :-1], batch.input_ids[:, 1:], batch, num_rollouts, num_tokens)
+            engine.backward(value * (weight * scale), scale_wrt_gas=False)  # × 1.0 alone is exact
+            if weight:
+                for name, amount in micro_sums.items():
+                    sums[name] = sums.get(name, 0.0) + amount
+                trained_tokens += sum(len(item.prompt_ids) + len(item.token_ids) for item in micro_batch)
         if self.zero_stage == 0 and not engine.bfloat16_enabled():
-            # DeepSpeed's plain fp32 path clips without keeping the norm: measure it first.
+            # DeepSpeed's plain fp32 path clips without keeping the norm: measure it first
+            # (the gradients are already averaged over the ranks at the boundary's backward).
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
             grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
         engine.step()
         if self.zero_stage or engine.bfloat16_enabled():
             grad_norm = float(engine.get_global_grad_norm())
-        statistics.sums["grad_norm"] += grad_norm
-        statistics.steps += 1
         self.version += 1
+        return sums, trained_tokens, grad_norm
 
     # ----------------------------------------------------------------- weights
     def weights(self) -> Mapping[str, torch.Tensor]:
@@ -119,9 +148,12 @@ class DeepSpeedTrainingBackend(TorchTrainingBackend):
             return {name: tensor.detach().clone() for name, tensor in self.model.state_dict().items()}
 
     def save_model(self, folder: Path) -> None:
-        """The Hugging Face folder, and DeepSpeed's checkpoint beside it."""
-        self.model.save_pretrained(folder, state_dict=dict(self.weights()))
-        self.tokenizer.save_pretrained(folder)
+        """The Hugging Face folder (rank 0 writes it), and DeepSpeed's checkpoint beside it
+        (every rank writes its own partitions). Every rank calls this: stage 3 gathers."""
+        weights = dict(self.weights())
+        if self.engine.global_rank == 0:
+            self.model.save_pretrained(folder, state_dict=weights)
+            self.tokenizer.save_pretrained(folder)
         self.engine.save_checkpoint(str(Path(folder).parent / DEEPSPEED_DIR), tag=TAG)
 
     def load_model(self, folder: Path) -> None:

@@ -166,3 +166,94 @@ def test_a_run_with_vllm_generation_and_zero_2_trains_checkpoints_and_resumes(tm
     samples = [event for event in second.of_kind("samples") if event.split == "train"]
     assert [event.step for event in samples] == [3]
     assert {record.first_version for event in samples for record in event.samples} == {2}
+
+
+# --------------------------------------------------------------------- data parallel
+def test_the_spec_resolves_data_parallel_ranks_from_the_gpus():
+    assert parse_spec({"backends": {"training": "deepspeed"}}).backends.data_parallel == 1
+    assert parse_spec({"backends": {"training": "deepspeed", "data_parallel": 2}}).backends.data_parallel == 2
+    on_gpus = parse_spec({"backends": {"training": "deepspeed"}, "resources": {"gpus": 4}})
+    assert on_gpus.backends.data_parallel == 4  # one rank per GPU
+    assert parse_spec(on_gpus.model_dump(mode="json")) == on_gpus  # the stored spec parses back to itself
+    for backends, resources, reason in (
+        ({"training": "deepspeed", "data_parallel": 2}, {"gpus": 4}, "data_parallel (2) must equal resources.gpus (4)"),
+        ({"data_parallel": 2}, {}, "data_parallel applies to the deepspeed backend only"),
+    ):
+        with pytest.raises(SpecError) as refused:
+            parse_spec({"backends": backends, "resources": resources})
+        assert refused.value.problems == [("backends", reason + (": one rank per GPU; leave it unset" if resources else ""))]
+
+
+def test_each_rank_gets_a_token_balanced_shard_in_as_many_micro_batches(batch):
+    """16 rollouts over 3 ranks, micro-batches of ≤ 64 tokens: every rollout trained once,
+    by one rank; shards within one rollout's length of each other; every rank runs as
+    many micro-batches, the extra ones a weight-0 filler."""
+    from engine.training.data_parallel import plan
+
+    _, rollouts = batch
+    plans = plan(rollouts, 3, 64)
+    trained = [id(item) for parts in plans for micro_batch, weight in parts if weight for item in micro_batch]
+    assert sorted(trained) == sorted(id(item) for item in rollouts)
+    length = [len(item.prompt_ids) + len(item.token_ids) for item in rollouts]
+    tokens = [sum(len(i.prompt_ids) + len(i.token_ids) for mb, w in parts if w for i in mb) for parts in plans]
+    assert max(tokens) - min(tokens) <= max(length), tokens
+    assert len({len(parts) for parts in plans}) == 1
+    for parts in plans:
+        for micro_batch, weight in parts:
+            assert weight in (0.0, 1.0)
+            assert len(micro_batch) * max(len(i.prompt_ids) + len(i.token_ids) for i in micro_batch) <= 64 or len(micro_batch) == 1
+
+
+def step_once(backend, batch):
+    recipe, rollouts = batch
+    statistics = backend.begin_batch()
+    backend.optimizer_step(rollouts, recipe.loss, statistics)
+    backend.end_batch()
+    return statistics
+
+
+@needs_deepspeed
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_two_ranks_take_the_one_rank_steps_and_their_checkpoint_resumes_in_fresh_ranks(batch, tmp_path):
+    """ZeRO-2, fp32, micro-batches of ≤ 64 tokens, the same global mini-batch of 16: two
+    ranks (processes, gloo), each forwarding half of it, land within 1e-5 of one rank
+    after 2 AdamW steps (only float summation order differs: the gradient sums run over
+    other groupings), report the same loss and trained tokens, and hold identical weights.
+    Their checkpoint after step 1 (rank 0's model folder, each rank's ZeRO partitions)
+    resumes in two fresh ranks, whose step 2 equals the uninterrupted one bit for bit."""
+    from engine.training.data_parallel import DataParallelDeepSpeed
+
+    one_spec = spec({"training": "deepspeed", "zero_stage": 2}, training={"micro_batch_tokens": 64})
+    two_spec = spec({"training": "deepspeed", "zero_stage": 2, "data_parallel": 2}, training={"micro_batch_tokens": 64})
+    one = TRAINING_BACKENDS.load("deepspeed")(one_spec, needs_reference=True)
+    two = TRAINING_BACKENDS.load("deepspeed")(two_spec, needs_reference=True)
+    assert isinstance(two, DataParallelDeepSpeed) and two.ranks == 2
+    start = {name: tensor.clone() for name, tensor in one.weights().items()}
+    for step in range(2):
+        expected, got = step_once(one, batch), step_once(two, batch)
+        for name in ("pg_loss", "tokens", "grad_norm"):
+            assert got.sums[name] == pytest.approx(expected.sums[name], rel=1e-5, abs=1e-7), (step, name)
+        assert got.trained_tokens == expected.trained_tokens  # the fillers are not counted
+        if step == 0:
+            two.save_model(tmp_path / "model")
+            state = two.state_dict()
+    moved = max(float((one.weights()[name] - start[name]).abs().max()) for name in start)
+    worst = max(float((two.weights()[name] - one.weights()[name]).abs().max()) for name in start)
+    assert moved > 1e-4 and worst < 1e-5, (moved, worst)
+    first, second = two.rank_checksums()
+    assert first == second
+    straight = {name: tensor.clone() for name, tensor in two.weights().items()}
+    two.close()
+
+    assert (tmp_path / "model" / "config.json").is_file()
+    partitions = sorted(path.name for path in (tmp_path / "deepspeed" / "state").iterdir())
+    assert any("rank_0" in name for name in partitions) and any("rank_1" in name for name in partitions), partitions
+    resumed = TRAINING_BACKENDS.load("deepspeed")(two_spec, needs_reference=True)
+    resumed.load_model(tmp_path / "model")
+    resumed.load_state_dict(state)
+    assert resumed.version == 1
+    step_once(resumed, batch)
+    for name, tensor in resumed.weights().items():
+        assert torch.equal(tensor, straight[name]), name
+    resumed.close()
