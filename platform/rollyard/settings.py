@@ -217,9 +217,11 @@ ROLLYARD_DATASET_ROOTS = [Path(root) for root in _env_list("ROLLYARD_DATASET_ROO
 # Server folders holding model folders a run spec may name by absolute path
 # (comma-separated); none by default: runs use built-in models (builtin:<name>).
 ROLLYARD_MODEL_ROOTS = [Path(root) for root in _env_list("ROLLYARD_MODEL_ROOTS", "")]
-# The trainer uses one device until multi-device training lands (the DeepSpeed issue):
-# a launch asking for more is refused. Not an operator setting; tests of multi-GPU quota
-# arithmetic raise it.
+# GPUs a run may ask for when its training backend uses one device (torch): more would be
+# reserved in Ray and counted against quotas, idle, so the launch is refused. A backend
+# that trains on several (engine.training.MULTI_DEVICE_BACKENDS: deepspeed, one rank per
+# GPU) takes any number the pool holds. Not an operator setting; tests of multi-GPU quota
+# arithmetic with the torch backend raise it.
 ROLLYARD_MAX_GPUS_PER_RUN = 1
 
 # --- static files ------------------------------------------------------------------------

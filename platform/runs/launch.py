@@ -17,6 +17,7 @@ from accounts.permissions import PermissionDenied, require_role
 from accounts.services import default_team
 from catalog import services as catalog
 from engine.spec import RunSpec, SpecError
+from engine.training import MULTI_DEVICE_BACKENDS
 from quotas import selectors as quota_selectors
 from quotas import services as quotas
 from quotas.models import DEFAULT_POOL, DEFAULT_PRIORITY
@@ -106,13 +107,14 @@ def check_no_nul_characters(spec_data: Any, retention: Any) -> None:
 
 
 def check_launch_resources(spec: RunSpec) -> None:
-    """Raise SpecError (field resources.gpus) for more GPUs than a run can use: until
-    multi-device training exists (the DeepSpeed issue) the trainer uses one device, and
-    a second GPU would be reserved in Ray and counted against quotas, idle."""
+    """Raise SpecError (field resources.gpus) for more GPUs than the run's training backend
+    can use: the torch backend trains on one device, so a second GPU would be reserved in
+    Ray and counted against quotas, idle; deepspeed runs one rank per GPU."""
     most = settings.ROLLYARD_MAX_GPUS_PER_RUN
-    if spec.resources.gpus > most:
-        reason = f"multi-device training is not available yet; ask for at most {most} GPU"
-        reason += f" (this run asks for {spec.resources.gpus})"
+    backend = spec.backends.training
+    if spec.resources.gpus > most and backend not in MULTI_DEVICE_BACKENDS:
+        reason = f"the {backend} training backend uses one device; ask for at most {most} GPU"
+        reason += f" (this run asks for {spec.resources.gpus}), or set backends.training: deepspeed (one rank per GPU)"
         raise SpecError([("resources.gpus", reason)])
 
 

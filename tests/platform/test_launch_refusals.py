@@ -1,8 +1,8 @@
 """User input that used to reach a server error now gets a 400 (or a form message)
 naming the field, and stores nothing: path names too long for the file system, a fork
 its pool or quota can never admit, numbers the views trusted, NUL characters (which
-PostgreSQL cannot store), and more GPUs than the trainer can use (multi-device training
-does not exist yet)."""
+PostgreSQL cannot store), and more GPUs than the training backend can use (the torch
+backend trains on one device; deepspeed, one rank per GPU, takes them)."""
 
 import html
 import json
@@ -113,7 +113,10 @@ def test_an_upload_the_loader_cannot_read_is_named_by_its_file_not_its_staging_p
 
 # --- more GPUs than a run can use ------------------------------------------------------------------
 
-MULTI_DEVICE = "multi-device training is not available yet; ask for at most 1 GPU (this run asks for 2)"
+MULTI_DEVICE = (
+    "the torch training backend uses one device; ask for at most 1 GPU (this run asks for 2), "
+    "or set backends.training: deepspeed (one rank per GPU)"
+)
 
 
 @pytest.fixture
@@ -135,6 +138,18 @@ def test_a_launch_asking_for_two_gpus_is_refused_by_the_api(teams, h100, error_o
 
 def test_one_gpu_is_still_accepted(teams, h100):
     assert launch(teams.client(teams.member), gpu_spec(1), pool="h100").status_code == 201
+
+
+def test_two_gpus_with_deepspeed_are_accepted_as_two_ranks_and_counted_as_two(teams, h100):
+    spec = gpu_spec(2) | {"backends": {"training": "deepspeed", "zero_stage": 2}}
+
+    response = launch(teams.client(teams.member), spec, pool="h100")
+
+    assert response.status_code == 201, response.content
+    run = Run.objects.get()
+    assert run.spec["backends"]["data_parallel"] == 2  # resolved: one rank per GPU
+    allocation = Allocation.objects.get(run=run)
+    assert (allocation.gpus, allocation.slots) == (2, 2)  # 2 of the pool's 8 GPUs, in the quota ledger
 
 
 def test_the_launch_form_refuses_two_gpus_naming_the_field(client, teams, h100):
