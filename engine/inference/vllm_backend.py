@@ -229,4 +229,8 @@ class VllmBackend:
         return len(live.context_ids) - len(live.sample.prompt_ids)
 
     def close(self) -> None:
+        """Shut the engine down now (idempotent), not whenever it is collected: its shutdown
+        destroys this process's torch.distributed world, which a later run's DeepSpeed in
+        the same process may be using by then."""
+        self.engine.engine_core.shutdown()
         self._folder.cleanup()

@@ -190,3 +190,4 @@ class AsyncRecipe(SyncRecipe):
 
     def close(self) -> None:
         self.workers.close()
+        super().close()

@@ -253,6 +253,13 @@ class SyncRecipe:
         """engine.checkpoint.save_checkpoint, run where the recipe lives (a Ray actor too)."""
         return str(save_checkpoint(Path(run_dir), step, metrics, self.training.save_model, self.state_dict()))
 
+    def close(self) -> None:
+        """Stop what the backends hold beyond this process's memory, when the run ends:
+        the vLLM engine (its shutdown destroys torch.distributed's world) and DeepSpeed's
+        data-parallel rank processes."""
+        for part in (self.collector.backend, self.training):
+            getattr(part, "close", lambda: None)()
+
     def load_checkpoint(self, folder: str) -> CheckpointInfo:
         info, model_folder, state = read_state(Path(folder))
         self.training.load_model(model_folder)

@@ -54,6 +54,19 @@ def _single_process_environment() -> None:
             os.environ["MASTER_PORT"] = str(probe.getsockname()[1])
 
 
+def _forget_destroyed_groups() -> None:
+    """DeepSpeed caches process groups (a clone of the world) across engines; an earlier
+    run's in-process vLLM engine destroys the world at its shutdown without DeepSpeed
+    knowing, and the next initialise then fails on the dead clone ("Group ... is not
+    registered"). Drop the caches when the clone is no longer registered, as DeepSpeed's
+    own destroy_process_group does."""
+    from deepspeed.utils import groups
+
+    world = groups._WORLD_GROUP
+    if world is not None and world not in torch.distributed.distributed_c10d._world.pg_group_ranks:
+        groups._release_process_group_references(None)
+
+
 class DeepSpeedTrainingBackend(TorchTrainingBackend):
     def __init__(self, spec: RunSpec, needs_reference: bool):
         super().__init__(spec, needs_reference)
@@ -66,6 +79,7 @@ class DeepSpeedTrainingBackend(TorchTrainingBackend):
             # it is of no use, and gloo's all-reduce serves the CPU's few ranks.
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
+        _forget_destroyed_groups()
         self.zero_stage = spec.backends.zero_stage
         training = spec.training
         config = {
