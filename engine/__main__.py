@@ -56,6 +56,9 @@ class PrintSink:
     def flush(self) -> None:
         self.out.flush()
 
+    def while_current(self, action):
+        return action()  # no platform: this process is the only driver
+
     def _print(self, line: str) -> None:
         print(line, file=self.out, flush=True)
 

@@ -11,8 +11,11 @@ A run directory keeps its checkpoints under `checkpoints/`, one folder per step:
         checkpoint.json      {"step": 10, "metrics": {latest held-out metrics}}
 
 A checkpoint is written into a hidden `.partial-…` folder beside the others and renamed
-into place when complete, so a save cut short (a lost worker, a full disk) never shows
-up as a step folder and is never taken as the latest. `latest_checkpoint` therefore only
+into place when complete (`write_checkpoint`, then `publish_checkpoint`), so a save cut
+short (a lost worker, a full disk) never shows up as a step folder and is never taken as
+the latest. The driver renames only while its attempt is current (the sink's
+`while_current`), so a superseded driver never publishes into a run folder another
+worker owns. `latest_checkpoint` therefore only
 has to read the names.
 
 A part's state is the part's business (engine.recipes.sync.SyncRecipe.parts): renaming
@@ -82,12 +85,14 @@ def read_info(folder: Path) -> CheckpointInfo:
     return CheckpointInfo(step=int(info["step"]), metrics={k: float(v) for k, v in info["metrics"].items()})
 
 
-def save_checkpoint(
+def write_checkpoint(
     run_dir: Path, step: int, metrics: dict[str, float], save_model: Callable[[Path], None], state: dict[str, Any]
 ) -> Path:
-    """Write the checkpoint of `step`: `save_model(folder)` writes the model folder,
-    `state` (the recipe's state_dict) goes to the state file. Returns the checkpoint's
-    folder. Saving a step again (a requeued run redoing it) replaces it."""
+    """Write the checkpoint of `step` into a hidden partial folder beside its final place
+    and return that folder; `publish_checkpoint` makes it the step's checkpoint.
+    `save_model(folder)` writes the model folder, `state` (the recipe's state_dict) goes
+    to the state file. Written and published apart because a driver publishes only while
+    the platform still counts its attempt as current (engine.orchestration.run)."""
     import torch
 
     final = checkpoint_folder(run_dir, step)
@@ -97,13 +102,26 @@ def save_checkpoint(
         save_model(partial / MODEL_DIR)
         torch.save(state, partial / STATE_FILE)
         (partial / INFO_FILE).write_text(json.dumps({"step": step, "metrics": metrics}, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(partial, final)
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        discard_checkpoint(partial)
         raise
+    return partial
+
+
+def publish_checkpoint(partial: Path) -> Path:
+    """Rename a written checkpoint into its step's folder and return that. Publishing a
+    step again (a requeued run redoing it) replaces the older one."""
+    partial = Path(partial)
+    final = checkpoint_folder(partial.parent.parent, read_info(partial).step)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
     return final
+
+
+def discard_checkpoint(partial: Path) -> None:
+    """Remove a written checkpoint that will never be published."""
+    shutil.rmtree(partial, ignore_errors=True)
 
 
 def read_state(folder: Path) -> tuple[CheckpointInfo, Path, dict[str, Any]]:

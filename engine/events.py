@@ -6,9 +6,12 @@ and the channel layer, the CLI's sink prints them.
 """
 
 import time
-from typing import Annotated, Literal, Protocol, Union
+from collections.abc import Callable
+from typing import Annotated, Literal, Protocol, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+T = TypeVar("T")
 
 
 def now() -> float:
@@ -189,11 +192,15 @@ class Superseded(RuntimeError):
 
 class EventSink(Protocol):
     """Where a run's events go. `emit` must be cheap; `flush` makes them durable (and
-    raises `Superseded` when the platform refuses this driver's writes)."""
+    raises `Superseded` when the platform refuses this driver's writes);
+    `while_current(action)` returns `action()` run while the platform holds this driver's
+    writes accepted (the driver publishes checkpoints so), or raises `Superseded`."""
 
     def emit(self, event: Event) -> None: ...
 
     def flush(self) -> None: ...
+
+    def while_current(self, action: Callable[[], T]) -> T: ...
 
 
 class ListSink:
@@ -207,6 +214,9 @@ class ListSink:
 
     def flush(self) -> None:
         pass
+
+    def while_current(self, action: Callable[[], T]) -> T:
+        return action()
 
     def of_kind(self, kind: str) -> list[Event]:
         return [event for event in self.events if event.kind == kind]

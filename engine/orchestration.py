@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Literal
 
-from engine.checkpoint import CheckpointInfo, latest_checkpoint, read_info
+from engine.checkpoint import CheckpointInfo, discard_checkpoint, latest_checkpoint, publish_checkpoint, read_info
 from engine.events import Checkpoint, Event, EventSink, Heartbeat, Log, Metrics, Status, Superseded
 from engine.recipes import RECIPES
 from engine.spec import RunSpec
@@ -43,8 +43,8 @@ class LocalRecipe:
     def evaluate(self, step: int) -> list[Event]:
         return self._recipe.evaluate(step)
 
-    def save_checkpoint(self, run_dir: Path, step: int, metrics: dict[str, float]) -> Path:
-        return Path(self._recipe.save_checkpoint(str(run_dir), step, metrics))
+    def write_checkpoint(self, run_dir: Path, step: int, metrics: dict[str, float]) -> Path:
+        return Path(self._recipe.write_checkpoint(str(run_dir), step, metrics))
 
     def load_checkpoint(self, folder: Path) -> CheckpointInfo:
         return self._recipe.load_checkpoint(str(folder))
@@ -93,10 +93,10 @@ class RayRecipe:
     def evaluate(self, step: int) -> list[Event]:
         return self._ray.get(self._actor.evaluate.remote(step))
 
-    def save_checkpoint(self, run_dir: Path, step: int, metrics: dict[str, float]) -> Path:
-        """Written by the actor, which holds the model: the run directory must be on a
-        filesystem it shares with the driver (always so for a local Ray)."""
-        return Path(self._ray.get(self._actor.save_checkpoint.remote(str(run_dir), step, metrics)))
+    def write_checkpoint(self, run_dir: Path, step: int, metrics: dict[str, float]) -> Path:
+        """Written by the actor, which holds the model, and published by the driver: the
+        run directory must be on a filesystem both share (always so for a local Ray)."""
+        return Path(self._ray.get(self._actor.write_checkpoint.remote(str(run_dir), step, metrics)))
 
     def load_checkpoint(self, folder: Path) -> CheckpointInfo:
         return self._ray.get(self._actor.load_checkpoint.remote(str(folder)))
@@ -154,10 +154,17 @@ def run(
         saved_step = first_step
 
         def checkpoint(step: int) -> None:
-            # Flush first: a driver whose attempt was superseded learns it here (the sink
-            # raises Superseded) before it writes into the run folder another worker owns.
+            # Flush first: a driver whose attempt was superseded mostly learns it here (the
+            # sink raises Superseded), before it spends the time to write. The rename into
+            # place runs inside the sink's fence, so one superseded while it wrote publishes
+            # nothing into the run folder another worker owns.
             sink.flush()
-            folder = recipe.save_checkpoint(run_dir, step, latest_val)
+            partial = recipe.write_checkpoint(run_dir, step, latest_val)
+            try:
+                folder = sink.while_current(lambda: publish_checkpoint(partial))
+            except BaseException:
+                discard_checkpoint(partial)
+                raise
             sink.emit(Checkpoint(step=step, path=str(folder), metrics=dict(latest_val)))
 
         for step in range(first_step + 1, spec.training.steps + 1):

@@ -12,9 +12,13 @@ Batches are numbered, so one re-sent after a lost database reply is stored once.
 """
 
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from engine.events import Event
 from workers.attempt import AttemptFence
+
+T = TypeVar("T")
 
 
 class DatabaseSink:
@@ -51,3 +55,11 @@ class DatabaseSink:
         if batch:
             self._buffer, self._batches = [], self._batches + 1
         self._last_write = time.monotonic()
+
+    def while_current(self, action: Callable[[], T]) -> T:
+        """`action()` run under the run's row lock while this attempt is current (the
+        reconciler gives attempts up under the same lock), or Superseded."""
+        from runs.attempts import while_current
+
+        self.flush()
+        return self.fence.call(while_current, self.fence.run_id, self.fence.attempt_id, action)

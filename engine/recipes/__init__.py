@@ -9,7 +9,7 @@ run's parts from the spec and calls them in order, one step at a time:
   under a staleness bound, the trainer takes a batch whenever one is ready.
 
 engine.orchestration drives a recipe (in process or in a Ray actor) through `step()`,
-`evaluate(step)`, `save_checkpoint` and `load_checkpoint`.
+`evaluate(step)`, `write_checkpoint` and `load_checkpoint`.
 """
 
 from engine.registry import Registry

@@ -37,7 +37,7 @@ import torch
 from engine.algorithms import POLICY_LOSSES, REWARD_SHAPERS
 from engine.algorithms.advantages import group_advantages
 from engine.algorithms.kl import kl_estimate
-from engine.checkpoint import CheckpointInfo, global_rng_state, read_state, restore_global_rng_state, save_checkpoint
+from engine.checkpoint import CheckpointInfo, global_rng_state, read_state, restore_global_rng_state, write_checkpoint
 from engine.events import DifficultyUpdates, Event, Metrics, PromptResults, SampleRecords
 from engine.evaluation import evaluate
 from engine.problems import Problem
@@ -249,9 +249,10 @@ class SyncRecipe:
         restore_global_rng_state(state["global_rng"])
         self.collector.load_weights(self.training.weights(), self.training.version)
 
-    def save_checkpoint(self, run_dir: str, step: int, metrics: dict[str, float]) -> str:
-        """engine.checkpoint.save_checkpoint, run where the recipe lives (a Ray actor too)."""
-        return str(save_checkpoint(Path(run_dir), step, metrics, self.training.save_model, self.state_dict()))
+    def write_checkpoint(self, run_dir: str, step: int, metrics: dict[str, float]) -> str:
+        """engine.checkpoint.write_checkpoint, run where the recipe lives (a Ray actor too):
+        the written, not yet published, folder."""
+        return str(write_checkpoint(Path(run_dir), step, metrics, self.training.save_model, self.state_dict()))
 
     def close(self) -> None:
         """Stop what the backends hold beyond this process's memory, when the run ends:

@@ -5,9 +5,11 @@ are fenced by `lock_current_attempt`, and an attempt ends reported by its driver
 a claim resumes from them.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 from django.conf import settings
 from django.db import transaction
@@ -17,6 +19,8 @@ from engine.spec import SpecError
 from runs.lifecycle import RunError, enqueue_on_commit, transition
 from runs.models import AttemptOutcome, Checkpoint, Run, RunAttempt, RunStatus
 from runs.spec_paths import check_spec_paths_for_run
+
+T = TypeVar("T")
 
 
 class AttemptSuperseded(RunError):
@@ -134,6 +138,16 @@ def lock_current_attempt(run_id: int, attempt_id: int) -> tuple[Run, RunAttempt]
         closed = f"{attempt.outcome}: {attempt.reason}" if attempt else "no such attempt"
         raise AttemptSuperseded(f"run #{run_id}: attempt #{attempt_id} is no longer current ({closed})")
     return run, attempt
+
+
+def while_current(run_id: int, attempt_id: int, action: Callable[[], T]) -> T:
+    """`action()` run holding the run's row lock while the attempt is current, or
+    AttemptSuperseded. The reconciler gives attempts up under the same lock, so what
+    `action` does (a driver renaming its checkpoint into place) happens before the
+    attempt is given up or not at all."""
+    with transaction.atomic():
+        lock_current_attempt(run_id, attempt_id)
+        return action()
 
 
 def end_attempt(attempt_id: int, to_status: RunStatus | str, reason: str) -> Run | None:

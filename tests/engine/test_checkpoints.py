@@ -21,7 +21,15 @@ import torch
 from pydantic import BaseModel
 from safetensors.torch import load_file
 
-from engine.checkpoint import INFO_FILE, MODEL_DIR, STATE_FILE, checkpoint_folder, complete_checkpoints, latest_checkpoint
+from engine.checkpoint import (
+    INFO_FILE,
+    MODEL_DIR,
+    STATE_FILE,
+    checkpoint_folder,
+    complete_checkpoints,
+    latest_checkpoint,
+    publish_checkpoint,
+)
 from engine.events import ListSink
 from engine.models import load_policy
 from engine.orchestration import run
@@ -395,7 +403,7 @@ def test_every_part_gives_back_all_its_state_through_its_state_dict(case, tmp_pa
     trained = SyncRecipe(run_spec)
     for _ in range(RESUME_AT):
         trained.step()
-    folder = trained.save_checkpoint(str(tmp_path), RESUME_AT, {})
+    folder = publish_checkpoint(trained.write_checkpoint(str(tmp_path), RESUME_AT, {}))
     saved, saved_random = fingerprints(trained), global_random_states()
 
     restored = SyncRecipe(run_spec)

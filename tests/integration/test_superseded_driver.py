@@ -18,6 +18,8 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 from django.utils import timezone
 
+from engine.recipes.sync import SyncRecipe
+
 from runs.admission import admit_queued_runs
 from runs import attempts
 from runs import launch as run_launch
@@ -121,12 +123,53 @@ def test_a_superseded_driver_stops_before_its_next_checkpoint_and_writes_nothing
     assert RunAttempt.objects.get(run_id=run_id).outcome == "lost"
 
 
-def test_a_step_longer_than_the_heartbeat_timeout_is_not_taken_for_a_dead_worker(platform, settings):
+def test_a_driver_superseded_while_it_writes_a_checkpoint_never_publishes_it(platform, settings, monkeypatch):
+    """The window the pre-checkpoint flush leaves open: the attempt is given up after the
+    flush passed and while the checkpoint's files are being written. The rename into
+    place runs under the run's row lock only while the attempt is current, so the
+    written folder is thrown away instead of becoming the run's step-4 checkpoint."""
+    settings.ROLLYARD_HEARTBEAT_TIMEOUT_S = 600
+    spec = {**SMALL, "training": {"steps": 6, "eval_every": 0, "checkpoint_every": 2}, "dataset": {"eval_size": 4}}
+    step_4_written, given_up = threading.Event(), threading.Event()
+    write_checkpoint = SyncRecipe.write_checkpoint
+
+    def write_then_wait(recipe, run_dir, step, metrics):
+        partial = write_checkpoint(recipe, run_dir, step, metrics)
+        if step == 4:
+            step_4_written.set()
+            assert given_up.wait(60)
+        return partial
+
+    monkeypatch.setattr(SyncRecipe, "write_checkpoint", write_then_wait)
+    run_id = launch(spec, platform)
+    driver, result = drive_in_a_thread(run_id)
+
+    assert step_4_written.wait(120), result
+    assert checkpoint_folders(run_id)[0].startswith(".partial-step-000004-")  # written, not published
+    attempts.requeue_or_fail_lost_run(run_id, timezone.now() + timedelta(seconds=601))
+    given_up.set()
+    driver.join(120)
+
+    assert not driver.is_alive() and result == {"outcome": "superseded"}, result
+    assert checkpoint_folders(run_id) == ["step-000002"]  # the written folder is gone too
+    assert list(Checkpoint.objects.filter(run_id=run_id).values_list("step", flat=True)) == [2]
+    assert "resumes from the checkpoint of step 2" in Run.objects.get(pk=run_id).status_reason
+
+
+def test_a_step_longer_than_the_heartbeat_timeout_is_not_taken_for_a_dead_worker(platform, settings, monkeypatch):
     settings.ROLLYARD_HEARTBEAT_TIMEOUT_S = 1.0  # the driver beats every 0.2 s
-    # Evaluations of 512 prompts before step 1 and after step 2: each takes longer than
-    # the timeout even on a quiet machine (48 took under a second there; the premise below
-    # failed with them).
-    spec = {**SMALL, "training": {"steps": 2, "eval_every": 0, "checkpoint_every": 0}, "dataset": {"eval_size": 512}}
+    # Evaluations before step 1 and after step 2 made to last 1.5 s, as a long one on a
+    # GPU would: the built-in model evaluates too fast on a quiet machine for the premise
+    # below to hold by itself (even 512 prompts sometimes took under a second).
+    evaluate = SyncRecipe.evaluate
+
+    def slow_evaluate(recipe, step):
+        events = evaluate(recipe, step)
+        time.sleep(1.5)
+        return events
+
+    monkeypatch.setattr(SyncRecipe, "evaluate", slow_evaluate)
+    spec = {**SMALL, "training": {"steps": 2, "eval_every": 0, "checkpoint_every": 0}, "dataset": {"eval_size": 8}}
     run_id = launch(spec, platform)
     driver, result = drive_in_a_thread(run_id)
 
