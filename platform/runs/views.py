@@ -26,7 +26,8 @@ from quotas import selectors as quota_selectors
 from quotas.models import DEFAULT_POOL
 from quotas.services import RequestRefused
 from rollyard.params import whole_number
-from runs import launch, lifecycle, selectors
+from runs import launch, lifecycle, selectors, twins
+from runs.api.lifecycle import compare_url
 from runs.api.serializers import RunDetailSerializer
 from runs.api.dashboards import TECHNIQUES, RunListFilter
 from runs.models import Run, RunStatus
@@ -316,6 +317,8 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         "checkpoint_bytes": sum(run.checkpoints.filter(deleted_at__isnull=True).values_list("size_bytes", flat=True)),
         "retention": launch.resolve_retention(run.retention),
         "children": selectors.visible_runs(request.user).filter(parent=run).order_by("id"),
+        "twins": selectors.visible_runs(request.user).filter(twin_of=run).order_by("id"),
+        "twin_techniques": [twins.TECHNIQUE_LABELS[name] for name in twins.techniques_of_run(run)],
         "open_alerts": run.alerts.filter(resolved_at__isnull=True),
     }
     for tab, key in (("off-policy", "off_policy_charts"), ("techniques", "technique_charts")):
@@ -343,6 +346,24 @@ def run_fork(request: HttpRequest, run_id: int) -> HttpResponse:
     else:
         return redirect("runs:detail", run_id=child.pk)
     return redirect("runs:detail", run_id=parent.pk)
+
+
+@login_required
+@require_POST
+def run_twin(request: HttpRequest, run_id: int) -> HttpResponse:
+    """Launch the run's GRPO twin (runs.twins) and open the compare page of the two; the
+    run's page again, saying why, when it has no twin or the launch is refused."""
+    run = _visible_run_or_404(request, run_id)
+    try:
+        twin = twins.launch_twin(request.user, run)
+    except (SpecError, RequestRefused) as exc:
+        messages.error(request, "no GRPO twin: " + "; ".join(f"{field}: {reason}" for field, reason in exc.problems))
+    except lifecycle.RunError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.info(request, f"launched #{twin.pk} {twin.name}")
+        return redirect(compare_url(run, twin))
+    return redirect("runs:detail", run_id=run.pk)
 
 
 @login_required

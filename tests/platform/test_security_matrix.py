@@ -117,6 +117,18 @@ def forked(world: World) -> bool:
     return Run.objects.filter(parent=world.run).exists()
 
 
+TWINNABLE_SPEC = SMALL_SPEC | {"rollout": {"n": 4, "strategy": "april"}}
+
+
+def twinnable(world: World) -> int:
+    """The world's run that uses a technique (APRIL), so it has a GRPO twin."""
+    return Run.objects.get(name="matrix-april").pk
+
+
+def twinned(world: World) -> bool:
+    return Run.objects.filter(twin_of__name="matrix-april").exists()
+
+
 def page_read(methods: tuple[str, ...] = ("GET", "POST"), **case: Any) -> dict[str, Case]:
     # Function views answer POST like GET unless they say otherwise: both are checked.
     return {method: Case(PAGE_TEAM_READ, **case) for method in methods}
@@ -148,6 +160,12 @@ RULES: dict[str, dict[str, Case]] = {
     "runs:fork": {
         "GET": Case(roles(LOGIN, 405, 405, 405, 405, 405)),
         "POST": Case(roles(LOGIN, 302, DONE, DONE, 404, DONE), body=lambda w: {"step": "1"}, effect=forked),
+    },
+    # A GRPO twin is a launch in the run's team: members and above; a viewer is told why.
+    "runs:twin": {
+        "GET": Case(roles(LOGIN, 405, 405, 405, 405, 405)),
+        "POST": Case(roles(LOGIN, 302, DONE, DONE, 404, DONE), effect=twinned,
+                     kwargs=lambda w: {"run_id": twinnable(w)}),
     },
     "runs:diff": page_read(query=lambda w: {"a": w.run.pk, "b": w.run.pk}),
     "runs:compare": page_read(methods=("GET",), query=lambda w: {"run": [w.run.pk, w.run.pk]}),
@@ -227,6 +245,7 @@ RULES: dict[str, dict[str, Case]] = {
     "api:run-cancel": {"POST": Case(roles(401, 403, 200, 200, 404, 200))},
     # Forking launches in the run's team: members and above.
     "api:run-fork": {"POST": Case(roles(401, 403, 201, 201, 404, 201), body=lambda w: {"step": 1})},
+    "api:run-twin": {"POST": Case(roles(401, 403, 201, 201, 404, 201), kwargs=lambda w: {"pk": twinnable(w)})},
     "accounts-api:me": {"GET": Case(API_SIGNED_IN)},
     "accounts-api:team-list": {"GET": Case(API_SIGNED_IN), "POST": Case(API_STAFF_WRITE, body=lambda w: {"name": "new-team"})},
     "accounts-api:team-detail": {"GET": Case(API_TEAM_READ, kwargs=lambda w: {"pk": w.team_id})},
@@ -377,6 +396,7 @@ def world(teams, staff, make_run, settings, tmp_path) -> World:
     Run.objects.filter(pk=run.pk).update(spec=SMALL_SPEC)  # a fork must train past step 1
     run.refresh_from_db()
     checkpoint = Checkpoint.objects.create(run=run, step=1, path=str(tmp_path / "ckpt-1"))
+    Run.objects.create(owner=teams.member, team=teams.team, name="matrix-april", spec=TWINNABLE_SPEC)
     uploaded = member.post("/api/datasets/", {"file": jsonl(3), "name": "sums", "team": "ml"}, format="multipart")
     assert uploaded.status_code == 201, uploaded.content
     dataset = Dataset.objects.get(pk=uploaded.json()["id"])
