@@ -170,6 +170,7 @@ RULES: dict[str, dict[str, Case]] = {
     "runs:diff": page_read(query=lambda w: {"a": w.run.pk, "b": w.run.pk}),
     "runs:compare": page_read(methods=("GET",), query=lambda w: {"run": [w.run.pk, w.run.pk]}),
     "quotas:queue": page_signed_in(),
+    "quotas:quotas": page_signed_in(),
     "catalog:dataset-list": {
         "GET": Case(PAGE_SIGNED_IN),
         "POST": Case(
@@ -538,6 +539,28 @@ async def test_the_run_websocket_follows_the_matrix(teams, staff, make_run, sett
             assert message["type"] == "websocket.send" and json.loads(message["text"])["type"] == "hello", role
         else:
             assert (message["type"], message.get("code")) == ("websocket.close", expect[role]), role
+        await communicator.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_quota_websocket_follows_the_matrix(teams, staff, settings):
+    """Anyone signed in gets their board (only what they may see: the page's rule);
+    anonymous is closed 4401."""
+    from rollyard.asgi import application
+
+    settings.ROLLYARD_WS_AUTH_TIMEOUT_S = 0.2
+    users = {"viewer": teams.viewer, "member": teams.member, "admin": teams.admin, "outsider": teams.outsider, "staff": staff}
+    tokens = {role: (await sync_to_async(create_token)(user, "ws"))[1] for role, user in users.items()}
+    for role in ROLES:
+        query = f"?token={tokens[role]}" if role != "anonymous" else ""
+        communicator = WebsocketCommunicator(application, f"/ws/quotas/{query}")
+        connected, _ = await communicator.connect(timeout=10)
+        assert connected, role
+        message = await communicator.receive_output(timeout=10)
+        if role == "anonymous":
+            assert (message["type"], message.get("code")) == ("websocket.close", 4401), role
+        else:
+            assert message["type"] == "websocket.send" and json.loads(message["text"])["type"] == "quotas", role
         await communicator.disconnect()
 
 
