@@ -4,6 +4,7 @@ Like the API, they only parse input and call selectors and services; the run pag
 charts load their data from the REST API and the run's websocket.
 """
 
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -66,6 +67,11 @@ LINE_CHARTS: dict[str, dict[str, dict[str, Any]]] = {
         "chart-step-time": {"title": "Step time by stage", "unit": "seconds",
                             "names": ["timing_s/step", "timing_s/gen", "timing_s/update_actor", "timing_s/sync",
                                       "timing_s/wait", "timing_s/eval"]},
+        # NVML, on nodes with NVIDIA GPUs only (engine.telemetry.NvmlSampler).
+        "chart-gpu-util": {"title": "GPU utilisation (NVML)", "unit": "percent busy", "optional": True,
+                           "names": ["gpu/*/utilization"]},
+        "chart-gpu-memory": {"title": "GPU memory used (NVML)", "unit": "MiB", "optional": True,
+                             "names": ["gpu/*/memory_used_mb", "gpu/*/memory_total_mb"]},
     },
     "difficulty": {
         "chart-difficulty-mix": {"title": "Groups all correct, all wrong, mixed", "unit": "fraction of groups",
@@ -242,12 +248,13 @@ def _clone_source(request: HttpRequest, params) -> Run | None:
 
 
 def resolve_names(patterns: list[str], present: list[str]) -> list[str]:
-    """A chart's metric names: exact ones as given, "prefix*" as every present name with that
-    prefix (sorted)."""
+    """A chart's metric names: exact ones as given, a pattern with "*" (any text: "cures/*",
+    "gpu/*/utilization") as every present name it matches (sorted)."""
     names: list[str] = []
     for pattern in patterns:
-        if pattern.endswith("*"):
-            names += sorted(name for name in present if name.startswith(pattern[:-1]))
+        if "*" in pattern:
+            wildcard = re.compile(".*".join(map(re.escape, pattern.split("*"))))
+            names += sorted(name for name in present if wildcard.fullmatch(name))
         else:
             names.append(pattern)
     return names
@@ -280,6 +287,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         "prompts_url": reverse("api:run-prompts", args=[run.pk]),
         "heatmap_url": reverse("api:run-prompts-heatmap", args=[run.pk]),
         "samples_url": reverse("api:run-samples", args=[run.pk]),
+        "savings_url": reverse("api:run-savings", args=[run.pk]),
         "queue_url": reverse("quotas-api:queue") + "?" + urlencode({"pool": quota_selectors.pool_name_of(run)}),
         "line_charts": {chart_id: {k: chart[k] for k in ("names", "title", "unit", "tab")} | {
             "optional": chart.get("optional", False)} for chart_id, chart in charts.items()},
@@ -297,7 +305,9 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         # Template-friendly: per tab, its charts with what the template needs.
         "tab_charts": {
             tab: [{"id": chart_id, "title": chart["title"], "optional": chart.get("optional", False),
-                   "shown": not chart.get("optional") or any(name in present for name in charts[chart_id]["resolved"]),
+                   "shown": (shown := not chart.get("optional")
+                             or any(name in present for name in charts[chart_id]["resolved"])),
+                   "hidden": not shown,
                    "raw": raw_links[chart_id.replace("-", "_")]}
                   for chart_id, chart in tab_charts.items()]
             for tab, tab_charts in LINE_CHARTS.items()

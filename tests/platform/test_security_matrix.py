@@ -242,6 +242,7 @@ RULES: dict[str, dict[str, Case]] = {
     "api:run-prompts-heatmap": {"GET": Case(API_TEAM_READ)},
     "api:run-prompt-samples": {"GET": Case(API_TEAM_READ)},
     "api:run-samples": {"GET": Case(API_TEAM_READ)},
+    "api:run-savings": {"GET": Case(API_TEAM_READ)},
     # The owner (the member), the team's admin and staff cancel; a viewer may not.
     "api:run-cancel": {"POST": Case(roles(401, 403, 200, 200, 404, 200))},
     # Forking launches in the run's team: members and above.
