@@ -518,51 +518,41 @@ def test_every_admin_page_is_for_staff_only(endpoint, world):
             assert response.status_code == 302 and "/admin/login/" in response["Location"], f"{path} as {role}"
 
 
-# --- the run websocket ------------------------------------------------------------------------------
+# --- the websockets ---------------------------------------------------------------------------------
 
 
-@pytest.mark.django_db(transaction=True)
-async def test_the_run_websocket_follows_the_matrix(teams, staff, make_run, settings):
+async def check_socket_matrix(path: str, expect: dict[str, Outcome | str], teams, staff) -> None:
+    """Each role opens `path` with a token of its own: its first frame is a message of the
+    type `expect` names, or a close with that code."""
     from rollyard.asgi import application
 
-    settings.ROLLYARD_WS_AUTH_TIMEOUT_S = 0.2
     users = {"viewer": teams.viewer, "member": teams.member, "admin": teams.admin, "outsider": teams.outsider, "staff": staff}
-    run = await sync_to_async(make_run)(teams.member, "watched", team=teams.team)
     tokens = {role: (await sync_to_async(create_token)(user, "ws"))[1] for role, user in users.items()}
-    expect = roles(4401, "hello", "hello", "hello", 4403, "hello")
     for role in ROLES:
         query = f"?token={tokens[role]}" if role != "anonymous" else ""
-        communicator = WebsocketCommunicator(application, f"/ws/runs/{run.pk}/{query}")
+        communicator = WebsocketCommunicator(application, f"{path}{query}")
         connected, _ = await communicator.connect(timeout=10)
         assert connected, role
         message = await communicator.receive_output(timeout=10)
-        if expect[role] == "hello":
-            assert message["type"] == "websocket.send" and json.loads(message["text"])["type"] == "hello", role
+        if isinstance(expect[role], str):
+            assert message["type"] == "websocket.send" and json.loads(message["text"])["type"] == expect[role], role
         else:
             assert (message["type"], message.get("code")) == ("websocket.close", expect[role]), role
         await communicator.disconnect()
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_the_quota_websocket_follows_the_matrix(teams, staff, settings):
-    """Anyone signed in gets their board (only what they may see: the page's rule);
-    anonymous is closed 4401."""
-    from rollyard.asgi import application
-
+async def test_the_run_websocket_follows_the_matrix(teams, staff, make_run, settings):
     settings.ROLLYARD_WS_AUTH_TIMEOUT_S = 0.2
-    users = {"viewer": teams.viewer, "member": teams.member, "admin": teams.admin, "outsider": teams.outsider, "staff": staff}
-    tokens = {role: (await sync_to_async(create_token)(user, "ws"))[1] for role, user in users.items()}
-    for role in ROLES:
-        query = f"?token={tokens[role]}" if role != "anonymous" else ""
-        communicator = WebsocketCommunicator(application, f"/ws/quotas/{query}")
-        connected, _ = await communicator.connect(timeout=10)
-        assert connected, role
-        message = await communicator.receive_output(timeout=10)
-        if role == "anonymous":
-            assert (message["type"], message.get("code")) == ("websocket.close", 4401), role
-        else:
-            assert message["type"] == "websocket.send" and json.loads(message["text"])["type"] == "quotas", role
-        await communicator.disconnect()
+    run = await sync_to_async(make_run)(teams.member, "watched", team=teams.team)
+    await check_socket_matrix(f"/ws/runs/{run.pk}/", roles(4401, "hello", "hello", "hello", 4403, "hello"), teams, staff)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_quota_websocket_follows_the_matrix(teams, staff, settings):
+    """Anyone signed in gets their board (only what they may see: the page's rule)."""
+    settings.ROLLYARD_WS_AUTH_TIMEOUT_S = 0.2
+    await check_socket_matrix("/ws/quotas/", roles(4401, "quotas", "quotas", "quotas", "quotas", "quotas"), teams, staff)
 
 
 def test_roles_are_what_the_matrix_assumes(world):
