@@ -47,17 +47,17 @@ class StepTimes:
 def step_times(spans: Iterable[Mapping[str, Any]]) -> dict[int, StepTimes]:
     """Per step, from span events ({"step", "worker", "phase", "start", "end"}): the step's
     time (the trainer's spans, which tile the step, or the busiest worker's where there
-    is no trainer; evaluation spans left out), generation (the worker that generated
+    is no trainer), less its evaluation (the longest any worker evaluated: while one
+    evaluates, the others' spans are idle), generation (the worker that generated
     longest) and training."""
     busy: dict[int, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(float)))
     for span in spans:
-        if span["phase"] == "eval":
-            continue
         busy[span["step"]][span["worker"]][span["phase"]] += max(0.0, span["end"] - span["start"])
     times = {}
     for step, workers in busy.items():
         totals = {worker: sum(phases.values()) for worker, phases in workers.items()}
-        step_s = totals.get(TRAINER, max(totals.values()))
+        evaluation = max(phases["eval"] for phases in workers.values())
+        step_s = max(0.0, totals.get(TRAINER, max(totals.values())) - evaluation)
         gen = max(sum(phases[p] for p in GENERATION_PHASES) for phases in workers.values())
         train = sum(phases[p] for phases in workers.values() for p in TRAIN_PHASES)
         times[step] = StepTimes(step=step, step_s=step_s, gen_s=gen, train_s=train)

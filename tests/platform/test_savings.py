@@ -19,7 +19,9 @@ SPANS = [
     # then the trainer trains 2 s and pushes weights 1 s. The trainer's spans tile 10 s.
     span(1, "rollout-0", "generate", 0, 6), span(1, "rollout-0", "verify", 6, 7), span(1, "rollout-0", "idle", 7, 10),
     span(1, "trainer", "idle", 0, 7), span(1, "trainer", "train", 7, 9), span(1, "trainer", "sync", 9, 10),
-    # Step 2, colocated: generate 4 s, train 4 s, sync 0.5 s, then 2 s of evaluation (left out).
+    # ...then the rollout worker evaluates 2 s while the trainer idles (left out: 12 − 2 = 10 s).
+    span(1, "rollout-0", "eval", 10, 12), span(1, "trainer", "idle", 10, 12),
+    # Step 2, colocated: generate 4 s, train 4 s, sync 0.5 s, then 2 s of evaluation (left out: 8.5 s).
     span(2, "trainer", "generate", 100, 104), span(2, "trainer", "train", 104, 108), span(2, "trainer", "sync", 108, 108.5),
     span(2, "trainer", "eval", 108.5, 110.5),
     # Step 3 has spans but no lengths yet: not used.
