@@ -1,6 +1,9 @@
 """REST endpoints of a run's lifecycle, mixed into RunViewSet: attempts, checkpoints,
-clone (the spec to edit and launch again), fork from a checkpoint, config diff."""
+clone (the spec to edit and launch again), fork from a checkpoint, the GRPO twin (runs.twins),
+config diff."""
 
+from django.urls import reverse
+from django.utils.http import urlencode
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
@@ -8,9 +11,6 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
-
-from django.urls import reverse
-from django.utils.http import urlencode
 
 from runs import launch, selectors, twins
 from runs.api.serializers import (
