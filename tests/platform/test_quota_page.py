@@ -3,7 +3,6 @@ quotas with GPU-hours and GPUs in use, staff seeing every team's, a fresh snapsh
 when a run starts or finishes. Through the whole ASGI stack and the real Redis channel
 layer; transaction=True so the lifecycle's on_commit pushes fire."""
 
-import asyncio
 import copy
 import os
 import uuid
@@ -102,8 +101,8 @@ async def test_the_socket_pushes_a_fresh_board_when_a_run_starts_and_finishes(gp
         assert rows_by_holder(admitted)["team ml"]["concurrent_in_use"] == 1
         assert next(p for p in admitted["pools"] if p["name"] == "h100")["in_use"] == 1
 
-        # Three changes in a row (running, then finished) arrive folded into snapshots
-        # at most one per THROTTLE_S; the last one shows the GPU released.
+        # Two changes in a row (running, then finished) arrive as snapshots at most one
+        # per THROTTLE_S, changes heard meanwhile folded in; the last shows the GPU released.
         await database_sync_to_async(lifecycle.transition)(run.pk, RunStatus.RUNNING, "started")
         await database_sync_to_async(lifecycle.transition)(run.pk, RunStatus.SUCCEEDED, "done")
         board = await board_of(communicator)
@@ -113,12 +112,3 @@ async def test_the_socket_pushes_a_fresh_board_when_a_run_starts_and_finishes(gp
     finally:
         await communicator.disconnect()
 
-
-async def test_an_anonymous_socket_is_closed_unauthenticated(db):
-    communicator = WebsocketCommunicator(application, "/ws/quotas/?token=not-a-token")
-    connected, _ = await communicator.connect(timeout=10)
-    assert connected
-    message = await communicator.receive_output(timeout=10)
-    assert (message["type"], message["code"]) == ("websocket.close", 4401)
-    await communicator.disconnect()
-    await asyncio.sleep(0)
