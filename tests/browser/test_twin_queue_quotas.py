@@ -19,7 +19,7 @@ from runs.launch import create_run
 from runs.lifecycle import request_cancel
 from runs.models import Run, RunStatus
 from tests.browser.test_dashboards import shoot
-from tests.browser.test_live_run_page import CHROMIUM_ARGS, wait_until_terminal
+from tests.browser.test_live_run_page import CHROMIUM_ARGS
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser, pytest.mark.timeout(600)]
 
@@ -64,12 +64,17 @@ def orm_beside_playwright(monkeypatch):
 
 def test_the_grpo_twin_button_launches_it_and_lands_on_the_comparison(live_stack, chromium_path):
     user = get_user_model().objects.create_user("tess", password="correct horse")
-    # A finished APRIL run, stored directly: checking its technique after the fact.
+    # A running APRIL run, stored directly, holding the one run slot of its pool: the twin
+    # goes to the same pool and waits there, so the worker never has to train it.
+    pool = Pool.objects.create(name="one-slot", accelerator=Accelerator.CPU, capacity=1)
     original = Run.objects.create(
-        owner=user, team=default_team(user), name="april-run", status=RunStatus.SUCCEEDED, total_steps=2,
+        owner=user, team=default_team(user), name="april-run", status=RunStatus.RUNNING, total_steps=2,
         spec=RunSpec.model_validate({**TINY, "rollout": {**TINY["rollout"], "strategy": "april"}, "seed": 5}).model_dump(
             mode="json"),
     )
+    now = timezone.now()
+    Allocation.objects.create(run=original, pool=pool, team=original.team, user=user, gpus=0, slots=1,
+                              requested_at=now, admitted_at=now)
     with sync_playwright() as playwright, tempfile.TemporaryDirectory() as profile:
         browser, page = signed_in(playwright, profile, chromium_path, live_stack.base_url, f"/runs/{original.pk}/", "tess")
         expect(page.locator("#run-twin")).to_contain_text("APRIL off")
@@ -83,8 +88,9 @@ def test_the_grpo_twin_button_launches_it_and_lands_on_the_comparison(live_stack
         assert "rollout.max_new_tokens" not in differing and "training.steps" not in differing
         expect(page.locator(".messages")).to_contain_text(f"launched #{twin.pk}")
         browser.close()
-    in_thread(request_cancel, user, twin)  # the worker need not train it
-    wait_until_terminal(twin.pk)
+    assert Run.objects.get(pk=twin.pk).status == RunStatus.QUEUED  # launched like any run: into the queue
+    in_thread(request_cancel, user, twin)
+    assert Run.objects.get(pk=twin.pk).status == RunStatus.CANCELLED
 
 
 def test_the_queue_page_shows_why_a_run_waits_and_the_quota_page_follows_a_finish(live_stack, chromium_path):
