@@ -11,19 +11,15 @@ import json
 import re
 import subprocess
 import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
-from urllib.parse import urlparse, urlunparse
 
 import httpx
 import pytest
 from django.contrib.auth import get_user_model
 
 from accounts.services import create_token
-from devstack.processes import free_port, start_housekeeper, start_web, start_worker, stop, wait_for_http
+from devstack.processes import Stack, start_stack
 from devstack.ray_cluster import start_ray_head
-from devstack.services import redis_url
+from devstack.services import redis_url, separate_redis_database
 from quotas.admission import plan_pool
 from quotas.models import Accelerator, Pool
 from runs.models import RunAttempt
@@ -59,14 +55,6 @@ sys.stdin.read()
 ADMISSION_DONE = re.compile(r"Task rollyard\.admit_runs\[[^\]]+\] succeeded")
 
 
-def own_redis_database(url: str) -> str:
-    """The same Redis, another database: the session's live_stack worker shares the test
-    database, and on one broker it could take this test's runs and admission sweeps."""
-    parsed = urlparse(url)
-    db = int(parsed.path.strip("/") or 0)
-    return urlunparse(parsed._replace(path=f"/{(db + 8) % 16}"))
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     cluster = start_ray_head(tmp_path_factory.mktemp("ray"), num_cpus=2, num_gpus=1)
@@ -78,39 +66,27 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture
 def stack(cluster, stack_process_env, tmp_path):
+    """The platform's processes attached to the cluster, on a Redis database of their own:
+    the session's live_stack worker shares the test database, and on one broker it could
+    take this test's runs and admission sweeps."""
     import redis
 
-    env = cluster.env(stack_process_env) | {"REDIS_URL": own_redis_database(redis_url()), "ROLLYARD_ADMIT_EVERY_S": "2"}
+    env = cluster.env(stack_process_env) | {"REDIS_URL": separate_redis_database(redis_url()), "ROLLYARD_ADMIT_EVERY_S": "2"}
     redis.Redis.from_url(env["REDIS_URL"]).flushdb()  # messages an aborted session left behind
-    logs = {name: tmp_path / f"{name}.log" for name in ("web", "worker", "housekeeper")}
-    port = free_port()
-    processes = [start_web(port, env, logs["web"]), start_worker(env, logs["worker"]),
-                 start_housekeeper(env, logs["housekeeper"])]  # fmt: skip
+    stack = start_stack(env, tmp_path, housekeeper=True)
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/accounts/login/", processes[0])
-        yield f"http://127.0.0.1:{port}", logs
+        yield stack
     finally:
-        stop(*processes)
+        stack.stop()
 
 
-def tails(logs: dict[str, Path]) -> str:
-    return "\n".join(f"--- {name}\n{path.read_text(errors='replace')[-3000:]}" for name, path in logs.items())
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, logs: dict[str, Path]) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} within {timeout_s:.0f} s\n{tails(logs)}")
-        time.sleep(0.5)
-
-
-def sweeps_done(logs: dict[str, Path]) -> int:
-    return sum(len(ADMISSION_DONE.findall(logs[name].read_text(errors="replace"))) for name in ("worker", "housekeeper"))
+def sweeps_done(stack: Stack) -> int:
+    logs = (stack.logs[name].read_text(errors="replace") for name in ("worker", "housekeeper"))
+    return sum(len(ADMISSION_DONE.findall(log)) for log in logs)
 
 
 def test_a_run_launched_through_the_api_waits_for_and_trains_on_the_cluster_at_ray_address(cluster, stack):
-    base_url, logs = stack
+    base_url = stack.base_url
     user = get_user_model().objects.create_user("ray-user", password="pw")
     headers = {"Authorization": f"Token {create_token(user, 'ray')[1]}"}
     pool = Pool.objects.create(name="gpu", accelerator=Accelerator.GPU, gpu_type="logical", capacity=1)
@@ -126,8 +102,8 @@ def test_a_run_launched_through_the_api_waits_for_and_trains_on_the_cluster_at_r
         run_id = response.json()["id"]
         # Three sweeps after the launch (one sent by it, then the housekeeper's every 2 s),
         # each reading 0 free GPUs on the cluster: the run waits. The pool alone would admit it.
-        before = sweeps_done(logs)
-        wait_for(lambda: sweeps_done(logs) >= before + 3, 90, "three admission sweeps did not finish", logs)
+        before = sweeps_done(stack)
+        stack.wait_for(lambda: sweeps_done(stack) >= before + 3, 90, "three admission sweeps after the launch")
         assert httpx.get(f"{base_url}/api/runs/{run_id}/", headers=headers).json()["status"] == "queued"
         assert [decision.admit for decision in plan_pool(pool)] == [True]
     finally:
@@ -139,9 +115,9 @@ def test_a_run_launched_through_the_api_waits_for_and_trains_on_the_cluster_at_r
         return httpx.get(f"{base_url}/api/runs/{run_id}/", headers=headers).json()["status"] not in (
             "queued", "admitted", "running")
 
-    wait_for(ended, 300, "the run did not end", logs)
+    stack.wait_for(ended, 300, f"run {run_id} ending")
     run = httpx.get(f"{base_url}/api/runs/{run_id}/", headers=headers).json()
-    assert (run["status"], run["current_step"]) == ("succeeded", 2), tails(logs)
+    assert (run["status"], run["current_step"]) == ("succeeded", 2), stack.tails()
     assert RunAttempt.objects.get(run_id=run_id).outcome == "succeeded"
     events = httpx.get(f"{base_url}/api/runs/{run_id}/events/", params={"kind": "log"}, headers=headers).json()
     (where,) = [e["message"] for e in events["events"] if e["message"].startswith("trainer on Ray node")]
