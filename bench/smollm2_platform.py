@@ -73,10 +73,18 @@ def launch_and_wait(stack: Stack, token: str, spec: dict, timeout_s: float) -> d
     return httpx.get(url, headers=headers, timeout=30).json() | {"seconds": time.perf_counter() - started}
 
 
-def events(stack: Stack, token: str, run_id: int, kind: str) -> list[dict]:
-    response = httpx.get(f"{stack.base_url}/api/runs/{run_id}/events/", params={"kind": kind, "limit": 5000},
+def step_metrics(stack: Stack, token: str, run_id: int, names: list[str]) -> dict[str, list[float]]:
+    """Each metric's values, step by step, from the metrics API."""
+    response = httpx.get(f"{stack.base_url}/api/runs/{run_id}/metrics/", params={"name": names},
                          headers={"Authorization": f"Token {token}"}, timeout=30)  # fmt: skip
-    return response.json()["events"]
+    return {name: series["values"] for name, series in response.json()["series"].items()}
+
+
+def last_checkpoint(run_id: int) -> Path:
+    """The folder of the run's latest checkpoint, as the platform recorded it."""
+    from runs.models import Checkpoint
+
+    return Path(Checkpoint.objects.filter(run_id=run_id).latest("step").path)
 
 
 def run_page(stack: Stack, username: str, password: str, run_id: int) -> str:
@@ -144,15 +152,14 @@ def main() -> int:
         if run["status"] != "succeeded":
             print(f"run {run['id']} {run['status']}: {run['status_reason']}\n{stack.tails()}", file=sys.stderr)
             return 1
-        steps = [e["values"] for e in events(stack, token, run["id"], "metrics") if "timing_s/step" in e["values"]]
-        figures["step_s"] = [round(values["timing_s/step"], 1) for values in steps]
-        figures["generation_s"] = [round(values["timing_s/gen"], 1) for values in steps]
-        figures["grad_norm"] = [round(values["actor/grad_norm"], 4) for values in steps]
+        metrics = step_metrics(stack, token, run["id"], ["timing_s/step", "timing_s/gen", "actor/grad_norm"])
+        figures["step_s"] = [round(value, 1) for value in metrics["timing_s/step"]]
+        figures["generation_s"] = [round(value, 1) for value in metrics["timing_s/gen"]]
+        figures["grad_norm"] = [round(value, 4) for value in metrics["actor/grad_norm"]]
         page = run_page(stack, DEMO_USER, DEMO_PASSWORD, run["id"])
         figures["page_names_the_model"] = SMOLLM2_FOLDER.name in page and "succeeded" in page
-        (last, *_) = sorted(events(stack, token, run["id"], "checkpoint"), key=lambda e: -e["step"])
         started = time.perf_counter()
-        model, tokenizer = load_checkpoint_model(Path(last["path"]))
+        model, _ = load_checkpoint_model(last_checkpoint(run["id"]))
         figures["checkpoint_load_s"] = round(time.perf_counter() - started, 1)
         figures["checkpoint_parameters"] = sum(parameter.numel() for parameter in model.parameters())
     finally:
