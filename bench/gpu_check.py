@@ -12,8 +12,8 @@ ends the first one's parallel state):
 
 - torch_run: a GRPO run of `builtin:arith-tiny` on cuda, torch generation and training;
   the baseline the others are compared with.
-- vllm_run: the same run, generation by upstream vLLM on the GPU (weights pushed in place
-  after every step).
+- vllm_run: the same run in bfloat16, generation by upstream vLLM on the GPU (weights
+  pushed in place after every step).
 - deepspeed_run: the same run, training by DeepSpeed ZeRO-2 in bfloat16 (NCCL).
 - vllm_deepspeed_run: both.
 - smollm2_vllm_run: vllm_run on SmolLM2-135M-Instruct (`python -m engine.smollm2 FOLDER`
@@ -48,10 +48,11 @@ RUN = {
     "training": {"steps": 2, "eval_every": 0},
     "resources": {"executor": "inprocess", "gpus": 1},
 }
-# check → (backends, model dtype); float32 where the torch trainer's numbers are compared.
+# check → (backends, model dtype). vLLM in bfloat16: FlashAttention, its usual CUDA
+# attention backend, takes half precision only (float32 needs a Triton or Flex backend).
 RUN_CHECKS = {
     "torch_run": ({}, "float32"),
-    "vllm_run": ({"generation": "vllm", "kv_cache_gb": 2}, "float32"),
+    "vllm_run": ({"generation": "vllm", "kv_cache_gb": 2}, "bfloat16"),
     "deepspeed_run": ({"training": "deepspeed", "zero_stage": 2}, "bfloat16"),
     "vllm_deepspeed_run": ({"generation": "vllm", "kv_cache_gb": 2, "training": "deepspeed", "zero_stage": 2}, "bfloat16"),
     "smollm2_vllm_run": ({"generation": "vllm", "kv_cache_gb": 2}, "bfloat16"),
@@ -117,10 +118,13 @@ def run_check(name: str, smollm2: str | None = None, device: str = "cuda") -> di
 
 
 def rollout_check(requests: int) -> dict:
+    """The rollout benchmark's model in bfloat16, for the reason vllm_run is."""
+    import torch
+
     from bench.vllm_generation import measure
 
     started = time.perf_counter()
-    results, summary = measure(requests=requests)
+    results, summary = measure(requests=requests, dtype=torch.bfloat16)
     best = max(value["tokens_per_s"] for key, value in results.items() if key.startswith("generate_rows_"))
     return {
         "passed": True,

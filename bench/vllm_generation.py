@@ -28,7 +28,7 @@ from engine.inference.torch_backend import TorchBackend
 MAX_NEW_TOKENS = 256
 
 
-def workload(request_count: int):
+def workload(request_count: int, dtype: torch.dtype = torch.float32):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -38,7 +38,7 @@ def workload(request_count: int):
         bos_token_id=1, eos_token_id=2, pad_token_id=0,
     )  # fmt: skip
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = LlamaForCausalLM(config).to(device).eval()
+    model = LlamaForCausalLM(config).to(device=device, dtype=dtype).eval()
     draws = torch.Generator().manual_seed(1)
     prompts = [
         [1] + torch.randint(3, 8192, (int(torch.randint(16, 64, (1,), generator=draws)),), generator=draws).tolist()
@@ -70,12 +70,15 @@ def card() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
-def measure(requests: int = 256, slots: int = 128, hf_batches: str = "16,64,256", threads: int = 1) -> tuple[dict, str]:
-    """The comparison above, on this machine's GPU when there is one: (results, summary)."""
+def measure(
+    requests: int = 256, slots: int = 128, hf_batches: str = "16,64,256", threads: int = 1, dtype: torch.dtype = torch.float32
+) -> tuple[dict, str]:
+    """The comparison above, on this machine's GPU when there is one, the model in `dtype`:
+    (results, summary)."""
     torch.set_num_threads(threads)
     from engine.inference.vllm_backend import VllmBackend
 
-    model, prompts, targets = workload(requests)
+    model, prompts, targets = workload(requests, dtype)
     expected = sum(targets)
     results: dict[str, dict] = {}
 
@@ -115,7 +118,7 @@ def measure(requests: int = 256, slots: int = 128, hf_batches: str = "16,64,256"
     vllm.close()
 
     assert all(value.get("tokens", expected) == expected for value in results.values()), results
-    results["card"] = {"name": card(), "threads": threads, "cpus": os.cpu_count()}
+    results["card"] = {"name": card(), "threads": threads, "cpus": os.cpu_count(), "dtype": str(dtype).removeprefix("torch.")}
     if torch.cuda.is_available():
         results["vllm"]["tokens_per_s_per_gpu"] = results["vllm"]["tokens_per_s"]  # one GPU generates
     summary = (
