@@ -2,6 +2,8 @@
 FROM python:3.11-slim
 WORKDIR /app
 COPY . .
-RUN pip install --no-cache-dir torch==2.13.0 && pip install --no-cache-dir -e .
+# EXTRAS=gpu for GPU Ray nodes (compose.yaml's ray-worker-gpu): upstream vllm brings its CUDA torch.
+ARG EXTRAS=""
+RUN pip install --no-cache-dir torch==2.13.0 && pip install --no-cache-dir -e ".${EXTRAS:+[$EXTRAS]}"
 ENV PYTHONUNBUFFERED=1
 WORKDIR /app/platform

@@ -28,7 +28,7 @@ from engine.inference.torch_backend import TorchBackend
 MAX_NEW_TOKENS = 256
 
 
-def workload(request_count: int):
+def workload(request_count: int, dtype: torch.dtype = torch.float32):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -38,7 +38,7 @@ def workload(request_count: int):
         bos_token_id=1, eos_token_id=2, pad_token_id=0,
     )  # fmt: skip
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = LlamaForCausalLM(config).to(device).eval()
+    model = LlamaForCausalLM(config).to(device=device, dtype=dtype).eval()
     draws = torch.Generator().manual_seed(1)
     prompts = [
         [1] + torch.randint(3, 8192, (int(torch.randint(16, 64, (1,), generator=draws)),), generator=draws).tolist()
@@ -70,22 +70,20 @@ def card() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=256)
-    parser.add_argument("--slots", type=int, default=128)
-    parser.add_argument("--hf-batches", default="16,64,256")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+def measure(
+    requests: int = 256, slots: int = 128, hf_batches: str = "16,64,256", threads: int = 1, dtype: torch.dtype = torch.float32
+) -> tuple[dict, str]:
+    """The comparison above, on this machine's GPU when there is one, the model in `dtype`:
+    (results, summary)."""
+    torch.set_num_threads(threads)
     from engine.inference.vllm_backend import VllmBackend
 
-    model, prompts, targets = workload(args.requests)
+    model, prompts, targets = workload(requests, dtype)
     expected = sum(targets)
     results: dict[str, dict] = {}
 
     started = time.perf_counter()
-    vllm = VllmBackend(copy.deepcopy(model), max_slots=args.slots, kv_cache_gb=1, generator=torch.Generator().manual_seed(0))
+    vllm = VllmBackend(copy.deepcopy(model), max_slots=slots, kv_cache_gb=1, generator=torch.Generator().manual_seed(0))
     results["vllm_start_s"] = {"seconds": round(time.perf_counter() - started, 2)}
     run_backend(vllm, prompts[:8], targets[:8])  # warm-up
     tokens, seconds = timed(lambda: run_backend(vllm, prompts, targets))
@@ -103,32 +101,43 @@ def main() -> None:
         updates.append(time.perf_counter() - started)
     results["update_in_place_s"] = {"median": round(sorted(updates)[1], 3)}
 
-    torch_backend = TorchBackend(model, max_slots=args.slots, generator=torch.Generator().manual_seed(0))
+    torch_backend = TorchBackend(model, max_slots=slots, generator=torch.Generator().manual_seed(0))
     tokens, seconds = timed(lambda: run_backend(torch_backend, prompts, targets))
     results["torch_backend"] = {"tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1)}
 
-    for rows in [int(value) for value in args.hf_batches.split(",")]:
+    for rows in [int(value) for value in hf_batches.split(",")]:
         tokens, seconds = timed(lambda: hf_side(model, prompts, targets, rows))
         results[f"generate_rows_{rows}"] = {"tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1)}
     best_hf = max((value["tokens_per_s"], name) for name, value in results.items() if name.startswith("generate_rows_"))
 
     # A fresh engine last: a second in-process vLLM engine ends the first one's parallel state.
     started = time.perf_counter()
-    fresh = VllmBackend(copy.deepcopy(moved), max_slots=args.slots, kv_cache_gb=1)
+    fresh = VllmBackend(copy.deepcopy(moved), max_slots=slots, kv_cache_gb=1)
     results["update_fresh_engine_s"] = {"seconds": round(time.perf_counter() - started, 2)}
     fresh.close()
     vllm.close()
 
     assert all(value.get("tokens", expected) == expected for value in results.values()), results
-    results["card"] = {"name": card(), "threads": args.threads, "cpus": os.cpu_count()}
+    results["card"] = {"name": card(), "threads": threads, "cpus": os.cpu_count(), "dtype": str(dtype).removeprefix("torch.")}
     if torch.cuda.is_available():
         results["vllm"]["tokens_per_s_per_gpu"] = results["vllm"]["tokens_per_s"]  # one GPU generates
     summary = (
-        f"{args.requests} Pareto-length requests ({expected} tokens) on a random 4-layer Llama, {card()}: "
+        f"{requests} Pareto-length requests ({expected} tokens) on a random 4-layer Llama, {card()}: "
         f"vLLM {results['vllm']['tokens_per_s']} tok/s, TorchBackend {results['torch_backend']['tokens_per_s']}, "
         f"generate() best {best_hf[0]} ({best_hf[1].removeprefix('generate_rows_')} rows); weight update in place "
         f"{results['update_in_place_s']['median']} s vs a fresh engine {results['update_fresh_engine_s']['seconds']} s"
     )
+    return results, summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=256)
+    parser.add_argument("--slots", type=int, default=128)
+    parser.add_argument("--hf-batches", default="16,64,256")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    results, summary = measure(args.requests, args.slots, args.hf_batches, args.threads)
     print(summary)
     record("bench.vllm_generation", results, summary)
 

@@ -6,6 +6,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from rollyard.defaults import REPO_ROOT, VAR_DIR
@@ -71,6 +73,51 @@ def start_housekeeper(env: dict[str, str], log: Path | None = None) -> subproces
         env,
         log,
     )
+
+
+@dataclass
+class Stack:
+    """A web server and workers started together (`start_stack`), each with a log file."""
+
+    base_url: str
+    logs: dict[str, Path]
+    processes: list[subprocess.Popen]
+
+    def tails(self, chars: int = 3000) -> str:
+        """The end of every log, for a failure's message."""
+        return "\n".join(f"--- {name}\n{log.read_text(errors='replace')[-chars:]}" for name, log in self.logs.items())
+
+    def wait_for(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+        """Poll `condition` until it holds; after `timeout_s` raise TimeoutError saying
+        `what` did not happen, with the logs' tails."""
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what}: not within {timeout_s:.0f} s\n{self.tails()}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        stop(*self.processes)
+
+
+def start_stack(env: dict[str, str], folder: Path, housekeeper: bool = False) -> Stack:
+    """Daphne, a run worker and, with `housekeeper`, the housekeeping worker with beat, all
+    with `env`, logging to folder/{web,worker,housekeeper}.log; returns once the web
+    server answers. The caller stops it (`Stack.stop`)."""
+    names = ["web", "worker"] + (["housekeeper"] if housekeeper else [])
+    logs = {name: folder / f"{name}.log" for name in names}
+    port = free_port()
+    starters = {"web": lambda log: start_web(port, env, log), "worker": lambda log: start_worker(env, log),
+                "housekeeper": lambda log: start_housekeeper(env, log)}  # fmt: skip
+    stack = Stack(f"http://127.0.0.1:{port}", logs, [])
+    try:
+        for name in names:
+            stack.processes.append(starters[name](logs[name]))
+        wait_for_http(f"{stack.base_url}/accounts/login/", stack.processes[0])
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
 
 
 def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 60.0) -> None:

@@ -19,6 +19,14 @@ def redis_url() -> str:
     return os.environ.get("REDIS_URL", EMBEDDED_REDIS_URL)
 
 
+def separate_redis_database(url: str) -> str:
+    """The same Redis server, another of its 16 databases: for a stack that must not share
+    a broker with another one on the same server (a worker there would take its tasks)."""
+    parsed = urlparse(url)
+    db = int(parsed.path.strip("/") or 0)
+    return parsed._replace(path=f"/{(db + 8) % 16}").geturl()
+
+
 def answers_ping(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5) as conn:

@@ -49,6 +49,9 @@ class LocalRecipe:
     def load_checkpoint(self, folder: Path) -> CheckpointInfo:
         return self._recipe.load_checkpoint(str(folder))
 
+    def where(self) -> str | None:
+        return None  # in the driver's process: nothing to say
+
     def close(self) -> None:
         # A recipe with helpers of its own (the async recipe's rollout workers) stops them.
         getattr(self._recipe, "close", lambda: None)()
@@ -101,10 +104,24 @@ class RayRecipe:
     def load_checkpoint(self, folder: Path) -> CheckpointInfo:
         return self._ray.get(self._actor.load_checkpoint.remote(str(folder)))
 
+    def where(self) -> str:
+        """Where the trainer's actor landed: its Ray node, and the cluster's address (the
+        local Ray's, or the one RAY_ADDRESS names)."""
+        node_id, node_ip = self._ray.get(self._actor.__ray_call__.remote(_node_of_actor))
+        cluster = self._ray.get_runtime_context().gcs_address
+        return f"trainer on Ray node {node_id} ({node_ip}) of the Ray cluster at {cluster}"
+
     def close(self) -> None:
         self._ray.kill(self._actor)
         if self.placement_group is not None:
             self._ray.util.remove_placement_group(self.placement_group)
+
+
+def _node_of_actor(_actor: object) -> tuple[str, str]:
+    """Run inside an actor (`__ray_call__`): the id and address of its node."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address()
 
 
 EXECUTORS = {"inprocess": LocalRecipe, "ray": RayRecipe}
@@ -146,6 +163,8 @@ def run(
             restored = recipe.load_checkpoint(Path(start))
             first_step, latest_val = restored.step, dict(restored.metrics)
             sink.emit(Log(message=f"resumed at step {first_step} from {start}: {RESTORED}"))
+        if where := recipe.where():
+            sink.emit(Log(message=where))
         # A fresh run and a fork measure where they start; a run resuming its own
         # checkpoint reported that evaluation before it was interrupted.
         if own_checkpoint is None:

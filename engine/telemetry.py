@@ -14,6 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+try:  # nvidia-ml-py, the `gpu` extra; absent on CPU machines, where runs report no GPU metrics
+    import pynvml
+except ImportError:  # pragma: no cover - depends on the machine
+    pynvml = None
+
 from engine.events import LengthHistogram, Phase, PromptResult, SampleRecord, Span, monotonic_now
 from engine.rollout.types import Group, Rollout
 
@@ -80,6 +85,45 @@ class Timeline:
     def busy(self, worker: str) -> float:
         """Seconds `worker` spent in phases other than idle and wait."""
         return sum(s.end - s.start for s in self.spans if s.worker == worker and s.phase not in ("idle", "wait"))
+
+
+class NvmlSampler:
+    """GPU utilisation and memory of every NVIDIA GPU on the node, through NVML, as step
+    metrics: `gpu/<i>/utilization` (percent of the last sample period the GPU was busy),
+    `gpu/<i>/memory_used_mb` and `gpu/<i>/memory_total_mb` (MiB), i the NVML index.
+    Nothing (an empty mapping) where nvidia-ml-py is not installed or NVML finds no GPU:
+    the dashboard then says the run's nodes have none. NVML is initialised once, on the
+    first sample; a failing read drops that GPU from the step rather than the step."""
+
+    def __init__(self) -> None:
+        self.handles: list | None = None
+
+    def _open(self) -> list:
+        if pynvml is None:
+            return []
+        try:
+            pynvml.nvmlInit()
+            return [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        except pynvml.NVMLError:
+            return []  # no driver, or no GPU
+
+    def sample(self) -> dict[str, float]:
+        if self.handles is None:
+            self.handles = self._open()
+        values: dict[str, float] = {}
+        for index, handle in enumerate(self.handles):
+            try:
+                utilization = pynvml.nvmlDeviceGetUtilizationRates(handle)
+                memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            except pynvml.NVMLError:
+                continue
+            values[f"gpu/{index}/utilization"] = float(utilization.gpu)
+            values[f"gpu/{index}/memory_used_mb"] = memory.used / 2**20
+            values[f"gpu/{index}/memory_total_mb"] = memory.total / 2**20
+        return values
+
+
+NVML = NvmlSampler()  # one per process: the trainer's node
 
 
 @dataclass
@@ -198,4 +242,5 @@ def step_metrics(
     }
     values.update({f"timing_s/{name}": value for name, value in seconds.items()})
     values.update(update.metrics)
+    values.update(NVML.sample())
     return values

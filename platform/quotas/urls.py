@@ -6,4 +6,5 @@ app_name = "quotas"
 
 urlpatterns = [
     path("", views.queue_page, name="queue"),
+    path("quotas/", views.quota_page, name="quotas"),
 ]

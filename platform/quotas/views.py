@@ -9,6 +9,7 @@ from django.shortcuts import render
 from django.utils import timezone
 
 from quotas import selectors
+from quotas.live import quota_board
 
 USAGE_PAGE_DAYS = 30
 
@@ -26,3 +27,12 @@ def queue_page(request: HttpRequest) -> HttpResponse:
         "usage_days": USAGE_PAGE_DAYS,
     }
     return render(request, "quotas/queue.html", context)
+
+
+@login_required
+def quota_page(request: HttpRequest) -> HttpResponse:
+    """The quotas of the user's teams (staff: every team's), live: GPU-hours used of each
+    period's limit, GPUs held of the concurrent limit, the pools' capacity in use. Drawn
+    from the snapshot the page's websocket (/ws/quotas/) sends again whenever a run
+    starts or finishes."""
+    return render(request, "quotas/quotas.html", {"board": quota_board(request.user), "ws_path": "/ws/quotas/"})

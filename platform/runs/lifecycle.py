@@ -14,6 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.permissions import PermissionDenied, require_owner_or_admin
+from quotas import live as quota_live
 from quotas import services as quotas
 from rollyard import dispatch
 from runs import live
@@ -81,6 +82,8 @@ def transition(run_id: int, to_status: RunStatus | str, reason: str = "") -> Run
             outcome = AttemptOutcome.LOST if target == RunStatus.QUEUED else AttemptOutcome(target)
             run.attempts.filter(ended_at__isnull=True).update(ended_at=now, outcome=outcome, reason=reason)
         _publish_status_on_commit(run)
+        # The quota page: a run started, finished or went back to the queue.
+        transaction.on_commit(quota_live.publish_change, robust=True)
     return run
 
 

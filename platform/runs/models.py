@@ -80,6 +80,8 @@ class Run(models.Model):
         "Checkpoint", null=True, blank=True, on_delete=models.PROTECT, related_name="forks"
     )
     forked_from_step = models.PositiveIntegerField(null=True, blank=True)
+    # A GRPO twin (runs.twins): the run whose technique it checks, with that technique off.
+    twin_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="twins")
 
     class Meta:
         ordering = ["-created_at", "-id"]

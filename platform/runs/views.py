@@ -4,6 +4,7 @@ Like the API, they only parse input and call selectors and services; the run pag
 charts load their data from the REST API and the run's websocket.
 """
 
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -26,7 +27,8 @@ from quotas import selectors as quota_selectors
 from quotas.models import DEFAULT_POOL
 from quotas.services import RequestRefused
 from rollyard.params import whole_number
-from runs import launch, lifecycle, selectors
+from runs import launch, lifecycle, selectors, twins
+from runs.api.lifecycle import compare_url
 from runs.api.serializers import RunDetailSerializer
 from runs.api.dashboards import TECHNIQUES, RunListFilter
 from runs.models import Run, RunStatus
@@ -65,6 +67,11 @@ LINE_CHARTS: dict[str, dict[str, dict[str, Any]]] = {
         "chart-step-time": {"title": "Step time by stage", "unit": "seconds",
                             "names": ["timing_s/step", "timing_s/gen", "timing_s/update_actor", "timing_s/sync",
                                       "timing_s/wait", "timing_s/eval"]},
+        # NVML, on nodes with NVIDIA GPUs only (engine.telemetry.NvmlSampler).
+        "chart-gpu-util": {"title": "GPU utilisation (NVML)", "unit": "percent busy", "optional": True,
+                           "names": ["gpu/*/utilization"]},
+        "chart-gpu-memory": {"title": "GPU memory used (NVML)", "unit": "MiB", "optional": True,
+                             "names": ["gpu/*/memory_used_mb", "gpu/*/memory_total_mb"]},
     },
     "difficulty": {
         "chart-difficulty-mix": {"title": "Groups all correct, all wrong, mixed", "unit": "fraction of groups",
@@ -241,12 +248,13 @@ def _clone_source(request: HttpRequest, params) -> Run | None:
 
 
 def resolve_names(patterns: list[str], present: list[str]) -> list[str]:
-    """A chart's metric names: exact ones as given, "prefix*" as every present name with that
-    prefix (sorted)."""
+    """A chart's metric names: exact ones as given, a pattern with "*" (any text: "cures/*",
+    "gpu/*/utilization") as every present name it matches (sorted)."""
     names: list[str] = []
     for pattern in patterns:
-        if pattern.endswith("*"):
-            names += sorted(name for name in present if name.startswith(pattern[:-1]))
+        if "*" in pattern:
+            wildcard = re.compile(".*".join(map(re.escape, pattern.split("*"))))
+            names += sorted(name for name in present if wildcard.fullmatch(name))
         else:
             names.append(pattern)
     return names
@@ -279,6 +287,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         "prompts_url": reverse("api:run-prompts", args=[run.pk]),
         "heatmap_url": reverse("api:run-prompts-heatmap", args=[run.pk]),
         "samples_url": reverse("api:run-samples", args=[run.pk]),
+        "savings_url": reverse("api:run-savings", args=[run.pk]),
         "queue_url": reverse("quotas-api:queue") + "?" + urlencode({"pool": quota_selectors.pool_name_of(run)}),
         "line_charts": {chart_id: {k: chart[k] for k in ("names", "title", "unit", "tab")} | {
             "optional": chart.get("optional", False)} for chart_id, chart in charts.items()},
@@ -296,7 +305,9 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         # Template-friendly: per tab, its charts with what the template needs.
         "tab_charts": {
             tab: [{"id": chart_id, "title": chart["title"], "optional": chart.get("optional", False),
-                   "shown": not chart.get("optional") or any(name in present for name in charts[chart_id]["resolved"]),
+                   "shown": (shown := not chart.get("optional")
+                             or any(name in present for name in charts[chart_id]["resolved"])),
+                   "hidden": not shown,
                    "raw": raw_links[chart_id.replace("-", "_")]}
                   for chart_id, chart in tab_charts.items()]
             for tab, tab_charts in LINE_CHARTS.items()
@@ -316,6 +327,8 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         "checkpoint_bytes": sum(run.checkpoints.filter(deleted_at__isnull=True).values_list("size_bytes", flat=True)),
         "retention": launch.resolve_retention(run.retention),
         "children": selectors.visible_runs(request.user).filter(parent=run).order_by("id"),
+        "twins": selectors.visible_runs(request.user).filter(twin_of=run).order_by("id"),
+        "twin_techniques": [twins.TECHNIQUE_LABELS[name] for name in twins.techniques_of_run(run)],
         "open_alerts": run.alerts.filter(resolved_at__isnull=True),
     }
     for tab, key in (("off-policy", "off_policy_charts"), ("techniques", "technique_charts")):
@@ -343,6 +356,24 @@ def run_fork(request: HttpRequest, run_id: int) -> HttpResponse:
     else:
         return redirect("runs:detail", run_id=child.pk)
     return redirect("runs:detail", run_id=parent.pk)
+
+
+@login_required
+@require_POST
+def run_twin(request: HttpRequest, run_id: int) -> HttpResponse:
+    """Launch the run's GRPO twin (runs.twins) and open the compare page of the two; the
+    run's page again, saying why, when it has no twin or the launch is refused."""
+    run = _visible_run_or_404(request, run_id)
+    try:
+        twin = twins.launch_twin(request.user, run)
+    except (SpecError, RequestRefused) as exc:
+        messages.error(request, "no GRPO twin: " + "; ".join(f"{field}: {reason}" for field, reason in exc.problems))
+    except lifecycle.RunError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.info(request, f"launched #{twin.pk} {twin.name}")
+        return redirect(compare_url(run, twin))
+    return redirect("runs:detail", run_id=run.pk)
 
 
 @login_required

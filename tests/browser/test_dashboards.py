@@ -1,8 +1,10 @@
 """The dashboards in a real browser (Debian's chromium, headless, driven by Playwright):
 a run launched through the form (no YAML typed), its charts growing live, a drill-down to
-its samples; a second run cancelled from its page; the two compared. Screenshots of each
-main view go to docs/screenshots/ (shown in the README)."""
+its samples; a second run cancelled from its page; the two compared. With
+ROLLYARD_SCREENSHOTS=1 the tests write screenshots of each main view to docs/screenshots/
+(shown in the README); without it they write none, so a test run leaves the tree as it was."""
 
+import os
 import tempfile
 import threading
 import time
@@ -42,6 +44,9 @@ def wait_until_started(run_id: int, timeout_s: float = 300) -> Run:
 
 
 def shoot(page, name: str) -> None:
+    """docs/screenshots/<name>.png of the whole page, only when ROLLYARD_SCREENSHOTS=1."""
+    if os.environ.get("ROLLYARD_SCREENSHOTS") != "1":
+        return
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
@@ -144,6 +149,10 @@ def test_launch_through_the_form_watch_drill_down_cancel_and_compare(live_stack,
     wait_until_terminal(second.id)
 
 
+# One GPU's NVML metrics as engine.telemetry.NvmlSampler reports them (an H200's memory).
+GPU_METRICS = {"gpu/0/utilization": 63.0, "gpu/0/memory_used_mb": 20_480.0, "gpu/0/memory_total_mb": 143_771.0}
+
+
 def record_step(run_id: int, attempt_id: int, step: int, extra: dict[str, float] | None = None) -> None:
     """One step's telemetry as the engine reports it (engine.events), recorded by the sink's
     own service: stored, then published to the run's websocket group. In a thread of its
@@ -233,7 +242,7 @@ def test_the_run_page_tabs_live_from_recorded_events(live_stack, chromium_path, 
         # Step 1 then step 2, pushed live: reward/mean and acc/mean, 2 points a step.
         record_step(run.id, attempt.id, 1)
         page.wait_for_function("() => Number(document.querySelector('#chart-reward').dataset.points) === 2", timeout=30_000)
-        record_step(run.id, attempt.id, 2, extra={"cures/weight_mean": 0.5})
+        record_step(run.id, attempt.id, 2, extra={"cures/weight_mean": 0.5, **GPU_METRICS})
         page.wait_for_function("() => Number(document.querySelector('#chart-reward').dataset.points) === 4", timeout=30_000)
         # 2.0 s a step (timing_s/step) × 1 step left of 3.
         expect(page.locator("#run-eta")).to_contain_text("ETA 2.0s", timeout=10_000)
@@ -246,6 +255,16 @@ def test_the_run_page_tabs_live_from_recorded_events(live_stack, chromium_path, 
         shoot(page, "run-rollout-tail")
         page.click("#tab-accelerators")
         page.wait_for_function("() => Number(document.querySelector('#chart-timeline').dataset.points) === 6", timeout=10_000)
+        # NVML's metrics of step 2, one GPU: its charts replace "no GPU on this run's nodes".
+        expect(page.locator("#chart-gpu-util-card")).to_be_visible(timeout=10_000)
+        expect(page.locator("#gpu-empty")).to_be_hidden()
+        # The savings estimate over 2 steps of 1.2 s generating and 0.8 s training (2.0 s each):
+        # APRIL at p90 40 of max 64 tokens saves 1.2 × (1 − 40/64) = 0.45 s a step, 22.5%;
+        # async overlap min(1.2, 0.8) = 0.8 s a step, 40.0%.
+        expect(page.locator("#savings")).to_have_attribute("data-state", "ready", timeout=10_000)
+        expect(page.locator("#savings-table tr[data-estimate^='APRIL']")).to_contain_text("0.9 s (22.5%)")
+        expect(page.locator("#savings-table tr[data-estimate^='async']")).to_contain_text("1.6 s (40.0%)")
+        expect(page.locator("#savings-assumptions li").first).to_contain_text("90% of its responses")
         shoot(page, "run-accelerators")
 
         page.click("#tab-techniques")

@@ -4,30 +4,13 @@ run reaches it through RAY_ADDRESS and, with `resources.placement: split`, its t
 and its rollout worker (the async recipe's) land on different nodes."""
 
 import json
-import os
-import secrets
-import signal
-import socket
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
+from devstack.ray_cluster import start_ray_head
 from engine.spec import SpecError, parse_spec
-
-RAY = str(Path(sys.executable).parent / "ray")
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port not in (6379, 6390):  # Redis's, and the platform's own Ray
-            return port
-
 
 DRIVER = r"""
 import json, sys, time
@@ -62,35 +45,13 @@ if __name__ == "__main__":
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """Two `ray start --block` processes, each in its own process group, so the teardown
-    stops exactly these (never `ray stop`, which ends every Ray on the machine). Ray 2.5x
-    clusters authenticate clients with a token: one of our own, for the nodes and the
-    driver (a subprocess: Ray reads the token once per process)."""
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    temp = tmp_path_factory.mktemp("ray")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    common = ["--num-cpus=1", "--disable-usage-stats", "--block", f"--temp-dir={temp}"]
-    nodes = []
+    """Two nodes of one CPU each (devstack.ray_cluster: a head and a node joining it)."""
+    cluster = start_ray_head(tmp_path_factory.mktemp("ray"), num_cpus=1)
     try:
-        for role in ([ "--head", f"--port={port}", "--include-dashboard=false"], [f"--address={address}"]):
-            nodes.append(
-                subprocess.Popen(
-                    [RAY, "start", *role, *common], env=env, start_new_session=True,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                )
-            )  # fmt: skip
-            time.sleep(15 if role[0] == "--head" else 0)  # the head's GCS answers before a node joins
-        yield address, env | {"RAY_ADDRESS": address}
+        cluster.add_node(num_cpus=1)
+        yield cluster
     finally:
-        for process in reversed(nodes):
-            os.killpg(process.pid, signal.SIGTERM)
-        for process in nodes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+        cluster.stop()
 
 
 def test_split_placement_is_refused_where_it_cannot_mean_anything():
@@ -102,7 +63,6 @@ def test_split_placement_is_refused_where_it_cannot_mean_anything():
 
 @pytest.mark.timeout(600)
 def test_a_run_on_a_two_node_cluster_puts_trainer_and_rollout_worker_on_different_nodes(cluster, tmp_path):
-    _, env = cluster
     spec = {
         "orchestration": {"mode": "async"},
         "dataset": {"eval_size": 8},
@@ -112,7 +72,7 @@ def test_a_run_on_a_two_node_cluster_puts_trainer_and_rollout_worker_on_differen
     }
     done = subprocess.run(
         [sys.executable, "-c", DRIVER, json.dumps(spec), str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=540,
+        env=cluster.env(), capture_output=True, text=True, timeout=540,
     )  # fmt: skip
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, done.stderr[-3000:]

@@ -117,6 +117,18 @@ def forked(world: World) -> bool:
     return Run.objects.filter(parent=world.run).exists()
 
 
+TWINNABLE_SPEC = SMALL_SPEC | {"rollout": {"n": 4, "strategy": "april"}}
+
+
+def twinnable(world: World) -> int:
+    """The world's run that uses a technique (APRIL), so it has a GRPO twin."""
+    return Run.objects.get(name="matrix-april").pk
+
+
+def twinned(world: World) -> bool:
+    return Run.objects.filter(twin_of__name="matrix-april").exists()
+
+
 def page_read(methods: tuple[str, ...] = ("GET", "POST"), **case: Any) -> dict[str, Case]:
     # Function views answer POST like GET unless they say otherwise: both are checked.
     return {method: Case(PAGE_TEAM_READ, **case) for method in methods}
@@ -149,9 +161,16 @@ RULES: dict[str, dict[str, Case]] = {
         "GET": Case(roles(LOGIN, 405, 405, 405, 405, 405)),
         "POST": Case(roles(LOGIN, 302, DONE, DONE, 404, DONE), body=lambda w: {"step": "1"}, effect=forked),
     },
+    # A GRPO twin is a launch in the run's team: members and above; a viewer is told why.
+    "runs:twin": {
+        "GET": Case(roles(LOGIN, 405, 405, 405, 405, 405)),
+        "POST": Case(roles(LOGIN, 302, DONE, DONE, 404, DONE), effect=twinned,
+                     kwargs=lambda w: {"run_id": twinnable(w)}),
+    },
     "runs:diff": page_read(query=lambda w: {"a": w.run.pk, "b": w.run.pk}),
     "runs:compare": page_read(methods=("GET",), query=lambda w: {"run": [w.run.pk, w.run.pk]}),
     "quotas:queue": page_signed_in(),
+    "quotas:quotas": page_signed_in(),
     "catalog:dataset-list": {
         "GET": Case(PAGE_SIGNED_IN),
         "POST": Case(
@@ -223,10 +242,12 @@ RULES: dict[str, dict[str, Case]] = {
     "api:run-prompts-heatmap": {"GET": Case(API_TEAM_READ)},
     "api:run-prompt-samples": {"GET": Case(API_TEAM_READ)},
     "api:run-samples": {"GET": Case(API_TEAM_READ)},
+    "api:run-savings": {"GET": Case(API_TEAM_READ)},
     # The owner (the member), the team's admin and staff cancel; a viewer may not.
     "api:run-cancel": {"POST": Case(roles(401, 403, 200, 200, 404, 200))},
     # Forking launches in the run's team: members and above.
     "api:run-fork": {"POST": Case(roles(401, 403, 201, 201, 404, 201), body=lambda w: {"step": 1})},
+    "api:run-twin": {"POST": Case(roles(401, 403, 201, 201, 404, 201), kwargs=lambda w: {"pk": twinnable(w)})},
     "accounts-api:me": {"GET": Case(API_SIGNED_IN)},
     "accounts-api:team-list": {"GET": Case(API_SIGNED_IN), "POST": Case(API_STAFF_WRITE, body=lambda w: {"name": "new-team"})},
     "accounts-api:team-detail": {"GET": Case(API_TEAM_READ, kwargs=lambda w: {"pk": w.team_id})},
@@ -377,6 +398,7 @@ def world(teams, staff, make_run, settings, tmp_path) -> World:
     Run.objects.filter(pk=run.pk).update(spec=SMALL_SPEC)  # a fork must train past step 1
     run.refresh_from_db()
     checkpoint = Checkpoint.objects.create(run=run, step=1, path=str(tmp_path / "ckpt-1"))
+    Run.objects.create(owner=teams.member, team=teams.team, name="matrix-april", spec=TWINNABLE_SPEC)
     uploaded = member.post("/api/datasets/", {"file": jsonl(3), "name": "sums", "team": "ml"}, format="multipart")
     assert uploaded.status_code == 201, uploaded.content
     dataset = Dataset.objects.get(pk=uploaded.json()["id"])
@@ -496,29 +518,41 @@ def test_every_admin_page_is_for_staff_only(endpoint, world):
             assert response.status_code == 302 and "/admin/login/" in response["Location"], f"{path} as {role}"
 
 
-# --- the run websocket ------------------------------------------------------------------------------
+# --- the websockets ---------------------------------------------------------------------------------
+
+
+async def check_socket_matrix(path: str, expect: dict[str, Outcome | str], teams, staff) -> None:
+    """Each role opens `path` with a token of its own: its first frame is a message of the
+    type `expect` names, or a close with that code."""
+    from rollyard.asgi import application
+
+    users = {"viewer": teams.viewer, "member": teams.member, "admin": teams.admin, "outsider": teams.outsider, "staff": staff}
+    tokens = {role: (await sync_to_async(create_token)(user, "ws"))[1] for role, user in users.items()}
+    for role in ROLES:
+        query = f"?token={tokens[role]}" if role != "anonymous" else ""
+        communicator = WebsocketCommunicator(application, f"{path}{query}")
+        connected, _ = await communicator.connect(timeout=10)
+        assert connected, role
+        message = await communicator.receive_output(timeout=10)
+        if isinstance(expect[role], str):
+            assert message["type"] == "websocket.send" and json.loads(message["text"])["type"] == expect[role], role
+        else:
+            assert (message["type"], message.get("code")) == ("websocket.close", expect[role]), role
+        await communicator.disconnect()
 
 
 @pytest.mark.django_db(transaction=True)
 async def test_the_run_websocket_follows_the_matrix(teams, staff, make_run, settings):
-    from rollyard.asgi import application
-
     settings.ROLLYARD_WS_AUTH_TIMEOUT_S = 0.2
-    users = {"viewer": teams.viewer, "member": teams.member, "admin": teams.admin, "outsider": teams.outsider, "staff": staff}
     run = await sync_to_async(make_run)(teams.member, "watched", team=teams.team)
-    tokens = {role: (await sync_to_async(create_token)(user, "ws"))[1] for role, user in users.items()}
-    expect = roles(4401, "hello", "hello", "hello", 4403, "hello")
-    for role in ROLES:
-        query = f"?token={tokens[role]}" if role != "anonymous" else ""
-        communicator = WebsocketCommunicator(application, f"/ws/runs/{run.pk}/{query}")
-        connected, _ = await communicator.connect(timeout=10)
-        assert connected, role
-        message = await communicator.receive_output(timeout=10)
-        if expect[role] == "hello":
-            assert message["type"] == "websocket.send" and json.loads(message["text"])["type"] == "hello", role
-        else:
-            assert (message["type"], message.get("code")) == ("websocket.close", expect[role]), role
-        await communicator.disconnect()
+    await check_socket_matrix(f"/ws/runs/{run.pk}/", roles(4401, "hello", "hello", "hello", 4403, "hello"), teams, staff)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_quota_websocket_follows_the_matrix(teams, staff, settings):
+    """Anyone signed in gets their board (only what they may see: the page's rule)."""
+    settings.ROLLYARD_WS_AUTH_TIMEOUT_S = 0.2
+    await check_socket_matrix("/ws/quotas/", roles(4401, "quotas", "quotas", "quotas", "quotas", "quotas"), teams, staff)
 
 
 def test_roles_are_what_the_matrix_assumes(world):

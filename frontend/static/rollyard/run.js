@@ -128,14 +128,21 @@
   const series = {};
   const knownNames = new Set(config.metric_names);
 
+  // A "*" stands for any text: "cures/*" (a prefix), "gpu/*/utilization" (each GPU).
+  const wildcards = {};
   function matches(pattern, name) {
-    return pattern.endsWith("*") ? name.startsWith(pattern.slice(0, -1)) : pattern === name;
+    if (!pattern.includes("*")) return pattern === name;
+    if (!wildcards[pattern]) {
+      const escaped = pattern.split("*").map((part) => part.replace(/[.+?^${}()|[\]\\]/g, "\\$&"));
+      wildcards[pattern] = new RegExp(`^${escaped.join(".*")}$`);
+    }
+    return wildcards[pattern].test(name);
   }
 
   function namesOf(id) {
     const names = [];
     for (const pattern of config.line_charts[id].names) {
-      if (pattern.endsWith("*")) names.push(...[...knownNames].filter((n) => matches(pattern, n)).sort());
+      if (pattern.includes("*")) names.push(...[...knownNames].filter((n) => matches(pattern, n)).sort());
       else names.push(pattern);
     }
     return names;

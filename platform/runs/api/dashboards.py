@@ -1,6 +1,7 @@
 """What the dashboards need beyond the run endpoints: live validation of a spec for the
-launch form (POST /api/spec/validate/), and the runs list's extra filters (algorithm,
-technique, search) used by the list page."""
+launch form (POST /api/spec/validate/), the runs list's extra filters (algorithm,
+technique, search) used by the list page, and a synchronous run's savings estimate
+(GET /api/runs/<id>/savings/, runs.savings)."""
 
 from typing import Any
 
@@ -10,7 +11,7 @@ from django.db.models import Q, QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -21,10 +22,10 @@ from engine.spec import SpecError
 from quotas import services as quotas
 from quotas.models import DEFAULT_POOL, DEFAULT_PRIORITY
 from quotas.services import RequestRefused
-from runs import launch
+from runs import launch, savings, selectors
 from runs.api.filters import RunFilter
-from runs.api.views import launch_team
-from runs.models import Run
+from runs.api.views import launch_team, validated_query
+from runs.models import MetricPoint, Run, RunEvent
 from runs.spec_paths import check_spec_paths, parse_server_spec
 
 # --- the launch form's live validation ------------------------------------------------------
@@ -122,3 +123,52 @@ class RunListFilter(RunFilter):
         text = value.strip().lstrip("#")
         match = Q(name__icontains=text) | Q(owner__username__iexact=text)
         return runs.filter(match | Q(pk=int(text)) if text.isascii() and text.isdigit() and len(text) < 10 else match)
+
+
+# --- a synchronous run's savings estimate ---------------------------------------------------
+
+SAVINGS_STEPS = 500  # the newest steps the estimate reads: bounded work on a long run
+
+
+class SavingsQuerySerializer(serializers.Serializer):
+    share = serializers.ChoiceField(
+        choices=list(savings.SHARE_METRICS), default=savings.DEFAULT_SHARE,
+        help_text="APRIL: the share of responses a step waits for (0.5, 0.9 or 0.99: the length percentiles reported)",
+    )
+
+
+class SavingsView(APIView):
+    @extend_schema(
+        parameters=[SavingsQuerySerializer],
+        responses={200: OpenApiTypes.OBJECT},
+        description='{"applies": bool, "reason": why not (null when it applies), "steps", "share", "measured": '
+        '{"step_s", "gen_s", "train_s"}, "april": {"step_s", "saved_s", "saved_fraction", "speedup", ...} or null '
+        '(the run uses APRIL already), "async": {... "phase_speedup"}, "assumptions": [text]} (runs.savings). '
+        '"steps": 0 is the empty state: no step has reported spans and length percentiles yet.',
+    )
+    def get(self, request: Request, run_id: int) -> Response:
+        """What APRIL (cutting the rollout tail) and async training (overlapping generation
+        and training) would save this synchronous run, from its own newest steps."""
+        try:
+            run = selectors.get_visible_run(request.user, run_id)
+        except Run.DoesNotExist:
+            raise NotFound(f"no run #{run_id}") from None
+        share = validated_query(SavingsQuerySerializer, request)["share"]
+        spec = run.spec if isinstance(run.spec, dict) else {}
+        mode = (spec.get("orchestration") or {}).get("mode", "sync")
+        if mode != "sync":
+            return Response({"applies": False, "reason": f"orchestration {mode}: the estimate is for synchronous runs, "
+                                                         "whose generation and training take turns", "steps": 0})
+        since = run.current_step - SAVINGS_STEPS
+        spans = RunEvent.objects.filter(run=run, kind="span", step__gt=since).values_list("payload", flat=True)
+        names = [savings.SHARE_METRICS[share], savings.MAX_METRIC]
+        lengths: dict[int, dict[str, float]] = {}
+        for step, name, value in MetricPoint.objects.filter(run=run, name__in=names, step__gt=since).values_list(
+            "step", "name", "value"
+        ):
+            if value is not None:
+                lengths.setdefault(step, {})[name] = value
+        estimate = savings.estimate_savings(savings.step_times(spans.iterator(chunk_size=2000)), lengths, share)
+        if (spec.get("rollout") or {}).get("strategy") == "april":
+            estimate["april"] = None  # its tail is cut already
+        return Response({"applies": True, "reason": None, **estimate})

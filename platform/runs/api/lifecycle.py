@@ -1,6 +1,9 @@
 """REST endpoints of a run's lifecycle, mixed into RunViewSet: attempts, checkpoints,
-clone (the spec to edit and launch again), fork from a checkpoint, config diff."""
+clone (the spec to edit and launch again), fork from a checkpoint, the GRPO twin (runs.twins),
+config diff."""
 
+from django.urls import reverse
+from django.utils.http import urlencode
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
@@ -9,7 +12,7 @@ from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from runs import launch, selectors
+from runs import launch, selectors, twins
 from runs.api.serializers import (
     CheckpointSerializer,
     DiffQuerySerializer,
@@ -64,6 +67,24 @@ class RunLifecycleActions:
         return Response(RunDetailSerializer(child).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
+        request=None,
+        responses={201: RunDetailSerializer},
+        description="The new run, with `techniques` (what its twin turns off) and `compare_url` (the compare "
+        "page of the two). 400 on `spec` for a run that uses no technique.",
+    )
+    @action(detail=True, methods=["post"])
+    def twin(self, request: Request, pk: str) -> Response:
+        """Launch the run's GRPO twin: same seed, model, data and budget, with its CurES, DARS,
+        BroRL, APRIL or AReaL turned off (runs.twins), as any launch (quotas, admission)."""
+        run = self.get_object()
+        twin = twins.launch_twin(request.user, run)
+        body = RunDetailSerializer(twin).data | {
+            "techniques": twins.techniques_of_run(run),
+            "compare_url": compare_url(run, twin),
+        }
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
         parameters=[DiffQuerySerializer],
         responses={200: OpenApiTypes.OBJECT},
         description='{"a": run, "b": run, "differences": [{"path": "training.lr", "a": 0.0003, "b": 0.001}]}; '
@@ -89,3 +110,8 @@ def visible_run_or_404(request: Request, run_id: int) -> Run:
         return selectors.get_visible_run(request.user, run_id)
     except Run.DoesNotExist:
         raise NotFound(f"no run #{run_id}") from None
+
+
+def compare_url(*runs: Run) -> str:
+    """The compare page of these runs."""
+    return reverse("runs:compare") + "?" + urlencode({"run": [run.pk for run in runs]}, doseq=True)

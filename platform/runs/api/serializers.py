@@ -35,7 +35,7 @@ class RunSerializer(serializers.ModelSerializer):
 
 class RunDetailSerializer(RunSerializer):
     class Meta(RunSerializer.Meta):
-        fields = [*RunSerializer.Meta.fields, "spec", "retention", "parent", "forked_from_step"]
+        fields = [*RunSerializer.Meta.fields, "spec", "retention", "parent", "forked_from_step", "twin_of"]
         read_only_fields = fields
 
 

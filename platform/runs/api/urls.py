@@ -24,5 +24,6 @@ urlpatterns = [
         name="run-prompt-samples",
     ),
     path("runs/<int:run_id>/samples/", prompts.RunSampleList.as_view(), name="run-samples"),
+    path("runs/<int:run_id>/savings/", dashboards.SavingsView.as_view(), name="run-savings"),
     *router.urls,
 ]
