@@ -158,3 +158,11 @@ def teams(make_user) -> Teams:
         viewer=viewer,
         outsider=outsider,
     )
+
+
+@pytest.fixture
+def multi_gpu_runs(settings) -> None:
+    """Quota and admission arithmetic for runs of several GPUs on the default spec's
+    torch training backend, which launch refuses more than one GPU
+    (runs.launch.check_launch_resources: only deepspeed takes several, one rank each)."""
+    settings.ROLLYARD_MAX_GPUS_PER_RUN = 16

@@ -23,14 +23,7 @@ from runs import lifecycle
 from runs import launch as run_launch
 from runs.models import Run, RunStatus
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def multi_gpu_runs(settings) -> None:
-    """The quota arithmetic for runs of several GPUs, which the platform refuses until
-    multi-device training exists (runs.launch.check_launch_resources)."""
-    settings.ROLLYARD_MAX_GPUS_PER_RUN = 16
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("multi_gpu_runs")]
 
 
 @pytest.fixture
