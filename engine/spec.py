@@ -319,6 +319,11 @@ class CurriculumSpec(_Strict):
     online_update: bool | None = Field(
         None, description="cures: every verified training rollout also updates its prompt's posterior"
     )
+    gradient_norms: Literal["embedding", "unit"] | None = Field(
+        None,
+        description="cures: the gradient norms g in each prompt's spread: embedding (the code's: ‖∇(−log π)‖ over "
+        "the embedding matrix, one backward pass per pre-rollout) or unit (every g = 1, spread sqrt(a(1−a)))",
+    )
     # DARS (engine.sampling.dars; defaults from the authors' code)
     schedule: Literal["equal", "hardness"] | None = Field(
         None,
@@ -363,6 +368,7 @@ class CurriculumSpec(_Strict):
         "weight_scale",
         "allocation_unit",
         "online_update",
+        "gradient_norms",
         "schedule",
         "max_rollouts",
         "schedule_std",

@@ -125,7 +125,7 @@ class SyncRecipe:
             self.probed.extend(groups)
             return groups
 
-        self.sampler.probe(step, probe)
+        self.sampler.probe(step, probe, self.training.embedding_grad_norms)
         plan = self.sampler.next(step, self.spec.rollout.prompts_per_step)
         return self.strategy.collect(step, plan, lambda count: self.sampler.next(step, count), self.collector, timeline)
 

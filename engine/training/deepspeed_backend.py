@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from engine.rollout.types import Rollout
-from engine.spec import RunSpec
+from engine.spec import RunSpec, SpecError
 from engine.training.batching import micro_batches
 from engine.training.collate import collate
 from engine.training.torch_backend import TorchTrainingBackend, UpdateStatistics
@@ -64,6 +64,13 @@ class DeepSpeedTrainingBackend(TorchTrainingBackend):
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
         self.zero_stage = spec.backends.zero_stage
+        curriculum = spec.curriculum
+        if self.zero_stage == 3 and curriculum.strategy == "cures" and curriculum.gradient_norms == "embedding":
+            # ZeRO-3 shards the embedding matrix across ranks: embedding_grad_norms (inherited,
+            # which differentiates the module's own whole weights) has no whole matrix to use.
+            raise SpecError(
+                [("curriculum.gradient_norms", "embedding needs whole weights; with backends.zero_stage 3 set it to unit")]
+            )
         training = spec.training
         config = {
             "train_micro_batch_size_per_gpu": 1,  # rows are the loss's business, not DeepSpeed's

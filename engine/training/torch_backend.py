@@ -88,6 +88,30 @@ class TorchTrainingBackend:
                 by_rollout[id(item)] = logprobs[row, item.response_positions]
         return [by_rollout[id(item)] for item in rollouts]
 
+    def embedding_grad_norms(self, rollouts: Sequence[Rollout]) -> list[float]:
+        """Each rollout's ‖∇_φ(−log π(y|x))‖₂, φ the input embedding matrix (tied to the
+        output head where the model ties them), the response's log-probs summed at the
+        rollout temperature: CurES's per-pre-rollout gradient norms (docs/algorithms.md
+        §1(b) step 3). One forward and backward pass per rollout, in eval mode (no
+        dropout, no random draw); torch.autograd.grad returns the gradient without
+        writing any parameter's .grad, so the weights, their gradients and the
+        optimiser's state are as they were."""
+        embedding = self.model.get_input_embeddings().weight
+        was_training = self.model.training
+        self.model.eval()
+        norms = []
+        try:
+            for item in rollouts:
+                input_ids = pad([item], self.tokenizer.pad_token_id, self.device)
+                logprobs = token_logprobs(
+                    self.model(input_ids=input_ids).logits[:, :-1], input_ids[:, 1:], self.spec.rollout.temperature
+                )
+                (gradient,) = torch.autograd.grad(-logprobs[0, item.response_positions].sum(), embedding)
+                norms.append(float(torch.linalg.vector_norm(gradient.float())))
+        finally:
+            self.model.train(was_training)
+        return norms
+
     # ----------------------------------------------------------------- updates
     def begin_batch(self) -> UpdateStatistics:
         """Statistics for the optimiser steps of one rollout batch."""
