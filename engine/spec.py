@@ -19,6 +19,7 @@ from engine.inference import GENERATION_BACKENDS
 from engine.recipes import RECIPES
 from engine.registry import Registry
 from engine.rollout import ROLLOUT_STRATEGIES
+from engine.problems import EvalSplit
 from engine.rollout.chunked import memory_plan
 from engine.sampling import SAMPLERS
 from engine.tasks import BUILTIN_TASKS
@@ -501,6 +502,11 @@ class TrainingSpec(_Strict):
     eval_pass_k: list[int] = Field(
         [1], min_length=1, description="k values reported as val/pass@k (unbiased estimator over eval_samples)"
     )
+    eval_split: EvalSplit = Field(
+        "test",
+        description="held-out prompts: test, or hard (built-in arith only: held-out chains of 9 to 12 operations, "
+        "where pass@k is not at its ceiling)",
+    )
     checkpoint_every: int = Field(
         0,
         ge=0,
@@ -775,6 +781,14 @@ class RunSpec(_Strict):
         if plan is None:
             return training
         return training.model_copy(update={"micro_batch_tokens": plan.micro_batch_tokens})
+
+    @field_validator("training")
+    @classmethod
+    def _hard_split_is_built_in(cls, training: TrainingSpec, info: ValidationInfo) -> TrainingSpec:
+        dataset = info.data.get("dataset")
+        if training.eval_split == "hard" and dataset is not None and dataset.path is not None:
+            raise ValueError("eval_split: hard is the built-in arith task's; a dataset file evaluates on its test split")
+        return training
 
     @field_validator("training")
     @classmethod

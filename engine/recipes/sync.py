@@ -88,7 +88,9 @@ class SyncRecipe:
         self.task = resolve_task(spec.dataset)
         # Colocated: the collector's backend decodes with the training backend's own model.
         self.collector = build_collector(spec, self.training.model, self.training.tokenizer, self.task)
-        self.eval_problems: list[Problem] = self.task.problems("test", spec.dataset.eval_size, seed=EVAL_SEED)
+        self.eval_problems: list[Problem] = self.task.problems(
+            spec.training.eval_split, spec.dataset.eval_size, seed=EVAL_SEED
+        )
         curriculum = spec.curriculum
         self.difficulty = DifficultyStore(curriculum.prior_alpha, curriculum.prior_beta)
         self.sampler = SAMPLERS.load(curriculum.strategy)(
