@@ -241,6 +241,13 @@ class AlgorithmSpec(_Strict):
     behav_weight_action: Literal["mask", "clamp"] | None = Field(
         None, description="decoupled_ppo: what happens to a token above behav_weight_cap: mask (AReaL's default) or clamp"
     )
+    reference_reset_every: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="ProRL's reference reset: every this many steps the KL reference becomes the current policy and "
+        "the optimiser's moments are zeroed; unset: never",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -257,6 +264,13 @@ class AlgorithmSpec(_Strict):
         if resolved.get("policy_loss") == "decoupled_ppo":
             resolved = DECOUPLED_DEFAULTS | resolved
         return resolved
+
+    @field_validator("reference_reset_every")
+    @classmethod
+    def _reset_needs_a_reference(cls, every: int | None, info: ValidationInfo) -> int | None:
+        if every is not None and info.data.get("kl_placement") == "off":
+            raise ValueError("resets the KL reference, and kl_placement is off: set kl_placement to loss or reward")
+        return every
 
     @field_validator("behav_weight_cap", "behav_weight_action")
     @classmethod

@@ -181,6 +181,11 @@ class SyncRecipe:
                     mini_batch = [item for group in groups for item in group.rollouts]
                     self.training.optimizer_step(mini_batch, self.loss, statistics)
             self.training.end_batch()
+            every = spec.algorithm.reference_reset_every
+            if every is not None:
+                if step % every == 0:  # ProRL: the next step's KL is measured from here
+                    self.training.reset_reference()
+                metrics["actor/reference_resets"] = float(self.training.reference_resets)
 
         # 7. push weights
         self.push_weights(timeline)

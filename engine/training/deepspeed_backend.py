@@ -64,6 +64,11 @@ class DeepSpeedTrainingBackend(TorchTrainingBackend):
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
         self.zero_stage = spec.backends.zero_stage
+        if spec.algorithm.reference_reset_every is not None:
+            # The moments live in DeepSpeed's own (possibly partitioned) optimiser state.
+            raise SpecError(
+                [("algorithm.reference_reset_every", "the deepspeed backend cannot reset its optimiser: use backends.training torch")]
+            )
         curriculum = spec.curriculum
         if self.zero_stage == 3 and curriculum.strategy == "cures" and curriculum.gradient_norms == "embedding":
             # ZeRO-3 shards the embedding matrix across ranks: embedding_grad_norms (inherited,
