@@ -170,7 +170,9 @@ class CuresSampler:
         self.chunk = [item.problem for item in self._passes.next(step, self.chunk_prompts)]
         self.counts = {problem.id: [0, 0] for problem in self.chunk}
         groups = collect([PlanItem(problem, self.pre_rollouts) for problem in self.chunk])
-        norms = gradient_norms([item for group in groups for item in group.rollouts]) if self.gradient_norms == "embedding" else []
+        norms: list[float] = []
+        if self.gradient_norms == "embedding":
+            norms = gradient_norms([item for group in groups for item in group.rollouts])
         self.moments = {}
         for group in groups:
             self._add(group.rollouts)
