@@ -9,13 +9,15 @@ prompts pool, learning rate and held-out prompts:
     dars     DARS ET (std schedule, matching GRPO's advantages), 2 PPO mini-batches
     dars_b   DARS-B: twice the prompts per step, one full batch, 2 epochs
 
-Held-out: --eval-size prompts × 16 samples at steps 0, steps/2 and steps, giving
+Held-out: --eval-size prompts of the --eval-split (default `hard`: held-out chains of 9
+to 12 operations, where pass@16 is not at its ceiling as it is on the test split) × 16
+samples, before training and every --eval-every steps (0: before and after only), giving
 val/acc/mean@1 and pass@1, 4, 16. Tokens count every generated token, CurES's
 pre-rollouts included. Per variant: mean and standard error over the seeds of the final
 accuracy and pass@k, tokens to reach GRPO's final accuracy (linear between evaluations;
 None when never reached), token entropy over the last half of training.
 
-    .venv/bin/python -m bench.cures_dars [--steps 12] [--seeds 0 1 2] [--eval-size 64]
+    .venv/bin/python -m bench.cures_dars [--steps 8] [--seeds 0 1 2] [--eval-size 32] [--eval-split hard]
 
 Writes bench/results/cures_dars.json, its line in docs/benchmarks.md, and
 bench/results/cures_dars.html (plotly.js from the installed package).
@@ -61,7 +63,8 @@ def variant_spec(name: str, args: argparse.Namespace, seed: int) -> RunSpec:
                 "steps": args.steps,
                 "lr": 3e-4,
                 "warmup_steps": 5,
-                "eval_every": args.steps // 2,
+                "eval_every": args.eval_every,
+                "eval_split": args.eval_split,
                 "eval_samples": max(PASS_K),
                 "eval_pass_k": PASS_K,
                 **training,
@@ -116,7 +119,7 @@ def mean_se(values: list[float]) -> dict:
     return {"mean": round(mean, 4), "se": round(se, 4)}
 
 
-def write_figure(runs: dict[str, list[dict]], path) -> None:
+def write_figure(runs: dict[str, list[dict]], path, split: str) -> None:
     figure = make_subplots(rows=1, cols=2, subplot_titles=["val/acc/mean@1 vs generated tokens", "final pass@k"])
     colours = plotly.colors.qualitative.Plotly
     for index, (name, seeds) in enumerate(runs.items()):
@@ -130,17 +133,19 @@ def write_figure(runs: dict[str, list[dict]], path) -> None:
             )  # fmt: skip
         means = [statistics.fmean(r["final"][f"pass@{k}"] for r in seeds) for k in PASS_K]
         figure.add_trace(go.Bar(x=[f"pass@{k}" for k in PASS_K], y=means, name=name, showlegend=False, **{"marker": style["marker"]}), row=1, col=2)
-    figure.update_layout(title="CurES, DARS, DARS-B vs GRPO (built-in arith task, one line per seed)", height=420, barmode="group")
+    figure.update_layout(title=f"CurES, DARS, DARS-B vs GRPO (built-in arith task, held-out {split} split, one line per seed)", height=420, barmode="group")
     write_html(figure, path)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--n", type=int, default=8)
-    parser.add_argument("--chunk-prompts", type=int, default=32)
-    parser.add_argument("--eval-size", type=int, default=64)
+    parser.add_argument("--chunk-prompts", type=int, default=24)
+    parser.add_argument("--eval-size", type=int, default=32)
+    parser.add_argument("--eval-split", choices=["test", "hard"], default="hard")
+    parser.add_argument("--eval-every", type=int, default=0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--cpus", type=int, default=1)
     args = parser.parse_args()
@@ -161,13 +166,14 @@ def main() -> None:
             "tokens_to_grpo_final": reach,
             "entropy_late": mean_se([r["entropy_late"] for r in seeds]),
         }
-    write_figure(runs, RESULTS_DIR / "cures_dars.html")
+    write_figure(runs, RESULTS_DIR / "cures_dars.html", args.eval_split)
     settings = {key: value for key, value in vars(args).items()}
     record(
         __spec__.name,
         {"settings": settings, "summary": summary, "runs": runs},
         "; ".join(
-            f"{name} acc {s['acc']['mean']:.2f}±{s['acc']['se']:.2f}, pass@16 {s['pass@16']['mean']:.2f}, "
+            f"{name} acc {s['acc']['mean']:.2f}±{s['acc']['se']:.2f}, pass@4 {s['pass@4']['mean']:.2f}, "
+            f"pass@16 {s['pass@16']['mean']:.2f}, "
             f"{s['tokens']['mean'] / 1000:.0f}k tokens"
             for name, s in summary.items()
         ),

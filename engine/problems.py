@@ -6,6 +6,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 Split = Literal["train", "test"]
+# The held-out prompts a run evaluates on: the test split, or a built-in task's harder
+# held-out split (engine.tasks.arith: `hard`, long chains only; never trained on).
+EvalSplit = Literal["test", "hard"]
 
 
 @dataclass(frozen=True)

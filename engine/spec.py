@@ -19,6 +19,7 @@ from engine.inference import GENERATION_BACKENDS
 from engine.recipes import RECIPES
 from engine.registry import Registry
 from engine.rollout import ROLLOUT_STRATEGIES
+from engine.problems import EvalSplit
 from engine.rollout.chunked import memory_plan
 from engine.sampling import SAMPLERS
 from engine.tasks import BUILTIN_TASKS
@@ -240,6 +241,13 @@ class AlgorithmSpec(_Strict):
     behav_weight_action: Literal["mask", "clamp"] | None = Field(
         None, description="decoupled_ppo: what happens to a token above behav_weight_cap: mask (AReaL's default) or clamp"
     )
+    reference_reset_every: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="ProRL's reference reset: every this many steps the KL reference becomes the current policy and "
+        "the optimiser's moments are zeroed; unset: never",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -256,6 +264,13 @@ class AlgorithmSpec(_Strict):
         if resolved.get("policy_loss") == "decoupled_ppo":
             resolved = DECOUPLED_DEFAULTS | resolved
         return resolved
+
+    @field_validator("reference_reset_every")
+    @classmethod
+    def _reset_needs_a_reference(cls, every: int | None, info: ValidationInfo) -> int | None:
+        if every is not None and info.data.get("kl_placement") == "off":
+            raise ValueError("resets the KL reference, and kl_placement is off: set kl_placement to loss or reward")
+        return every
 
     @field_validator("behav_weight_cap", "behav_weight_action")
     @classmethod
@@ -319,6 +334,11 @@ class CurriculumSpec(_Strict):
     online_update: bool | None = Field(
         None, description="cures: every verified training rollout also updates its prompt's posterior"
     )
+    gradient_norms: Literal["embedding", "unit"] | None = Field(
+        None,
+        description="cures: the gradient norms g in each prompt's spread: embedding (the code's: ‖∇(−log π)‖ over "
+        "the embedding matrix, one backward pass per pre-rollout) or unit (every g = 1, spread sqrt(a(1−a)))",
+    )
     # DARS (engine.sampling.dars; defaults from the authors' code)
     schedule: Literal["equal", "hardness"] | None = Field(
         None,
@@ -363,6 +383,7 @@ class CurriculumSpec(_Strict):
         "weight_scale",
         "allocation_unit",
         "online_update",
+        "gradient_norms",
         "schedule",
         "max_rollouts",
         "schedule_std",
@@ -494,6 +515,11 @@ class TrainingSpec(_Strict):
     )
     eval_pass_k: list[int] = Field(
         [1], min_length=1, description="k values reported as val/pass@k (unbiased estimator over eval_samples)"
+    )
+    eval_split: EvalSplit = Field(
+        "test",
+        description="held-out prompts: test, or hard (built-in arith only: held-out chains of 9 to 12 operations, "
+        "where pass@k is not at its ceiling)",
     )
     checkpoint_every: int = Field(
         0,
@@ -794,6 +820,14 @@ class RunSpec(_Strict):
         if plan is None:
             return training
         return training.model_copy(update={"micro_batch_tokens": plan.micro_batch_tokens})
+
+    @field_validator("training")
+    @classmethod
+    def _hard_split_is_built_in(cls, training: TrainingSpec, info: ValidationInfo) -> TrainingSpec:
+        dataset = info.data.get("dataset")
+        if training.eval_split == "hard" and dataset is not None and dataset.path is not None:
+            raise ValueError("eval_split: hard is the built-in arith task's; a dataset file evaluates on its test split")
+        return training
 
     @field_validator("training")
     @classmethod

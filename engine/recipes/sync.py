@@ -88,7 +88,9 @@ class SyncRecipe:
         self.task = resolve_task(spec.dataset)
         # Colocated: the collector's backend decodes with the training backend's own model.
         self.collector = build_collector(spec, self.training.model, self.training.tokenizer, self.task)
-        self.eval_problems: list[Problem] = self.task.problems("test", spec.dataset.eval_size, seed=EVAL_SEED)
+        self.eval_problems: list[Problem] = self.task.problems(
+            spec.training.eval_split, spec.dataset.eval_size, seed=EVAL_SEED
+        )
         curriculum = spec.curriculum
         self.difficulty = DifficultyStore(curriculum.prior_alpha, curriculum.prior_beta)
         self.sampler = SAMPLERS.load(curriculum.strategy)(
@@ -125,7 +127,7 @@ class SyncRecipe:
             self.probed.extend(groups)
             return groups
 
-        self.sampler.probe(step, probe)
+        self.sampler.probe(step, probe, self.training.embedding_grad_norms)
         plan = self.sampler.next(step, self.spec.rollout.prompts_per_step)
         return self.strategy.collect(step, plan, lambda count: self.sampler.next(step, count), self.collector, timeline)
 
@@ -179,6 +181,11 @@ class SyncRecipe:
                     mini_batch = [item for group in groups for item in group.rollouts]
                     self.training.optimizer_step(mini_batch, self.loss, statistics)
             self.training.end_batch()
+            every = spec.algorithm.reference_reset_every
+            if every is not None:
+                if step % every == 0:  # ProRL: the next step's KL is measured from here
+                    self.training.reset_reference()
+                metrics["actor/reference_resets"] = float(self.training.reference_resets)
 
         # 7. push weights
         self.push_weights(timeline)

@@ -18,6 +18,10 @@ class PlanItem:
 # Rolls a plan out and verifies it, returning its groups (engine.rollout.types.Group);
 # what a sampler's `probe` is handed.
 Probe = Callable[[list[PlanItem]], list[Any]]
+# Each rollout's gradient norm ‖∇_φ(−log π(y|x))‖₂ over the policy's embedding matrix φ
+# (engine.training.torch_backend.TorchTrainingBackend.embedding_grad_norms), for a
+# sampler that weighs its probe's rollouts by them (CurES); the weights stay untouched.
+GradientNorms = Callable[[list[Any]], list[float]]
 
 
 class Sampler(Protocol):
@@ -26,9 +30,10 @@ class Sampler(Protocol):
     # defaults; a field it does not read must stay unset in a spec.
     parameters: ClassVar[dict[str, Any]]
 
-    def probe(self, step: int, collect: Probe) -> None:
+    def probe(self, step: int, collect: Probe, gradient_norms: GradientNorms) -> None:
         """Before the step's plan: rollouts the sampler needs to see first, collected by
-        `collect` and never trained on (CurES's pre-rollouts). Most samplers need none."""
+        `collect` and never trained on (CurES's pre-rollouts), with `gradient_norms` to
+        measure them by. Most samplers need none."""
         ...
 
     def next(self, step: int, prompts: int) -> list[PlanItem]:

@@ -10,7 +10,14 @@ through `probe`; then, per prompt x with A_x correct of T_x attempts:
     p̂_x = (A_x + 1) / (T_x + 2)                          posterior mean of Beta(A + 1, T − A + 1)
     w_x = exp(weight_scale · sqrt(p̂_x (1 − p̂_x)) / (A_x + 1)),   q(x) = w_x / Σ w
                                                           (the code's T_x = (A_x + 1) / 0.01)
-    σ_x = sqrt(a_x (1 − a_x)),  a_x = A_x / T_x           the spread of x's gradient
+    σ_x² = a·b²·E[g_c²] + a²·b·E[g_w²] − a²·b²·(E[g_c] − E[g_w])²,  a = A_x / T_x, b = 1 − a
+                                                          the spread of x's gradient
+
+where g = ‖∇_φ(−log π(y|x))‖₂ is a pre-rollout's gradient norm over the embedding matrix
+φ only (the code's act_params = "embed_tokens"), measured through the training backend
+(`gradient_norms`), split into x's correct {g_c} and wrong {g_w} pre-rollouts (an empty
+set counts as [0]). With `gradient_norms: unit` every g is 1 and σ_x² = a(1 − a): the
+same shape (peaked at a = 1/2, zero at 0 and 1) without a backward pass per pre-rollout.
 
 Each step draws `prompts` prompts of the chunk with probabilities q, without
 replacement, and shares a budget of prompts × rollout.n rollouts (GRPO's samples per
@@ -18,13 +25,12 @@ step, so runs compare at equal cost) among them in proportion to σ_x, in whole 
 of `allocation_unit` rollouts (the code repeats a prompt n_x times at rollout.n = 4);
 largest remainders round, so the units add up exactly. A prompt with σ_x = 0 (all its
 attempts right, or all wrong) gets none: it is pruned. With `online_update` every
-verified training rollout of a chunk prompt adds to its A_x and T_x.
+verified training rollout of a chunk prompt adds to its A_x and T_x, so a moves; the
+norm moments stay those of its pre-rollouts (training rollouts are not probed).
 
-Deviation from the code, on purpose: its σ_x² = a·b²·E[g_c²] + a²·b·E[g_w²] −
-a²·b²·(E[g_c] − E[g_w])² weighs correct and wrong rollouts by their embedding-gradient
-norms g; here every g is 1, which leaves σ_x² = a·b·(a + b) = a(1 − a). Computing the
-norms needs a backward pass per pre-rollout through the training backend; with equal
-norms the allocation keeps its shape (peaked at a = 1/2, zero at 0 and 1).
+Where this differs from the code: the budget is the step's, shared over the drawn
+prompts (the code normalises σ over a whole shard of the chunk); a = A_x / T_x follows
+the online counts (the code's online update is disabled in its scripts).
 """
 
 import math
@@ -34,7 +40,7 @@ from typing import Any, ClassVar
 
 from engine.checkpoint import as_tuples
 from engine.problems import Problem
-from engine.sampling.base import PlanItem, Probe
+from engine.sampling.base import GradientNorms, PlanItem, Probe
 from engine.sampling.passes import UniformSampler
 
 
@@ -49,12 +55,31 @@ def sampling_weight(successes: int, attempts: int, weight_scale: float) -> float
     return math.exp(weight_scale * math.sqrt(p * (1 - p)) / (successes + 1))
 
 
-def gradient_spread(successes: int, attempts: int) -> float:
-    """σ = sqrt(a (1 − a)) with a = A / T, the empirical pass rate (unit gradient norms)."""
+# Sums of one prompt's pre-rollout gradient norms: Σg_c, Σg_c², #correct, Σg_w, Σg_w², #wrong.
+NormMoments = tuple[float, float, int, float, float, int]
+# Every g is 1 (`gradient_norms: unit`): E[g] = E[g²] = 1 on both sides.
+UNIT_NORMS: NormMoments = (1.0, 1.0, 1, 1.0, 1.0, 1)
+
+
+def norm_moments(correct: Sequence[bool], norms: Sequence[float]) -> NormMoments:
+    """The sums the spread reads, from each pre-rollout's verdict and gradient norm."""
+    right = [g for ok, g in zip(correct, norms, strict=True) if ok]
+    wrong = [g for ok, g in zip(correct, norms, strict=True) if not ok]
+    return (sum(right), sum(g * g for g in right), len(right), sum(wrong), sum(g * g for g in wrong), len(wrong))
+
+
+def gradient_spread(successes: int, attempts: int, moments: NormMoments = UNIT_NORMS) -> float:
+    """σ = sqrt(a·b²·E[g_c²] + a²·b·E[g_w²] − a²·b²·(E[g_c] − E[g_w])²), a = A / T, b = 1 − a;
+    an empty side's E[g] and E[g²] are 0 (the code's [0]). Unit norms give sqrt(a(1 − a))."""
     if attempts == 0:
         return 0.0
     a = successes / attempts
-    return math.sqrt(a * (1 - a))
+    b = 1 - a
+    sum_c, squares_c, count_c, sum_w, squares_w, count_w = moments
+    mean_c, square_c = (sum_c / count_c, squares_c / count_c) if count_c else (0.0, 0.0)
+    mean_w, square_w = (sum_w / count_w, squares_w / count_w) if count_w else (0.0, 0.0)
+    variance = a * b * b * square_c + a * a * b * square_w - a * a * b * b * (mean_c - mean_w) ** 2
+    return math.sqrt(max(variance, 0.0))
 
 
 def allocate(spreads: Sequence[float], budget: int, unit: int) -> list[int]:
@@ -91,8 +116,8 @@ def normalised_entropy(weights: Sequence[float]) -> float:
 class CuresSampler:
     description: ClassVar[str] = (
         "CurES: pre-rollouts estimate each prompt's Beta posterior; prompts drawn with posterior weights, "
-        "rollouts allocated in proportion to each prompt's gradient spread sqrt(p(1−p)) under the step's "
-        "budget, zero-spread prompts pruned"
+        "rollouts allocated in proportion to each prompt's gradient spread (from its pre-rollouts' embedding-"
+        "gradient norms) under the step's budget, zero-spread prompts pruned"
     )
     parameters: ClassVar[dict[str, Any]] = {
         "pre_rollouts": 4,
@@ -101,6 +126,7 @@ class CuresSampler:
         "weight_scale": 0.01,
         "allocation_unit": 4,
         "online_update": True,
+        "gradient_norms": "embedding",
     }
 
     def __init__(
@@ -114,6 +140,7 @@ class CuresSampler:
         weight_scale: float,
         allocation_unit: int,
         online_update: bool,
+        gradient_norms: str,
         **common: Any,
     ):
         self.n = n
@@ -123,30 +150,44 @@ class CuresSampler:
         self.weight_scale = weight_scale
         self.allocation_unit = allocation_unit
         self.online_update = online_update
+        self.gradient_norms = gradient_norms
         self._passes = UniformSampler(pool, n, seed)  # which prompts make up each chunk
         self._draw_rng = random.Random(seed + 1)  # each step's weighted draw from the chunk
         self.chunk: list[Problem] = []
         self.counts: dict[str, list[int]] = {}  # prompt id -> [A, T] of the current chunk
+        self.moments: dict[str, NormMoments] = {}  # prompt id -> its pre-rollouts' norm sums (embedding)
         self._metrics: dict[str, float] = {}  # the last plan's, reported by metrics()
         self._probe_tokens = 0  # pre-rollout tokens of the current step
+        self._norm_mean = 0.0  # the mean pre-rollout gradient norm of the current chunk
 
     # ------------------------------------------------------------------ the step
-    def probe(self, step: int, collect: Probe) -> None:
-        """At a chunk's first step: the next chunk of the pool, pre-rolled `pre_rollouts` times each."""
+    def probe(self, step: int, collect: Probe, gradient_norms: GradientNorms) -> None:
+        """At a chunk's first step: the next chunk of the pool, pre-rolled `pre_rollouts`
+        times each, and (embedding) each pre-rollout's gradient norm measured."""
         self._probe_tokens = 0
         if (step - 1) % self.chunk_steps != 0 and self.chunk:
             return
         self.chunk = [item.problem for item in self._passes.next(step, self.chunk_prompts)]
         self.counts = {problem.id: [0, 0] for problem in self.chunk}
         groups = collect([PlanItem(problem, self.pre_rollouts) for problem in self.chunk])
+        norms: list[float] = []
+        if self.gradient_norms == "embedding":
+            norms = gradient_norms([item for group in groups for item in group.rollouts])
+        self.moments = {}
         for group in groups:
             self._add(group.rollouts)
             self._probe_tokens += sum(item.length for item in group.rollouts)
+            if norms:
+                mine, norms = norms[: len(group.rollouts)], norms[len(group.rollouts) :]
+                self.moments[group.problem.id] = norm_moments([item.correct for item in group.rollouts], mine)
+        grads = list(self.moments.values())
+        self._norm_mean = sum(m[0] + m[3] for m in grads) / max(sum(m[2] + m[5] for m in grads), 1)
 
     def next(self, step: int, prompts: int) -> list[PlanItem]:
         weights = [sampling_weight(*self._counts(problem), self.weight_scale) for problem in self.chunk]
         drawn = [self.chunk[i] for i in weighted_draw(self._draw_rng, weights, prompts)]
-        rollouts = allocate([gradient_spread(*self._counts(p)) for p in drawn], prompts * self.n, self.allocation_unit)
+        spreads = [gradient_spread(*self._counts(p), self.moments.get(p.id, UNIT_NORMS)) for p in drawn]
+        rollouts = allocate(spreads, prompts * self.n, self.allocation_unit)
         plan = [PlanItem(problem, n) for problem, n in zip(drawn, rollouts) if n > 0]
         if not plan:  # every drawn prompt is pruned: train on them as GRPO would (all zero advantages)
             plan = [PlanItem(problem, self.n) for problem in drawn]
@@ -158,7 +199,10 @@ class CuresSampler:
             "cures/rollouts_per_prompt/max": float(max(kept)),
             "cures/pruned_share": sum(n == 0 for n in rollouts) / len(drawn),
             "cures/posterior_mean": sum(posterior_mean(*self._counts(p)) for p in drawn) / len(drawn),
+            "cures/spread_mean": sum(spreads) / len(spreads),
         }
+        if self.gradient_norms == "embedding":
+            self._metrics["cures/embedding_grad_norm"] = self._norm_mean
         return plan
 
     def observe(self, step: int, rollouts: Sequence[Any]) -> None:
@@ -186,6 +230,8 @@ class CuresSampler:
             "draw_rng": self._draw_rng.getstate(),
             "chunk": [problem.id for problem in self.chunk],
             "counts": {prompt_id: list(record) for prompt_id, record in self.counts.items()},
+            "moments": {prompt_id: list(sums) for prompt_id, sums in self.moments.items()},
+            "norm_mean": self._norm_mean,
             "metrics": dict(self._metrics),
             "probe_tokens": self._probe_tokens,
         }
@@ -196,5 +242,7 @@ class CuresSampler:
         by_id = {problem.id: problem for problem in self._passes.pool}
         self.chunk = [by_id[prompt_id] for prompt_id in state["chunk"]]
         self.counts = {prompt_id: list(record) for prompt_id, record in state["counts"].items()}
+        self.moments = {prompt_id: tuple(sums) for prompt_id, sums in state["moments"].items()}
+        self._norm_mean = state["norm_mean"]
         self._metrics = dict(state["metrics"])
         self._probe_tokens = state["probe_tokens"]

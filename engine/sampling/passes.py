@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from engine.checkpoint import as_tuples
 from engine.problems import Problem
-from engine.sampling.base import PlanItem, Probe
+from engine.sampling.base import GradientNorms, PlanItem, Probe
 
 
 class UniformSampler:
@@ -32,7 +32,7 @@ class UniformSampler:
         """The hardest admissible difficulty at `step`: inf admits every prompt."""
         return math.inf
 
-    def probe(self, step: int, collect: Probe) -> None:
+    def probe(self, step: int, collect: Probe, gradient_norms: GradientNorms) -> None:
         """A pass needs no rollouts before it plans."""
 
     def next(self, step: int, prompts: int) -> list[PlanItem]:

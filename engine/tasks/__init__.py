@@ -6,7 +6,7 @@ import functools
 import os
 from typing import TYPE_CHECKING, Protocol
 
-from engine.problems import Problem, Split
+from engine.problems import EvalSplit, Problem, Split
 from engine.registry import Registry
 
 if TYPE_CHECKING:
@@ -16,9 +16,10 @@ if TYPE_CHECKING:
 class Task(Protocol):
     name: str
 
-    def problems(self, split: Split, count: int, seed: int) -> list[Problem]:
+    def problems(self, split: Split | EvalSplit, count: int, seed: int) -> list[Problem]:
         """`count` problems of a split; the same (split, count, seed) gives the same list,
-        and the train and test splits never share a prompt."""
+        and the train and held-out splits (test, and hard where the task has one) never
+        share a prompt."""
 
     def score(self, problem: Problem, response: str) -> float:
         """1.0 when the response's final answer is correct, else 0.0."""

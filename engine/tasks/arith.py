@@ -39,7 +39,11 @@ Why this shape (docs/architecture.md, "the built-in tasks"):
 
 Splits: a chain belongs to the test split when a hash of its text falls in the first
 `test_share` of the hash range, so train and test never share a prompt and the split
-depends on neither seed nor count. Within a split, problems are drawn i.i.d. from the
+depends on neither seed nor count. The `hard` split is held out the same way (its chains
+are test-split chains, never trained on) but draws k uniformly from hard_min_ops..max_ops
+instead of the power law: the long chains the train law rarely shows, where a policy is
+far from solving every prompt, so Pass@K for k up to 16 is not at its ceiling
+(`training.eval_split: hard`; docs/benchmarks.md, CurES and DARS). Within a split, problems are drawn i.i.d. from the
 law with a seeded generator; the first `count` problems of a (split, seed) stream are
 the same whatever `count` is. Short chains can repeat (there are only 270 one-step
 chains in all). A problem's id is a hash of its text, so a repeated prompt keeps its id,
@@ -50,7 +54,7 @@ import hashlib
 import random
 from dataclasses import dataclass
 
-from engine.problems import Problem, Split
+from engine.problems import EvalSplit, Problem, Split
 from engine.tasks import BUILTIN_TASKS
 from engine.verifiers import ANSWER_MARKER, VERIFIERS
 
@@ -87,22 +91,25 @@ class ArithTask:
     alpha: float = 1.2  # P(k) ∝ k^-alpha
     max_value: int = 19  # every number in a chain stays in 0..max_value (≤ 99: one token each)
     test_share: float = 0.2
+    hard_min_ops: int = 9  # the hard split's chains have hard_min_ops..max_ops operations
 
     @property
     def width(self) -> int:
         """Words per line: the longest line is the first step of a max_ops chain."""
         return self.max_ops + 3
 
-    def ops_weights(self) -> list[float]:
-        """Unnormalised P(k) for k = 1..max_ops."""
+    def ops_weights(self, split: EvalSplit | Split = "train") -> list[float]:
+        """Unnormalised P(k) for k = 1..max_ops: the power law, or the hard split's uniform tail."""
+        if split == "hard":
+            return [float(k >= self.hard_min_ops) for k in range(1, self.max_ops + 1)]
         return [k**-self.alpha for k in range(1, self.max_ops + 1)]
 
     def split_of(self, prompt: str) -> Split:
         return "test" if _digest("split:" + prompt) % 10_000 < self.test_share * 10_000 else "train"
 
-    def sample(self, rng: random.Random) -> Problem:
-        """One problem from the law, whichever split it falls in."""
-        k = rng.choices(range(1, self.max_ops + 1), weights=self.ops_weights())[0]
+    def sample(self, rng: random.Random, law: EvalSplit | Split = "train") -> Problem:
+        """One problem from the law (`hard`: the uniform tail), whichever split it falls in."""
+        k = rng.choices(range(1, self.max_ops + 1), weights=self.ops_weights(law))[0]
         first = rng.randrange(self.max_value + 1)
         value, ops = first, []
         for _ in range(k):
@@ -124,14 +131,15 @@ class ArithTask:
             solution="\n".join(lines[1:] + [f"{ANSWER_MARKER} {value}"]),
         )
 
-    def problems(self, split: Split, count: int, seed: int) -> list[Problem]:
-        if split not in ("train", "test"):
+    def problems(self, split: Split | EvalSplit, count: int, seed: int) -> list[Problem]:
+        if split not in ("train", "test", "hard"):
             raise ValueError(f"unknown split {split!r}")
         rng = random.Random(f"arith:{split}:{seed}")
+        held_out_as = "test" if split == "hard" else split
         out: list[Problem] = []
         while len(out) < count:
-            problem = self.sample(rng)
-            if self.split_of(problem.prompt) == split:
+            problem = self.sample(rng, split)
+            if self.split_of(problem.prompt) == held_out_as:
                 out.append(problem)
         return out
 

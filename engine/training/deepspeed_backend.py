@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from engine.rollout.types import Rollout
-from engine.spec import RunSpec
+from engine.spec import RunSpec, SpecError
 from engine.training.batching import micro_batches
 from engine.training.collate import collate
 from engine.training.torch_backend import TorchTrainingBackend, UpdateStatistics
@@ -81,6 +81,18 @@ class DeepSpeedTrainingBackend(TorchTrainingBackend):
 
         _forget_destroyed_groups()
         self.zero_stage = spec.backends.zero_stage
+        if spec.algorithm.reference_reset_every is not None:
+            # The moments live in DeepSpeed's own (possibly partitioned) optimiser state.
+            raise SpecError(
+                [("algorithm.reference_reset_every", "the deepspeed backend cannot reset its optimiser: use backends.training torch")]
+            )
+        curriculum = spec.curriculum
+        if self.zero_stage == 3 and curriculum.strategy == "cures" and curriculum.gradient_norms == "embedding":
+            # ZeRO-3 shards the embedding matrix across ranks: embedding_grad_norms (inherited,
+            # which differentiates the module's own whole weights) has no whole matrix to use.
+            raise SpecError(
+                [("curriculum.gradient_norms", "embedding needs whole weights; with backends.zero_stage 3 set it to unit")]
+            )
         training = spec.training
         config = {
             "train_micro_batch_size_per_gpu": 1,  # rows are the loss's business, not DeepSpeed's

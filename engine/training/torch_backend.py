@@ -48,6 +48,14 @@ class UpdateStatistics:
         }
 
 
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model`'s weights for the reference: eval mode, no gradients."""
+    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    for parameter in reference.parameters():
+        parameter.grad = None
+    return reference
+
+
 class TorchTrainingBackend:
     def __init__(self, spec: RunSpec, needs_reference: bool):
         training = spec.training
@@ -68,9 +76,10 @@ class TorchTrainingBackend:
             if spec.model.reference is not None:
                 self.reference = load_model(spec.model.reference, spec.model)
             else:
-                self.reference = copy.deepcopy(self.model)
+                self.reference = frozen_copy(self.model)
             self.reference.eval().requires_grad_(False)
         self.version = 0  # optimiser steps so far: the version of the weights
+        self.reference_resets = 0  # algorithm.reference_reset_every: resets so far
 
     # ----------------------------------------------------------------- log-probs
     @torch.no_grad()
@@ -87,6 +96,30 @@ class TorchTrainingBackend:
             for row, item in enumerate(batch):
                 by_rollout[id(item)] = logprobs[row, item.response_positions]
         return [by_rollout[id(item)] for item in rollouts]
+
+    def embedding_grad_norms(self, rollouts: Sequence[Rollout]) -> list[float]:
+        """Each rollout's ‖∇_φ(−log π(y|x))‖₂, φ the input embedding matrix (tied to the
+        output head where the model ties them), the response's log-probs summed at the
+        rollout temperature: CurES's per-pre-rollout gradient norms (docs/algorithms.md
+        §1(b) step 3). One forward and backward pass per rollout, in eval mode (no
+        dropout, no random draw); torch.autograd.grad returns the gradient without
+        writing any parameter's .grad, so the weights, their gradients and the
+        optimiser's state are as they were."""
+        embedding = self.model.get_input_embeddings().weight
+        was_training = self.model.training
+        self.model.eval()
+        norms = []
+        try:
+            for item in rollouts:
+                input_ids = pad([item], self.tokenizer.pad_token_id, self.device)
+                logprobs = token_logprobs(
+                    self.model(input_ids=input_ids).logits[:, :-1], input_ids[:, 1:], self.spec.rollout.temperature
+                )
+                (gradient,) = torch.autograd.grad(-logprobs[0, item.response_positions].sum(), embedding)
+                norms.append(float(torch.linalg.vector_norm(gradient.float())))
+        finally:
+            self.model.train(was_training)
+        return norms
 
     # ----------------------------------------------------------------- updates
     def begin_batch(self) -> UpdateStatistics:
@@ -122,6 +155,17 @@ class TorchTrainingBackend:
         """The learning-rate schedule advances once per rollout batch: warm-up counts steps."""
         self.scheduler.step()
 
+    def reset_reference(self) -> None:
+        """ProRL's reference reset (docs/algorithms.md §0.3, item 4): π_ref becomes a copy
+        of the current policy, and Adam's moments and step counts are zeroed, exactly a
+        fresh optimiser's state; the learning-rate schedule carries on."""
+        self.reference = frozen_copy(self.model)
+        for state in self.optimizer.state.values():
+            for value in state.values():
+                if torch.is_tensor(value):
+                    value.zero_()
+        self.reference_resets += 1
+
     # ----------------------------------------------------------------- weights
     def weights(self) -> Mapping[str, torch.Tensor]:
         """The policy's current weights (its own tensors, not a copy): version `version`."""
@@ -137,16 +181,26 @@ class TorchTrainingBackend:
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        return {
+        """The optimiser, schedule and version; after a reference reset the reference's
+        weights too (before one it is the start policy or `model.reference`, rebuilt as is)."""
+        state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "version": self.version,
+            "reference_resets": self.reference_resets,
         }
+        if self.reference_resets:
+            state["reference"] = self.reference.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.version = state["version"]
+        self.reference_resets = state.get("reference_resets", 0)
+        if "reference" in state:  # a reset policy: the policy's architecture, the saved weights
+            self.reference = frozen_copy(self.model)
+            self.reference.load_state_dict(state["reference"])
         self._apply_spec_hyperparameters()
 
     def _apply_spec_hyperparameters(self) -> None:

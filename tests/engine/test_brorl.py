@@ -124,12 +124,16 @@ def test_a_step_with_n_512_stays_under_the_memory_budget():
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_brorl_raises_held_out_accuracy_on_the_built_in_task():
-    """Broad exploration at test_learning's budget: 128 samples a step as 2 prompts × 64,
-    16 steps within a 128 MiB budget, must beat step 0 by more than 3 standard errors."""
+    """Broad exploration at test_learning's budget: 128 samples a step as 4 prompts × 32
+    (4× the default n), 16 steps within a 128 MiB budget, must beat step 0 by more than 3
+    standard errors. Measured on the 2-core machine (about 30 s each): seeds 0, 1, 2 gained
+    0.145, 0.121, 0.158 against margins of 0.090, 0.090, 0.088. 2 prompts × 64 gained only
+    0.095 against 0.091 on seed 0: two prompts a step are too few for the policy to learn
+    the task from in 16 steps, however many samples each gets."""
     before, after, margin, sink = techniques.held_out_gain(
-        {"rollout": {"samples_per_step": 128, "n": 64, "prompts_per_step": 2, "memory_budget_mb": 128}}
+        {"rollout": {"samples_per_step": 128, "n": 32, "prompts_per_step": 4, "memory_budget_mb": 128}}
     )
-    print(f"brorl n=64: val/acc/mean@1 {before:.3f} -> {after:.3f} (needs > +{margin:.3f})")
+    print(f"brorl n=32: val/acc/mean@1 {before:.3f} -> {after:.3f} (needs > +{margin:.3f})")
     assert after - before > margin
 
 

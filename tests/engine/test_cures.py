@@ -1,6 +1,8 @@
 """CurES (docs/algorithms.md §1): posterior weights, gradient-spread allocation and pruning
-on a five-prompt example computed by hand, pre-rollouts at each chunk's first step, the
-online posterior update, the spec's fields, learning end to end and resuming bit for bit."""
+on a five-prompt example computed by hand (with unit gradient norms and with given
+embedding-gradient norms), pre-rollouts at each chunk's first step, the online posterior
+update, the spec's fields, the training backend's real embedding-gradient norms,
+learning end to end and resuming bit for bit."""
 
 import importlib.util
 import math
@@ -12,6 +14,7 @@ from engine.sampling.cures import (
     CuresSampler,
     allocate,
     gradient_spread,
+    norm_moments,
     normalised_entropy,
     posterior_mean,
     sampling_weight,
@@ -55,10 +58,62 @@ def test_posterior_weights_spreads_and_allocation_of_five_prompts():
     assert sum(allocate([0.3, 0.3, 0.3], budget=30, unit=4)) == 28
 
 
+# The same five prompts with given embedding-gradient norms per pre-rollout (correct ones
+# first, as the scripted verdicts come), σ² = a·b²·E[g_c²] + a²·b·E[g_w²] − a²·b²·(E[g_c] − E[g_w])²:
+#   A = 0  g_c = []         g_w = [1, 1, 1, 1]  a = 0:    σ = 0
+#   A = 1  g_c = [2]        g_w = [1, 1, 1]     a = 1/4:  σ² = (1/4)(9/16)4 + (1/16)(3/4)1 − (1/16)(9/16)1
+#                                                           = 147/256, σ = 0.757772
+#   A = 2  g_c = [1, 3]     g_w = [2, 2]        a = 1/2:  E[g_c²] = 5, E[g_w²] = 4, E[g_c] = E[g_w] = 2:
+#                                                         σ² = (1/8)5 + (1/8)4 − 0 = 9/8, σ = 1.060660
+#   A = 3  g_c = [2, 2, 2]  g_w = [1]           a = 3/4:  σ² = (3/4)(1/16)4 + (9/16)(1/4)1 − (9/16)(1/16)1
+#                                                           = 75/256, σ = 0.541266
+#   A = 4  g_c = [3, 3, 3, 3] g_w = []          a = 1:    σ = 0
+# Σσ = 2.359698; shares of 10 units: 0, 3.2113, 4.4949, 2.2938, 0 → floors 0, 3, 4, 2, 0
+# (9); the unit left goes to the largest remainder (0.4949, A = 2) → rollouts 0, 12, 20, 8, 0
+# (unit norms gave 0, 12, 16, 12, 0).
+NORMS = {0: [1.0] * 4, 1: [2.0, 1.0, 1.0, 1.0], 2: [1.0, 3.0, 2.0, 2.0], 3: [2.0, 2.0, 2.0, 1.0], 4: [3.0] * 4}
+NORM_SPREADS = [0.0, 0.757772, 1.060660, 0.541266, 0.0]
+NORM_ROLLOUTS = [0, 12, 20, 8, 0]
+
+
+def test_given_gradient_norms_weigh_the_spreads_and_the_allocation():
+    moments = [norm_moments([True] * a + [False] * (4 - a), NORMS[a]) for a in CORRECT]
+    spreads = [gradient_spread(a, 4, m) for a, m in zip(CORRECT, moments)]
+    assert spreads == pytest.approx(NORM_SPREADS, abs=1e-6)
+    assert allocate(spreads, budget=40, unit=4) == NORM_ROLLOUTS
+    # Equal norms on both sides leave the unit-norm spread sqrt(a(1 − a)), whatever their size.
+    assert gradient_spread(1, 4, norm_moments([True, False, False, False], [5.0] * 4)) == pytest.approx(5 * math.sqrt(3 / 16))
+
+
+def given_norms(rollouts) -> list[float]:
+    """NORMS for the scripted pre-rollouts, in the order the sampler hands them over."""
+    seen: dict[str, int] = {}
+    norms = []
+    for item in rollouts:
+        index = seen.get(item.problem.id, 0)
+        seen[item.problem.id] = index + 1
+        norms.append(NORMS[int(item.problem.id[1:])][index])
+    return norms
+
+
+def unmeasured(rollouts):
+    pytest.fail("unit norms need no backward pass")
+
+
 def sampler(**parameters) -> CuresSampler:
-    defaults = CuresSampler.parameters | {"chunk_prompts": 5, "chunk_steps": 2}
+    defaults = CuresSampler.parameters | {"chunk_prompts": 5, "chunk_steps": 2, "gradient_norms": "unit"}
     pool = [techniques.problem(i) for i in range(5)]
     return CuresSampler(pool, n=8, seed=0, **(defaults | parameters))
+
+
+def test_the_sampler_measures_its_pre_rollouts_and_allocates_by_their_norms():
+    cures = sampler(gradient_norms="embedding")
+    cures.probe(1, table_verdicts, given_norms)
+    plan = cures.next(1, 5)
+    assert sorted((item.problem.id, item.n) for item in plan) == [("p1", 12), ("p2", 20), ("p3", 8)]
+    # The mean norm of the chunk's 20 pre-rollouts: (4 + 5 + 8 + 7 + 12) / 20.
+    assert cures.metrics(1)["cures/embedding_grad_norm"] == pytest.approx(36 / 20)
+    assert cures.metrics(1)["cures/spread_mean"] == pytest.approx(sum(NORM_SPREADS) / 5, abs=1e-6)  # over the 5 drawn
 
 
 def verdicts(correct: int, of: int) -> list[float]:
@@ -74,7 +129,7 @@ def table_verdicts(plan):
 def test_pre_rollouts_at_a_chunks_first_step_set_the_plan_and_online_updates_move_it():
     cures = sampler()
     pre_rolled = []
-    cures.probe(1, lambda plan: pre_rolled.extend(plan) or table_verdicts(plan))
+    cures.probe(1, lambda plan: pre_rolled.extend(plan) or table_verdicts(plan), unmeasured)
     plan = cures.next(1, 5)
 
     # Stage 0 pre-rolled the whole chunk, 4 each; the step's plan is the table's allocation.
@@ -99,16 +154,16 @@ def test_pre_rollouts_at_a_chunks_first_step_set_the_plan_and_online_updates_mov
     assert sorted((item.problem.id, item.n) for item in second) == [("p1", 16), ("p2", 8), ("p3", 16)]
 
     # No pre-rollouts inside a chunk; the next chunk (step 3) is pre-rolled afresh.
-    cures.probe(2, lambda plan: pytest.fail("pre-rolled inside a chunk"))
+    cures.probe(2, lambda plan: pytest.fail("pre-rolled inside a chunk"), unmeasured)
     assert cures.metrics(2)["cures/pre_rollout_tokens"] == 0
     again = techniques.ScriptedCollector([[verdicts(2, 4)] * 5])
-    cures.probe(3, lambda plan: again.collect(plan, 0, None))
+    cures.probe(3, lambda plan: again.collect(plan, 0, None), unmeasured)
     assert len(again.plans) == 1 and all(cures.counts[f"p{i}"] == [2, 4] for i in range(5))
 
 
 def test_without_online_updates_training_rollouts_leave_the_posteriors_alone():
     cures = sampler(online_update=False)
-    cures.probe(1, table_verdicts)
+    cures.probe(1, table_verdicts, unmeasured)
     plan = cures.next(1, 5)
     trained = techniques.ScriptedCollector([[verdicts(16, 16)]])
     cures.observe(1, trained.collect([item for item in plan if item.problem.id == "p2"], 0, None)[0].rollouts)
@@ -118,7 +173,7 @@ def test_without_online_updates_training_rollouts_leave_the_posteriors_alone():
 def test_a_batch_of_settled_prompts_trains_as_grpo_would():
     cures = sampler()
     collector = techniques.ScriptedCollector([[verdicts(4, 4)] * 5])
-    cures.probe(1, lambda plan: collector.collect(plan, 0, None))
+    cures.probe(1, lambda plan: collector.collect(plan, 0, None), unmeasured)
     plan = cures.next(1, 3)
     assert [item.n for item in plan] == [8, 8, 8]
     assert cures.metrics(1)["cures/pruned_share"] == 1.0
@@ -133,8 +188,10 @@ def test_the_spec_gives_the_released_defaults_and_refuses_bad_values_naming_the_
         "weight_scale": 0.01,
         "allocation_unit": 4,
         "online_update": True,
+        "gradient_norms": "embedding",
     }
     refusals = {
+        "curriculum.gradient_norms": {"curriculum": {"strategy": "cures", "gradient_norms": "fisher"}},
         "curriculum.pre_rollouts": {"curriculum": {"strategy": "cures", "pre_rollouts": 0}},
         "curriculum.weight_scale": {"curriculum": {"strategy": "cures", "weight_scale": -1}},
         "curriculum.allocation_unit": {"curriculum": {"strategy": "cures", "allocation_unit": "four"}},
