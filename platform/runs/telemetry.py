@@ -15,7 +15,7 @@ from django.utils import timezone
 from catalog import services as catalog
 from engine.events import Checkpoint as CheckpointEvent
 from engine.events import Event, Heartbeat, Metrics
-from runs import live, prompts
+from runs import live, prompts, rollups
 from runs.attempts import folder_size, lock_current_attempt
 from runs.models import Checkpoint, MetricPoint, RunEvent
 
@@ -39,7 +39,7 @@ def record_events(run_id: int, attempt_id: int, events: Sequence[Event], batch: 
 
     Metrics become MetricPoint rows (one per name and step; a point already stored for
     that name and step, by this attempt or an earlier one, is replaced) and refresh run.summary and
-    current_step (stamping step_advanced_at when it grows); a Heartbeat moves
+    current_step, and are folded into the run's chart buckets (runs.rollups) (stamping step_advanced_at when it grows); a Heartbeat moves
     last_heartbeat_at and current_step; a Checkpoint becomes a Checkpoint row (its folder's
     size measured here, on the worker that wrote it); difficulty and samples events go to
     their own tables (runs.prompts); every other event (Heartbeat,
@@ -97,6 +97,13 @@ def record_events(run_id: int, attempt_id: int, events: Sequence[Event], batch: 
                     payload=payload,
                 )
             )
+        # Points already stored at a batch's (name, step)s: a resumed attempt replaying
+        # steps, whose buckets are then recounted rather than added to (runs.rollups).
+        replaced = set()
+        if points:
+            names, steps = {name for name, _ in points}, {step for _, step in points}
+            stored = MetricPoint.objects.filter(run=run, name__in=names, step__in=steps)
+            replaced = set(stored.values_list("name", "step")) & points.keys()
         MetricPoint.objects.bulk_create(
             points.values(),
             batch_size=1000,
@@ -104,6 +111,7 @@ def record_events(run_id: int, attempt_id: int, events: Sequence[Event], batch: 
             unique_fields=["run", "name", "step"],
             update_fields=["wall_time", "value"],
         )
+        rollups.add_points(run, list(points.values()), replaced)
         RunEvent.objects.bulk_create(rows, batch_size=500)
         catalog.record_prompt_results(run_id, events)  # per-prompt history of catalog datasets
         prompts.record_prompt_events(run, events)  # difficulty records and samples (and the catalog's)
