@@ -3,92 +3,127 @@ milliseconds. The one downsampling path of the platform (runs.selectors.metric_s
 
 Every metric of a run is kept twice: its points (MetricPoint) and, at each of WIDTHS, one
 MetricRollup row per bucket of `width` consecutive steps with the bucket's point count and
-its first, last, lowest and highest finite point (the four M4 keeps). Buckets merge:
-a wider bucket, or a chart's bucket, is the merge of the narrower buckets it covers, so
-a chart over any step range reads at most about WIDTHS[i+1]/WIDTHS[i] = 16 rows per chart
-bucket, never the points.
+its first, last, lowest and highest finite point (the four M4 keeps). Buckets merge: a
+wider bucket, or a chart's bucket, is the merge of the narrower buckets it covers, so a
+chart over any step range reads at most about 16 stored rows per chart bucket (each width
+is 16 times the one below), never the points of a long range.
 
-Written only by runs.telemetry.record_events, inside its transaction and under the run's
-row lock (no other writer of the run's rows can interleave a read-modify-write).
+Buckets travel as rows of a float array, one bucket a row (a point is a bucket of one):
+START (its first step, what it is grouped by), COUNT, then step, wall time and value of
+its first, last, lowest and highest finite point, NaN where it holds no finite value.
+`merge` is the one way they combine: ingest, backfill and charts.
+
+Written only by runs.telemetry.record_events (and a fork's copy in runs.launch), inside
+their transaction and under the run's row lock, so a read-modify-write cannot interleave.
 """
 
-from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
-from typing import NamedTuple
+from collections.abc import Sequence
 
-from django.db.models import Q
+import numpy as np
+from django.db import connection
 
 from runs.models import MetricPoint, MetricRollup, Run
 
-# Each width 16 times the last: a chart reads at most 16 stored buckets per chart bucket.
 WIDTHS = (16, 256, 4096, 65536)
 
-Point = tuple[int, float, float]  # (step, wall_time, value), value finite
+START, COUNT = 0, 1
+FIRST, LAST, LOW, HIGH = 2, 5, 8, 11  # each: step, wall time, value
+COLUMNS = 14
+_ROW_FIELDS = ["count"] + [f"{which}_{part}" for which in ("first", "last", "low", "high") for part in ("step", "wall", "value")]
 
 
-class Summary(NamedTuple):
-    """A bucket: points counted (non-finite ones too) and its M4 points (None when it
-    holds no finite value)."""
-
-    count: int
-    first: Point | None
-    last: Point | None
-    low: Point | None
-    high: Point | None
-
-
-def of_point(step: int, wall_time: float, value: float | None) -> Summary:
-    point = None if value is None else (step, wall_time, value)
-    return Summary(1, point, point, point, point)
+def of_points(steps: np.ndarray, walls: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Points as one-point buckets; a NaN value (not finite, stored as null) is counted only."""
+    rows = np.empty((len(steps), COLUMNS))
+    rows[:, START], rows[:, COUNT] = steps, 1
+    point = np.column_stack([steps, walls, values]).astype(np.float64)
+    point[np.isnan(point[:, 2])] = np.nan
+    for at in (FIRST, LAST, LOW, HIGH):
+        rows[:, at : at + 3] = point
+    return rows
 
 
-def merge(a: Summary, b: Summary) -> Summary:
-    """One bucket of two. Ties go to the earlier step, so merging is order-free."""
-    if a.first is None:
-        return Summary(a.count + b.count, b.first, b.last, b.low, b.high)
-    if b.first is None:
-        return Summary(a.count + b.count, a.first, a.last, a.low, a.high)
-    return Summary(
-        a.count + b.count,
-        a.first if a.first[0] <= b.first[0] else b.first,
-        a.last if a.last[0] >= b.last[0] else b.last,
-        min(a.low, b.low, key=lambda p: (p[2], p[0])),
-        min(a.high, b.high, key=lambda p: (-p[2], p[0])),
-    )
+def merge(rows: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Buckets `rows` merged by `groups` (an int per row): the sorted distinct groups and one
+    merged bucket per group (COUNT onwards; START is the caller's). Ties go to the earlier
+    step, so the result does not depend on the rows' order."""
+    keys, index = np.unique(groups, return_inverse=True)
+    merged = np.full((len(keys), COLUMNS - 1), np.nan)
+    merged[:, 0] = np.bincount(index, weights=rows[:, COUNT], minlength=len(keys))
+    finite = ~np.isnan(rows[:, FIRST + 2])
+    kept, kept_index = rows[finite], index[finite]
+    for at, primary, secondary in (
+        (FIRST, kept[:, FIRST], kept[:, FIRST]),
+        (LAST, -kept[:, LAST], kept[:, LAST]),
+        (LOW, kept[:, LOW + 2], kept[:, LOW]),
+        (HIGH, -kept[:, HIGH + 2], kept[:, HIGH]),
+    ):
+        order = np.lexsort((secondary, primary, kept_index))  # by group, then primary, secondary
+        grouped = kept_index[order]
+        heads = order[np.r_[True, grouped[1:] != grouped[:-1]]] if len(order) else order
+        merged[kept_index[heads], at - 1 : at + 2] = kept[heads, at : at + 3]
+    return keys, merged
 
 
-def merge_all(summaries: Iterable[Summary]) -> Summary:
-    total = Summary(0, None, None, None, None)
-    for summary in summaries:
-        total = merge(total, summary)
-    return total
+def _as_buckets(width: int, buckets: np.ndarray, merged: np.ndarray) -> np.ndarray:
+    return np.column_stack([buckets * width, merged])
 
 
 # --- stored rows ----------------------------------------------------------------------------
 
-_POINT_FIELDS = [f"{which}_{part}" for which in ("first", "last", "low", "high") for part in ("step", "wall", "value")]
-_ROW_FIELDS = ["count", *_POINT_FIELDS]
+
+# Raw SQL for the reads: the pieces of a chart's range go to the database as one UNION ALL
+# (one round trip, not one per piece), and Django's per-row conversions would cost more
+# than the query for thousands of rows. Same column order for points and buckets.
+_POINTS_SQL = (
+    "SELECT step, 1" + ", step, wall_time, value" * 4
+    + f" FROM {MetricPoint._meta.db_table} WHERE run_id = %s AND name = %s AND step >= %s AND step <= %s"
+)  # fmt: skip
+_STORED_SQL = (
+    "SELECT bucket * %s, " + ", ".join(_ROW_FIELDS)
+    + f" FROM {MetricRollup._meta.db_table} WHERE run_id = %s AND name = %s AND width = %s AND bucket >= %s AND bucket <= %s"
+)  # fmt: skip
+
+Piece = tuple[str, list]
 
 
-def _summary_of_row(row: Sequence) -> Summary:
-    """`row`: count, then step, wall, value of first, last, low and high (values_list order)."""
-    if row[1] is None:
-        return Summary(row[0], None, None, None, None)
-    return Summary(row[0], tuple(row[1:4]), tuple(row[4:7]), tuple(row[7:10]), tuple(row[10:13]))
+def _points_sql(run_id: int, name: str, lo: int, hi: int) -> Piece:
+    return _POINTS_SQL, [run_id, name, lo, hi]
 
 
-def _row_values(summary: Summary) -> dict:
-    values = {"count": summary.count}
-    for which in ("first", "last", "low", "high"):
-        point = getattr(summary, which)
-        for part, value in zip(("step", "wall", "value"), point or (None, None, None), strict=True):
-            values[f"{which}_{part}"] = value
-    return values
+def _stored_sql(run_id: int, name: str, width: int, first: int, last: int) -> Piece:
+    """Stored buckets first..last of `width`."""
+    return _STORED_SQL, [width, run_id, name, width, first, last]
 
 
-def _save(run: Run, name: str, width: int, buckets: dict[int, Summary]) -> None:
+def _fetch(pieces: Sequence[Piece]) -> np.ndarray:
+    """The pieces' rows as bucket rows (null → NaN), in one query."""
+    with connection.cursor() as cursor:
+        cursor.execute(" UNION ALL ".join(sql for sql, _ in pieces), [p for _, params in pieces for p in params])
+        rows = np.array(cursor.fetchall(), dtype=np.float64).reshape(-1, COLUMNS)
+    rows[np.isnan(rows[:, FIRST + 2]), FIRST:] = np.nan  # a point not finite: counted only
+    return rows
+
+
+def _points(run_id: int, name: str, lo: int, hi: int) -> np.ndarray:
+    return _fetch([_points_sql(run_id, name, lo, hi)])
+
+
+def _stored(run_id: int, name: str, width: int, first: int, last: int) -> np.ndarray:
+    return _fetch([_stored_sql(run_id, name, width, first, last)])
+
+
+def _save(run: Run, width: int, names: Sequence[str], buckets: Sequence[int], merged: np.ndarray) -> None:
+    """Upsert bucket `buckets[i]` of metric `names[i]` as `merged[i]`."""
+
+    def row(name: str, bucket: int, values: list[float]) -> MetricRollup:
+        fields = {field: (None if v != v else v) for field, v in zip(_ROW_FIELDS, values, strict=True)}  # NaN → null
+        for step in ("count", "first_step", "last_step", "low_step", "high_step"):
+            fields[step] = None if fields[step] is None else int(fields[step])
+        return MetricRollup(run=run, name=name, width=width, bucket=bucket, **fields)
+
     MetricRollup.objects.bulk_create(
-        (MetricRollup(run=run, name=name, width=width, bucket=bucket, **_row_values(s)) for bucket, s in buckets.items()),
+        [row(*labels, values) for *labels, values in zip(names, buckets, merged.tolist(), strict=True)],
         batch_size=1000,
         update_conflicts=True,
         unique_fields=["run", "name", "width", "bucket"],
@@ -96,126 +131,106 @@ def _save(run: Run, name: str, width: int, buckets: dict[int, Summary]) -> None:
     )
 
 
-def _stored(run_id: int, keys: dict[tuple[str, int], set[int]]) -> dict[tuple[str, int, int], Summary]:
-    """The stored buckets of `keys` ((name, width) → buckets), one query."""
-    if not keys:
-        return {}
-    wanted = Q()
-    for (name, width), buckets in keys.items():
-        wanted |= Q(name=name, width=width, bucket__in=sorted(buckets))
-    rows = MetricRollup.objects.filter(wanted, run_id=run_id).values_list("name", "width", "bucket", *_ROW_FIELDS)
-    return {(row[0], row[1], row[2]): _summary_of_row(row[3:]) for row in rows}
-
-
 # --- ingest -----------------------------------------------------------------------------------------
 
+# Grouping key of (metric, bucket) across a batch's metrics: the metric's index above the
+# bucket's bits (steps, so buckets, are 32-bit integers).
+_NAME_SHIFT, _BUCKET_OFFSET = 2**33, 2**32
 
-def add_points(run: Run, points: Sequence[MetricPoint], replaced: set[tuple[str, int]]) -> None:
-    """Fold a batch's points, stored already, into the run's buckets. `replaced`: the
-    (name, step)s among them that overwrote a stored point (a resumed attempt replaying a
-    step); then the buckets the batch touched are recounted from what they cover instead,
-    the narrowest from the points, each wider one from the one below."""
-    if replaced:
-        # Rare (a resume): every bucket the batch touched, recounted with its new points.
-        touched = {(point.name, point.step) for point in points}
-        _recount(run, {name for name, _ in touched}, touched)
+
+def add_points(run: Run, points: Sequence[MetricPoint], replaced: bool) -> None:
+    """Fold a batch's points, stored already, into the run's buckets: per width, one read of
+    the stored buckets the batch touches and one upsert. `replaced`: some overwrote a
+    stored point (a resumed attempt replaying steps); then the buckets the batch touched
+    are recounted from what they cover instead of added to."""
+    if not points:
         return
-    fresh: dict[tuple[str, int], dict[int, Summary]] = defaultdict(dict)
-    for point in points:
-        summary = of_point(point.step, point.wall_time, point.value)
-        for width in WIDTHS:
-            buckets = fresh[point.name, width]
-            bucket = point.step // width
-            buckets[bucket] = merge(buckets[bucket], summary) if bucket in buckets else summary
-    stored = _stored(run.pk, {key: set(buckets) for key, buckets in fresh.items()})
-    for (name, width), buckets in fresh.items():
-        for bucket, summary in buckets.items():
-            if (name, width, bucket) in stored:
-                buckets[bucket] = merge(stored[name, width, bucket], summary)
-        _save(run, name, width, buckets)
-
-
-def _recount(run: Run, names: set[str], steps: set[tuple[str, int]]) -> None:
-    for index, width in enumerate(WIDTHS):
+    names = sorted({point.name for point in points})
+    if replaced:
         for name in names:
-            buckets = {step // width for point_name, step in steps if point_name == name}
-            counted = {}
-            for bucket in buckets:
-                lo, hi = bucket * width, (bucket + 1) * width - 1
-                below = _raw(run.pk, name, lo, hi) if index == 0 else _rows(run.pk, name, WIDTHS[index - 1], lo, hi)
-                counted[bucket] = merge_all(summary for _, summary in below)
-            _save(run, name, width, counted)
+            _recount(run, name, np.array([point.step for point in points if point.name == name], dtype=np.int64))
+        return
+    index_of = {name: index for index, name in enumerate(names)}
+    label = np.array([index_of[point.name] for point in points], dtype=np.int64) * _NAME_SHIFT + _BUCKET_OFFSET
+    steps = np.array([point.step for point in points], dtype=np.int64)
+    values = [np.nan if point.value is None else point.value for point in points]
+    new = of_points(steps, [point.wall_time for point in points], values)
+    for width in WIDTHS:
+        keys = label + steps // width
+        first, last = int((steps // width).min()), int((steps // width).max())
+        stored = MetricRollup.objects.filter(run=run, name__in=names, width=width, bucket__gte=first, bucket__lte=last)
+        sql, params = stored.values_list("name", "bucket", *_ROW_FIELDS).query.sql_with_params()
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            fetched = cursor.fetchall()
+        old = np.array([row[1:] for row in fetched], dtype=np.float64).reshape(-1, COLUMNS)
+        old_keys = np.array([index_of[row[0]] for row in fetched], dtype=np.int64) * _NAME_SHIFT + _BUCKET_OFFSET
+        old_keys += old[:, START].astype(np.int64)  # the bucket number, here
+        touched = np.isin(old_keys, keys)
+        merged_keys, merged = merge(np.concatenate([old[touched], new]), np.concatenate([old_keys[touched], keys]))
+        _save(run, width, [names[k] for k in (merged_keys // _NAME_SHIFT).tolist()],
+              (merged_keys % _NAME_SHIFT - _BUCKET_OFFSET).tolist(), merged)  # fmt: skip
+
+
+def _recount(run: Run, name: str, steps: np.ndarray) -> None:
+    """The buckets holding `steps` at every width, the narrowest from the points, each
+    wider one from the one below."""
+    for index, width in enumerate(WIDTHS):
+        buckets = np.unique(steps // width)
+        lo, hi = int(buckets.min()) * width, (int(buckets.max()) + 1) * width - 1
+        if index == 0:
+            below = _points(run.pk, name, lo, hi)
+        else:
+            narrower = WIDTHS[index - 1]
+            below = _stored(run.pk, name, narrower, lo // narrower, (hi + 1) // narrower - 1)
+        below = below[np.isin(below[:, START].astype(np.int64) // width, buckets)]
+        buckets, merged = merge(below, below[:, START].astype(np.int64) // width)
+        _save(run, width, [name] * len(buckets), buckets.tolist(), merged)
 
 
 def rebuild(run: Run, name: str) -> None:
-    """Every bucket of one metric, from its points (a backfill; ingest keeps them after)."""
+    """Every bucket of one metric, from its points (a backfill, a fork's copy)."""
     MetricRollup.objects.filter(run=run, name=name).delete()
-    below = list(_raw(run.pk, name, None, None))
+    below = _points(run.pk, name, -(2**31), 2**31 - 1)
     for width in WIDTHS:
-        buckets: dict[int, Summary] = {}
-        for step, summary in below:
-            bucket = step // width
-            buckets[bucket] = merge(buckets[bucket], summary) if bucket in buckets else summary
-        _save(run, name, width, buckets)
-        below = [(bucket * width, summary) for bucket, summary in sorted(buckets.items())]
+        buckets, merged = merge(below, below[:, START].astype(np.int64) // width)
+        _save(run, width, [name] * len(buckets), buckets.tolist(), merged)
+        below = _as_buckets(width, buckets, merged)
 
 
 # --- reads ----------------------------------------------------------------------------------------------
 
 
-def _raw(run_id: int, name: str, lo: int | None, hi: int | None) -> Iterator[tuple[int, Summary]]:
-    points = MetricPoint.objects.filter(run_id=run_id, name=name)
-    if lo is not None:
-        points = points.filter(step__gte=lo)
-    if hi is not None:
-        points = points.filter(step__lte=hi)
-    for step, wall, value in points.order_by("step").values_list("step", "wall_time", "value"):
-        yield step, of_point(step, wall, value)
-
-
-def _rows(run_id: int, name: str, width: int, lo: int, hi: int) -> Iterator[tuple[int, Summary]]:
-    """Stored buckets of `width` inside steps lo..hi, whole ones only: (first step, bucket)."""
-    first, last = -(-lo // width), (hi + 1) // width - 1
-    if first > last:
-        return
-    rows = MetricRollup.objects.filter(run_id=run_id, name=name, width=width, bucket__gte=first, bucket__lte=last)
-    for row in rows.order_by("bucket").values_list("bucket", *_ROW_FIELDS):
-        yield row[0] * width, _summary_of_row(row[1:])
-
-
-def covering(run_id: int, name: str, lo: int, hi: int, width_index: int) -> Iterator[tuple[int, Summary]]:
-    """Steps lo..hi as the fewest pieces: whole buckets of WIDTHS[width_index], the ragged
-    ends from narrower ones, down to the points. Yields (first step, summary) in step order."""
+def covering(run_id: int, name: str, lo: int, hi: int, width_index: int) -> list[Piece]:
+    """Steps lo..hi as the fewest bucket rows: whole stored buckets of WIDTHS[width_index],
+    the ragged ends from narrower ones, down to the points."""
     if width_index < 0:
-        yield from _raw(run_id, name, lo, hi)
-        return
+        return [_points_sql(run_id, name, lo, hi)]
     width = WIDTHS[width_index]
-    first, last = -(-lo // width) * width, ((hi + 1) // width) * width - 1
-    if first > last:  # no whole bucket inside
-        yield from covering(run_id, name, lo, hi, width_index - 1)
-        return
-    if lo < first:
-        yield from covering(run_id, name, lo, first - 1, width_index - 1)
-    yield from _rows(run_id, name, width, lo, hi)
-    if last < hi:
-        yield from covering(run_id, name, last + 1, hi, width_index - 1)
+    first, last = -(-lo // width), (hi + 1) // width - 1  # whole buckets inside lo..hi
+    if first > last:
+        return covering(run_id, name, lo, hi, width_index - 1)
+    pieces = covering(run_id, name, lo, first * width - 1, width_index - 1) if lo < first * width else []
+    pieces.append(_stored_sql(run_id, name, width, first, last))
+    if (last + 1) * width - 1 < hi:
+        pieces += covering(run_id, name, (last + 1) * width, hi, width_index - 1)
+    return pieces
 
 
-def downsample(run_id: int, name: str, lo: int, hi: int, buckets: int) -> tuple[list[Point], int]:
+def downsample(run_id: int, name: str, lo: int, hi: int, buckets: int) -> tuple[list[tuple[int, float, float]], int]:
     """Steps lo..hi cut into `buckets` equal ranges, each giving its first, last, lowest and
-    highest finite point (fewer when they coincide), in step order; and the points counted.
+    highest finite point (fewer where they coincide), as (step, wall time, value) in step
+    order; and the points counted in lo..hi, non-finite ones too.
 
     Reads the widest stored buckets of which the range holds at least `buckets`, so each
-    chart bucket is built from whole stored ones (a stored bucket goes to the chart bucket
-    its first step falls in: off by less than one stored width at a chart bucket's edge)."""
+    chart bucket merges whole stored ones (a stored bucket goes to the chart bucket its
+    first step falls in: off by less than one stored width at a chart bucket's edge)."""
     span = hi - lo + 1
     width_index = max((i for i, width in enumerate(WIDTHS) if span // width >= buckets), default=-1)
-    out: dict[int, Summary] = {}
-    for start, summary in covering(run_id, name, lo, hi, width_index):
-        at = (start - lo) * buckets // span
-        out[at] = merge(out[at], summary) if at in out else summary
-    kept: set[Point] = set()
-    for summary in out.values():
-        if summary.first is not None:
-            kept.update((summary.first, summary.last, summary.low, summary.high))
-    return sorted(kept), sum(summary.count for summary in out.values())
+    rows = _fetch(covering(run_id, name, lo, hi, width_index))
+    _, merged = merge(rows, (rows[:, START].astype(np.int64) - lo) * buckets // span)
+    finite = merged[~np.isnan(merged[:, FIRST + 1])]
+    # Distinct (step, wall, value) points, sorted by step.
+    points = np.unique(np.concatenate([finite[:, at - 1 : at + 2] for at in (FIRST, LAST, LOW, HIGH)]), axis=0)
+    kept = [(int(step), wall, value) for step, wall, value in points.tolist()]
+    return kept, int(merged[:, 0].sum())

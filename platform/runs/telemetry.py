@@ -39,7 +39,8 @@ def record_events(run_id: int, attempt_id: int, events: Sequence[Event], batch: 
 
     Metrics become MetricPoint rows (one per name and step; a point already stored for
     that name and step, by this attempt or an earlier one, is replaced) and refresh run.summary and
-    current_step, and are folded into the run's chart buckets (runs.rollups) (stamping step_advanced_at when it grows); a Heartbeat moves
+    current_step (stamping step_advanced_at when it grows) and are folded into the run's
+    chart buckets (runs.rollups); a Heartbeat moves
     last_heartbeat_at and current_step; a Checkpoint becomes a Checkpoint row (its folder's
     size measured here, on the worker that wrote it); difficulty and samples events go to
     their own tables (runs.prompts); every other event (Heartbeat,
@@ -97,13 +98,12 @@ def record_events(run_id: int, attempt_id: int, events: Sequence[Event], batch: 
                     payload=payload,
                 )
             )
-        # Points already stored at a batch's (name, step)s: a resumed attempt replaying
-        # steps, whose buckets are then recounted rather than added to (runs.rollups).
-        replaced = set()
-        if points:
-            names, steps = {name for name, _ in points}, {step for _, step in points}
-            stored = MetricPoint.objects.filter(run=run, name__in=names, step__in=steps)
-            replaced = set(stored.values_list("name", "step")) & points.keys()
+        # A batch whose metrics already have points at or after its first step: a resumed
+        # attempt replaying steps, whose buckets are then recounted, not added to (one
+        # index probe per name; a run reporting forward never takes that path).
+        replaced = bool(points) and (
+            MetricPoint.objects.filter(run=run, name__in={name for name, _ in points}, step__gte=min(s for _, s in points)).exists()
+        )
         MetricPoint.objects.bulk_create(
             points.values(),
             batch_size=1000,
