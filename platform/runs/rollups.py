@@ -17,7 +17,7 @@ Written only by runs.telemetry.record_events (and a fork's copy in runs.launch),
 their transaction and under the run's row lock, so a read-modify-write cannot interleave.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from django.db import connection
@@ -138,23 +138,23 @@ def _save(run: Run, width: int, names: Sequence[str], buckets: Sequence[int], me
 _NAME_SHIFT, _BUCKET_OFFSET = 2**33, 2**32
 
 
-def add_points(run: Run, points: Sequence[MetricPoint], replaced: bool) -> None:
-    """Fold a batch's points, stored already, into the run's buckets: per width, one read of
-    the stored buckets the batch touches and one upsert. `replaced`: some overwrote a
-    stored point (a resumed attempt replaying steps); then the buckets the batch touched
-    are recounted from what they cover instead of added to."""
+def add_points(run: Run, points: Mapping[tuple[str, int], tuple[float, float | None]], replaced: bool) -> None:
+    """Fold a batch's points ((name, step) → (wall time, value)), stored already, into the
+    run's buckets: per width, one read of the stored buckets the batch touches and one
+    upsert. `replaced`: some overwrote a stored point (a resumed attempt replaying steps);
+    then the buckets the batch touched are recounted from what they cover instead."""
     if not points:
         return
-    names = sorted({point.name for point in points})
+    names = sorted({name for name, _ in points})
     if replaced:
         for name in names:
-            _recount(run, name, np.array([point.step for point in points if point.name == name], dtype=np.int64))
+            _recount(run, name, np.array([step for point_name, step in points if point_name == name], dtype=np.int64))
         return
     index_of = {name: index for index, name in enumerate(names)}
-    label = np.array([index_of[point.name] for point in points], dtype=np.int64) * _NAME_SHIFT + _BUCKET_OFFSET
-    steps = np.array([point.step for point in points], dtype=np.int64)
-    values = [np.nan if point.value is None else point.value for point in points]
-    new = of_points(steps, [point.wall_time for point in points], values)
+    label = np.array([index_of[name] for name, _ in points], dtype=np.int64) * _NAME_SHIFT + _BUCKET_OFFSET
+    steps = np.fromiter((step for _, step in points), dtype=np.int64, count=len(points))
+    walls, values = zip(*points.values(), strict=True)
+    new = of_points(steps, walls, [np.nan if value is None else value for value in values])
     for width in WIDTHS:
         keys = label + steps // width
         first, last = int((steps // width).min()), int((steps // width).max())
@@ -217,10 +217,10 @@ def covering(run_id: int, name: str, lo: int, hi: int, width_index: int) -> list
     return pieces
 
 
-def downsample(run_id: int, name: str, lo: int, hi: int, buckets: int) -> tuple[list[tuple[int, float, float]], int]:
+def downsample(run_id: int, name: str, lo: int, hi: int, buckets: int) -> tuple[list[int], list[float], list[float], int]:
     """Steps lo..hi cut into `buckets` equal ranges, each giving its first, last, lowest and
-    highest finite point (fewer where they coincide), as (step, wall time, value) in step
-    order; and the points counted in lo..hi, non-finite ones too.
+    highest finite point (fewer where they coincide), in step order, as their steps, wall
+    times and values; and the points counted in lo..hi, non-finite ones too.
 
     Reads the widest stored buckets of which the range holds at least `buckets`, so each
     chart bucket merges whole stored ones (a stored bucket goes to the chart bucket its
@@ -230,7 +230,6 @@ def downsample(run_id: int, name: str, lo: int, hi: int, buckets: int) -> tuple[
     rows = _fetch(covering(run_id, name, lo, hi, width_index))
     _, merged = merge(rows, (rows[:, START].astype(np.int64) - lo) * buckets // span)
     finite = merged[~np.isnan(merged[:, FIRST + 1])]
-    # Distinct (step, wall, value) points, sorted by step.
+    # Distinct (step, wall, value) points, sorted by step (one point per step at most).
     points = np.unique(np.concatenate([finite[:, at - 1 : at + 2] for at in (FIRST, LAST, LOW, HIGH)]), axis=0)
-    kept = [(int(step), wall, value) for step, wall, value in points.tolist()]
-    return kept, int(merged[:, 0].sum())
+    return points[:, 0].astype(np.int64).tolist(), points[:, 1].tolist(), points[:, 2].tolist(), int(merged[:, 0].sum())

@@ -84,21 +84,19 @@ def metric_series(
             bounds = points.aggregate(lo=Min("step"), hi=Max("step"))
             lo = bounds["lo"] if lo is None else lo
             hi = bounds["hi"] if hi is None else hi
-        rows: list[tuple[int, float, float | None]] = []
+        steps: list[int] = []
+        values: list[float | None] = []
+        walls: list[float] = []
         total = 0
         if lo is not None and hi is not None:
             # One point per step at most: a range of up to max_points steps is sent whole.
             if hi - lo + 1 > max_points:
-                rows, total = rollups.downsample(run.pk, name, lo, hi, max(1, max_points // 4))
+                steps, walls, values, total = rollups.downsample(run.pk, name, lo, hi, max(1, max_points // 4))
             if total <= max_points:  # a short range, or a sparse one
-                rows = list(points.filter(step__gte=lo, step__lte=hi).order_by("step").values_list("step", "wall_time", "value"))
-                total = len(rows)
-        series[name] = Series(
-            steps=[row[0] for row in rows],
-            values=[row[2] for row in rows],
-            wall_times=[row[1] for row in rows],
-            total=total,
-        )
+                rows = points.filter(step__gte=lo, step__lte=hi).order_by("step").values_list("step", "wall_time", "value")
+                steps, walls, values = (list(column) for column in zip(*rows, strict=True)) if rows else ([], [], [])
+                total = len(steps)
+        series[name] = Series(steps=steps, values=values, wall_times=walls, total=total)
     return series
 
 

@@ -25,16 +25,16 @@ def test_aligned_buckets_are_exactly_m4_of_the_points(alice, make_run, record):
     for start in range(0, 4096, 1024):
         record(run.id, [Metrics(step=s, values={"m": wave(s)}, wall_time=float(s)) for s in range(start, start + 1024)])
 
-    points, total = rollups.downsample(run.pk, "m", 0, 4095, buckets=16)
+    steps, walls, values, total = rollups.downsample(run.pk, "m", 0, 4095, buckets=16)
 
     assert total == 4096
     expected = set()
     for bucket in range(16):
-        steps = range(bucket * 256, bucket * 256 + 256)
-        low = min(steps, key=lambda s: (wave(s), s))
-        high = min(steps, key=lambda s: (-wave(s), s))
-        expected |= {(s, float(s), wave(s)) for s in (steps[0], steps[-1], low, high)}
-    assert points == sorted(expected)
+        inside = range(bucket * 256, bucket * 256 + 256)
+        low = min(inside, key=lambda s: (wave(s), s))
+        high = min(inside, key=lambda s: (-wave(s), s))
+        expected |= {(s, float(s), wave(s)) for s in (inside[0], inside[-1], low, high)}
+    assert list(zip(steps, walls, values, strict=True)) == sorted(expected)
 
 
 def test_a_ragged_zoom_keeps_its_extremes_and_nothing_outside(alice, make_run, record):
