@@ -32,8 +32,9 @@ AIM_PER_S = 20_000
 
 
 def main() -> None:
-    from bench.dashboard_stack import start, watched_run, write_plot
+    from bench.dashboard_stack import load_average, start, watched_run, write_plot
 
+    load_at_start = load_average()
     prefix = start("dashboard_ingest")
     from channels.layers import get_channel_layer
     from django.db import connection
@@ -46,10 +47,12 @@ def main() -> None:
 
     runs = [watched_run(f"{prefix}-{index}") for index in range(RUNS)]
     heard = {run.pk: 0 for run, _, _ in runs}
-    listening, stop_listening = threading.Event(), threading.Event()
+    listening = threading.Event()
+    loop = asyncio.new_event_loop()
 
     async def listen() -> None:
-        # A channel per run, as a watching socket has: the events carry no run id.
+        # A channel per run, as a watching socket has: the events carry no run id. Never
+        # a timeout on receive: a receive cancelled mid-pop may lose its message.
         layer = get_channel_layer()
         channels = {}
         for run, _, _ in runs:
@@ -58,16 +61,14 @@ def main() -> None:
         listening.set()
 
         async def count(run_id: int) -> None:
-            while not stop_listening.is_set():
-                try:
-                    message = await asyncio.wait_for(layer.receive(channels[run_id]), 0.5)
-                except TimeoutError:
-                    continue
+            while True:
+                message = await layer.receive(channels[run_id])
                 heard[run_id] += len(message["events"])
 
         await asyncio.gather(*(count(run_id) for run_id in channels))
 
-    listener = threading.Thread(target=lambda: asyncio.run(listen()))
+    listener_task = loop.create_task(listen())
+    listener = threading.Thread(target=lambda: loop.run_until_complete(asyncio.wait([listener_task])))
     listener.start()
     listening.wait(30)
 
@@ -97,6 +98,9 @@ def main() -> None:
                 if ahead > 0:
                     time.sleep(ahead)
             sink.flush()
+            with lock:
+                written[run.pk] = emitted[run.pk]
+                written_at.append((time.perf_counter() - started, sum(written.values())))
         except Exception as exc:  # reported: the benchmark fails on any
             errors.append(repr(exc))
         finally:
@@ -111,7 +115,7 @@ def main() -> None:
     deadline = time.monotonic() + 10
     while sum(heard.values()) < sum(emitted.values()) // METRICS_PER_EVENT and time.monotonic() < deadline:
         time.sleep(0.1)
-    stop_listening.set()
+    loop.call_soon_threadsafe(listener_task.cancel)
     listener.join()
 
     stored = {run.pk: MetricPoint.objects.filter(run=run).count() for run, _, _ in runs}
@@ -133,6 +137,7 @@ def main() -> None:
         "errors": errors,
         "cpu_count": os.cpu_count(),
         "aim_points_per_s": AIM_PER_S,
+        "load_average_1m": {"start": load_at_start, "end": load_average()},
     }
     metrics["met"] = (
         not errors

@@ -31,8 +31,9 @@ def value_at(step: int, noise: random.Random) -> float:
 
 
 def main() -> None:
-    from bench.dashboard_stack import latency_ms, live_web, start, watched_run, write_plot
+    from bench.dashboard_stack import load_average, latency_ms, live_web, start, watched_run, write_plot
 
+    load_at_start = load_average()
     prefix = start("dashboard_series")
     import httpx
 
@@ -94,6 +95,7 @@ def main() -> None:
         "zoomed_tenth_ms": latency_ms(zoomed),
         "read_every_point_from_postgres_ms": latency_ms(read_all),
         "aim_ms": AIM_MS,
+        "load_average_1m": {"start": load_at_start, "end": load_average()},
         "met": latency_ms(whole)["p99"] < AIM_MS and latency_ms(zoomed)["p99"] < AIM_MS,
     }
     plot(served, whole, zoomed, write_plot)

@@ -50,6 +50,11 @@ def live_web(name: str) -> Iterator[tuple[str, str]]:
         stop(web)
 
 
+def load_average() -> float:
+    """The 1-minute load average: the machine is shared, and other work shows here."""
+    return round(os.getloadavg()[0], 2)
+
+
 def latency_ms(seconds: Sequence[float]) -> dict[str, float]:
     """p50, p90, p99 and max of a list of durations in seconds, in milliseconds."""
     cuts = quantiles(seconds, n=100, method="inclusive") if len(seconds) > 1 else [seconds[0]] * 99

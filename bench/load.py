@@ -196,11 +196,12 @@ def _connect(ws_url: str, secret: str):
 
 
 async def fan_out(ws_url: str, run_id: int, secret: str, clients: int = WS_CLIENTS, batches: int = WS_BATCHES,
-                  publish: Callable[[int], Awaitable[None]] | None = None) -> dict[str, Any]:  # fmt: skip
+                  publish: Callable[[int], Awaitable[None]] | None = None, interval_s: float = 0.05) -> dict[str, Any]:  # fmt: skip
     """Scenario 2: `clients` sockets on run `run_id` of the Daphne at `ws_url`; publishes
     `batches` event batches to the run's group from here, the worker sink's way, or with
-    `publish(step)` when given (bench.dashboard_fanout: through runs.telemetry). A batch's
-    latency is from its first event's `sent_at` (or engine `wall_time`) to its receipt."""
+    `publish(step)` when given (bench.dashboard_fanout: through runs.telemetry), then waits
+    `interval_s`. A batch's latency is from its first event's `sent_at` (or engine
+    `wall_time`) to its receipt."""
     from channels.layers import get_channel_layer
 
     from runs.live import run_group
@@ -242,7 +243,7 @@ async def fan_out(ws_url: str, run_id: int, secret: str, clients: int = WS_CLIEN
     published = time.perf_counter()
     for step in range(batches):
         await publish(step)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(interval_s)
     results = await asyncio.gather(*listeners, return_exceptions=True)
     delivered_s = time.perf_counter() - published
     await asyncio.gather(*(socket.close() for socket in sockets))

@@ -58,6 +58,8 @@ def test_the_runs_list_page_costs_the_same_queries_for_2_or_50_runs(browser_alic
     many = queries_of(browser_alice, "/runs/")  # a full page: 50 runs
 
     assert few == many, (few, many)
+    # The list reads each run's algorithm out of its spec in the query.
+    assert "<td>grpo</td>" in browser_alice.get("/runs/").content.decode()
 
 
 def test_the_run_page_costs_the_same_queries_however_much_the_run_has(browser_alice, alice):
