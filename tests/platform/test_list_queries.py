@@ -76,3 +76,13 @@ def test_the_run_page_costs_the_same_queries_however_much_the_run_has(browser_al
     little, much = run_with(1), run_with(10)
 
     assert queries_of(browser_alice, f"/runs/{little.pk}/") == queries_of(browser_alice, f"/runs/{much.pk}/")
+
+
+def test_filtering_the_list_by_status_adds_no_distinct(api_alice, alice):
+    many_runs([(alice, default_team(alice))], 8)  # 2 of each of 4 statuses
+
+    with CaptureQueriesContext(connection) as queries:
+        body = api_alice.get("/api/runs/?status=running&status=failed").json()
+
+    assert body["count"] == 4
+    assert not any("DISTINCT" in query["sql"] for query in queries.captured_queries)
