@@ -27,6 +27,8 @@ def start(name: str) -> str:
         sys.exit(f"bench.{name} measures PostgreSQL and Redis: set DATABASE_URL=postgres://... and REDIS_URL")
     prefix = f"{name.replace('_', '-')}-{uuid.uuid4().hex[:8]}"
     os.environ["ROLLYARD_CHANNEL_PREFIX"] = prefix  # groups and cache keys of this run only
+    # As deployed (compose.yaml): without DEBUG, which also keeps a log of every query.
+    os.environ.setdefault("DJANGO_DEBUG", "0")
     _setup_django()
     from django.core.management import call_command
 
