@@ -117,7 +117,7 @@ class RunStatusChange(models.Model):
 
 
 class MetricPoint(models.Model):
-    """One scalar of one step. Charts read it downsampled.
+    """One scalar of one step. Charts read it downsampled, from its buckets (MetricRollup).
 
     One point per (run, name, step): a re-sent batch overwrites its own points, and a
     resumed attempt that reports a step again (it replays from its checkpoint) replaces

@@ -1,5 +1,5 @@
-"""Pre-aggregated metric series: what lets a chart of a million points come back in a few
-milliseconds. The one downsampling path of the platform (runs.selectors.metric_series).
+"""Pre-aggregated metric series: what lets a chart of a million points be drawn from a few
+thousand rows. The one downsampling path of the platform (runs.selectors.metric_series).
 
 Every metric of a run is kept twice: its points (MetricPoint) and, at each of WIDTHS, one
 MetricRollup row per bucket of `width` consecutive steps with the bucket's point count and
@@ -13,8 +13,9 @@ START (its first step, what it is grouped by), COUNT, then step, wall time and v
 its first, last, lowest and highest finite point, NaN where it holds no finite value.
 `merge` is the one way they combine: ingest, backfill and charts.
 
-Written only by runs.telemetry.record_events (and a fork's copy in runs.launch), inside
-their transaction and under the run's row lock, so a read-modify-write cannot interleave.
+Written only by runs.telemetry.record_events (and rebuilt by a fork's copy in runs.launch
+and the backfill of migration 0008), inside their transaction and, for ingest, under the
+run's row lock, so a read-modify-write cannot interleave.
 """
 
 from collections.abc import Mapping, Sequence
