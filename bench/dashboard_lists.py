@@ -22,6 +22,7 @@ TEAMS = 10
 RUNS = 10_000
 REQUESTS = 30
 AIM_MS = 100
+AIMED = ["list page", "run page", "api list", "api run"]
 
 
 def seed(prefix: str):
@@ -121,7 +122,9 @@ def main() -> None:
                     timings[name].append(time.perf_counter() - sent)
 
     latencies = {name: latency_ms(seconds) for name, seconds in timings.items()}
-    worst = max(latencies.values(), key=lambda row: row["p99"])
+    # The aim: the list as it opens and a run page (page and API); the last page, a filter
+    # and a search are measured beside it.
+    worst = max((latencies[name] for name in AIMED), key=lambda row: row["p99"])
     metrics = {
         "users": USERS,
         "teams": TEAMS,
@@ -131,6 +134,7 @@ def main() -> None:
         "queries": query_counts,
         "api_list_queries_by_page_size": by_page_size,
         "aim_p99_ms": AIM_MS,
+        "aim_endpoints": AIMED,
         "load_average_1m": {"start": load_at_start, "end": load_average()},
         "met": worst["p99"] < AIM_MS and len(set(by_page_size.values())) == 1,
     }
@@ -138,11 +142,13 @@ def main() -> None:
 
     from bench.record import record
 
+    beyond = [name for name, row in latencies.items() if row["p99"] >= AIM_MS]
     parts = ", ".join(f"{name} p50 {row['p50']} / p99 {row['p99']} ms ({query_counts[name]} q)" for name, row in latencies.items())
     summary = (
         f"{RUNS:,} runs, {USERS} users, viewer in all {TEAMS} teams, {REQUESTS} requests each over HTTP: {parts}; "
         f"API list queries at page size 10/50/200: {'/'.join(str(n) for n in by_page_size.values())}; "
-        f"aim p99 < {AIM_MS} ms and constant queries: {'met' if metrics['met'] else 'missed'}; PostgreSQL, Daphne on loopback"
+        f"aim p99 < {AIM_MS} ms ({', '.join(AIMED)}) and constant queries: {'met' if metrics['met'] else 'missed'}"
+        f"{'' if not beyond else '; over it: ' + ', '.join(beyond)}; PostgreSQL, Daphne on loopback"
     )
     print(json.dumps(record("bench.dashboard_lists", metrics, summary), indent=2))
 
