@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from statistics import quantiles
 from typing import Any
@@ -195,12 +195,22 @@ def _connect(ws_url: str, secret: str):
     return connect(ws_url, additional_headers={"Authorization": f"Bearer {secret}"}, proxy=None, open_timeout=30)
 
 
-async def fan_out(ws_url: str, run_id: int, secret: str, clients: int = WS_CLIENTS, batches: int = WS_BATCHES) -> dict[str, Any]:
+async def fan_out(ws_url: str, run_id: int, secret: str, clients: int = WS_CLIENTS, batches: int = WS_BATCHES,
+                  publish: Callable[[int], Awaitable[None]] | None = None, interval_s: float = 0.05) -> dict[str, Any]:  # fmt: skip
     """Scenario 2: `clients` sockets on run `run_id` of the Daphne at `ws_url`; publishes
-    `batches` event batches to the run's group from here, the worker sink's way."""
+    `batches` event batches to the run's group from here, the worker sink's way, or with
+    `publish(step)` when given (bench.dashboard_fanout: through runs.telemetry), then waits
+    `interval_s`. A batch's latency is from its first event's `sent_at` (or engine
+    `wall_time`) to its receipt."""
     from channels.layers import get_channel_layer
 
     from runs.live import run_group
+
+    async def to_group(step: int) -> None:
+        event = {"kind": "metrics", "step": step, "values": {"reward/mean": step / batches}, "sent_at": time.time()}
+        await get_channel_layer().group_send(run_group(run_id), {"type": "run.events", "events": [event]})
+
+    publish = publish or to_group
 
     url = f"{ws_url}/ws/runs/{run_id}/"
     sockets = []
@@ -225,16 +235,15 @@ async def fan_out(ws_url: str, run_id: int, secret: str, clients: int = WS_CLIEN
         while received[index] < batches and time.monotonic() < deadline:
             message = json.loads(await asyncio.wait_for(socket.recv(), deadline - time.monotonic()))
             if message["type"] == "events":
-                latencies.append(time.time() - message["events"][0]["sent_at"])
+                first = message["events"][0]
+                latencies.append(time.time() - first.get("sent_at", first.get("wall_time")))
                 received[index] += 1
 
     listeners = [asyncio.ensure_future(listen(index, socket)) for index, socket in enumerate(sockets)]
-    layer = get_channel_layer()
     published = time.perf_counter()
     for step in range(batches):
-        event = {"kind": "metrics", "step": step, "values": {"reward/mean": step / batches}, "sent_at": time.time()}
-        await layer.group_send(run_group(run_id), {"type": "run.events", "events": [event]})
-        await asyncio.sleep(0.05)
+        await publish(step)
+        await asyncio.sleep(interval_s)
     results = await asyncio.gather(*listeners, return_exceptions=True)
     delivered_s = time.perf_counter() - published
     await asyncio.gather(*(socket.close() for socket in sockets))

@@ -22,6 +22,7 @@ from quotas import selectors as quota_selectors
 from quotas import services as quotas
 from quotas.models import DEFAULT_POOL, DEFAULT_PRIORITY
 from rollyard.params import NUL_REASON, nul_fields
+from runs import rollups
 from runs.lifecycle import RunPermissionDenied, User
 from runs.models import Checkpoint, MetricPoint, Run, RunStatus, RunStatusChange
 from runs.spec_paths import check_spec_paths, parse_server_spec
@@ -189,6 +190,8 @@ def fork_run(
             for p in parent.metric_points.filter(step__lte=step).iterator(chunk_size=5000)
         )
         MetricPoint.objects.bulk_create(copied, batch_size=5000)
+        for metric in child.metric_points.values_list("name", flat=True).distinct().order_by():
+            rollups.rebuild(child, metric)  # its charts' buckets (runs.rollups)
         child.current_step = step
         child.save(update_fields=["current_step"])
     return child

@@ -119,7 +119,7 @@ class RunStatusChange(models.Model):
 
 
 class MetricPoint(models.Model):
-    """One scalar of one step. Charts read it downsampled.
+    """One scalar of one step. Charts read it downsampled, from its buckets (MetricRollup).
 
     One point per (run, name, step): a re-sent batch overwrites its own points, and a
     resumed attempt that reports a step again (it replays from its checkpoint) replaces
@@ -326,3 +326,37 @@ class RunSample(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.run_id}@{self.step} {self.prompt_id} ({self.status}, reward {self.reward})"
+
+
+class MetricRollup(models.Model):
+    """One bucket of `width` consecutive steps of one metric (steps width·bucket …
+    width·(bucket+1) − 1): its point count and its first, last, lowest and highest finite
+    point (step, wall time, value; null when it holds none). Kept by runs.rollups at
+    several widths so a chart over any range reads buckets, not points."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="metric_rollups")
+    name = models.CharField(max_length=200)
+    width = models.PositiveIntegerField()
+    bucket = models.IntegerField()
+    count = models.PositiveIntegerField(help_text="points in the bucket, non-finite ones too")
+    first_step = models.IntegerField(null=True)
+    first_wall = models.FloatField(null=True)
+    first_value = models.FloatField(null=True)
+    last_step = models.IntegerField(null=True)
+    last_wall = models.FloatField(null=True)
+    last_value = models.FloatField(null=True)
+    low_step = models.IntegerField(null=True)
+    low_wall = models.FloatField(null=True)
+    low_value = models.FloatField(null=True)
+    high_step = models.IntegerField(null=True)
+    high_wall = models.FloatField(null=True)
+    high_value = models.FloatField(null=True)
+
+    class Meta:
+        # Its index serves the charts' range reads (run, name, width, bucket between …).
+        constraints = [
+            models.UniqueConstraint(fields=["run", "name", "width", "bucket"], name="metricrollup_run_name_width_bucket")
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.run_id} {self.name} [{self.width}×{self.bucket}]"

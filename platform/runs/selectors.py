@@ -4,10 +4,8 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import TypedDict
 
-import numpy as np
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import QuerySet
-from tsdownsample import M4Downsampler
+from django.db.models import Max, Min, QuerySet
 
 from accounts.permissions import visible_to
 from engine.algorithms import ALGORITHMS
@@ -19,6 +17,7 @@ from engine.sampling import SAMPLERS
 from engine.spec import RunSpec, parse_spec
 from engine.tasks import BUILTIN_TASKS
 from engine.training import TRAINING_BACKENDS
+from runs import rollups
 from runs.models import MetricPoint, Run, RunEvent, RunPromptDifficulty, RunSample, RunStatus
 
 User = AbstractBaseUser | AnonymousUser
@@ -70,41 +69,35 @@ def metric_series(
 ) -> dict[str, Series]:
     """Each named metric's points in step order, at most about `max_points` of them.
 
-    Longer series are downsampled with M4: the steps are cut into max_points/4 equal
-    buckets and each bucket keeps its first, last, minimum and maximum point, so a chart
-    drawn from them looks like the full series and no spike vanishes. Points whose value
-    was not finite (stored as null) are dropped when downsampling.
+    Longer series are downsampled with M4 (runs.rollups): the asked steps are cut into
+    max_points/4 equal buckets and each bucket keeps its first, last, minimum and maximum
+    point, so a chart drawn from them looks like the full series and no spike vanishes.
+    Built from the run's stored buckets, not its points, so a million-point series costs
+    a few thousand rows. Points whose value was not finite (stored as null) are dropped
+    when downsampling.
     """
     series: dict[str, Series] = {}
     for name in names:
         points = MetricPoint.objects.filter(run=run, name=name)
-        if min_step is not None:
-            points = points.filter(step__gte=min_step)
-        if max_step is not None:
-            points = points.filter(step__lte=max_step)
-        rows = list(points.order_by("step", "id").values_list("step", "wall_time", "value"))
-        total = len(rows)
-        if total > max_points:
-            rows = _downsample_m4(rows, max_points)
-        series[name] = Series(
-            steps=[row[0] for row in rows],
-            values=[row[2] for row in rows],
-            wall_times=[row[1] for row in rows],
-            total=total,
-        )
+        lo, hi = min_step, max_step
+        if lo is None or hi is None:
+            bounds = points.aggregate(lo=Min("step"), hi=Max("step"))
+            lo = bounds["lo"] if lo is None else lo
+            hi = bounds["hi"] if hi is None else hi
+        steps: list[int] = []
+        values: list[float | None] = []
+        walls: list[float] = []
+        total = 0
+        if lo is not None and hi is not None:
+            # One point per step at most: a range of up to max_points steps is sent whole.
+            if hi - lo + 1 > max_points:
+                steps, walls, values, total = rollups.downsample(run.pk, name, lo, hi, max(1, max_points // 4))
+            if total <= max_points:  # a short range, or a sparse one
+                rows = points.filter(step__gte=lo, step__lte=hi).order_by("step").values_list("step", "wall_time", "value")
+                steps, walls, values = (list(column) for column in zip(*rows, strict=True)) if rows else ([], [], [])
+                total = len(steps)
+        series[name] = Series(steps=steps, values=values, wall_times=walls, total=total)
     return series
-
-
-def _downsample_m4(rows: Sequence[tuple[int, float, float | None]], max_points: int) -> list[tuple[int, float, float]]:
-    finite = [row for row in rows if row[2] is not None]
-    if len(finite) <= max_points:
-        return finite
-    steps = np.fromiter((row[0] for row in finite), dtype=np.int64, count=len(finite))
-    values = np.fromiter((row[2] for row in finite), dtype=np.float64, count=len(finite))
-    # M4 wants a multiple of 4 (four points per bucket).
-    n_out = max(4, max_points - max_points % 4)
-    keep = np.sort(M4Downsampler().downsample(steps, values, n_out=n_out))
-    return [finite[i] for i in keep]
 
 
 # --- events ----------------------------------------------------------------------------------

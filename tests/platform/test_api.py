@@ -209,15 +209,12 @@ def test_metrics_returns_the_series_asked_for(api_alice, alice, make_run, record
     assert set(everything["series"]) == {"reward/mean", "acc/mean"}
 
 
-def test_downsampled_metrics_keep_a_spike_and_both_ends(api_alice, alice, make_run):
+def test_downsampled_metrics_keep_a_spike_and_both_ends(api_alice, alice, make_run, record):
     run = make_run(alice)
     # 10 000 steps of 1.0 with one spike of 1e6 at step 6 789 and one dip of -5 at step 123.
     values = {step: 1.0 for step in range(1, 10_001)}
     values[6789], values[123] = 1e6, -5.0
-    MetricPoint.objects.bulk_create(
-        MetricPoint(run=run, name="actor/grad_norm", step=step, wall_time=float(step), value=value)
-        for step, value in values.items()
-    )
+    record(run.id, [Metrics(step=s, values={"actor/grad_norm": v}, wall_time=float(s)) for s, v in values.items()])
 
     series = api_alice.get(f"/api/runs/{run.id}/metrics/?name=actor/grad_norm&max_points=40").json()["series"]
     line = series["actor/grad_norm"]

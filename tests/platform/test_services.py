@@ -249,15 +249,13 @@ def test_short_series_come_back_whole_with_gaps_for_non_finite_values(alice, mak
     assert series["values"] == [1.0, None, 3.0]
 
 
-def test_m4_downsampling_keeps_first_last_min_and_max_of_each_bucket(alice, make_run):
+def test_m4_downsampling_keeps_first_last_min_and_max_of_each_bucket(alice, make_run, record):
     run = make_run(alice)
-    # 100 steps; with max_points=8 there are 2 buckets of about 50 steps.
+    # 100 steps; with max_points=8 there are 2 buckets of 50 steps (1-50, 51-100).
     # Bucket 1 holds a dip (-1 at step 20), bucket 2 a spike (9 at step 70).
     values = {step: 0.5 for step in range(1, 101)}
     values[20], values[70] = -1.0, 9.0
-    MetricPoint.objects.bulk_create(
-        MetricPoint(run=run, name="m", step=step, wall_time=0.0, value=value) for step, value in values.items()
-    )
+    record(run.id, [Metrics(step=step, values={"m": value}, wall_time=0.0) for step, value in values.items()])
 
     series = selectors.metric_series(run, ["m"], max_points=8)["m"]
 

@@ -34,7 +34,9 @@ class RunViewSet(RunLifecycleActions, mixins.ListModelMixin, mixins.RetrieveMode
     filterset_class = RunFilter
 
     def get_queryset(self) -> QuerySet[Run]:
-        return selectors.visible_runs(self.request.user).order_by("-created_at", "-id")
+        runs = selectors.visible_runs(self.request.user).order_by("-created_at", "-id")
+        # The list's rows have no spec: kilobytes of JSON a run, left in the database.
+        return runs.defer("spec", "retention") if self.action == "list" else runs
 
     def get_serializer_class(self):
         return RunSerializer if self.action == "list" else RunDetailSerializer
