@@ -39,12 +39,9 @@ from engine.rollout.april import partial_group_from_state, partial_group_state, 
 from engine.rollout.staleness import StalenessManager
 from engine.rollout.strategies import is_informative
 from engine.rollout.types import PartialGroup, RolloutBatch
-from engine.rollout.workers import WorkerPool
+from engine.rollout.workers import POLL_S
 from engine.spec import RunSpec
 from engine.telemetry import Timeline
-
-# How long the trainer waits on the workers between admission checks.
-POLL_S = 0.05
 
 
 class AsyncRecipe(SyncRecipe):
@@ -56,13 +53,10 @@ class AsyncRecipe(SyncRecipe):
         self.staleness = StalenessManager(
             self.batch_groups, orchestration.max_staleness, orchestration.max_concurrent_groups
         )
-        self.workers = WorkerPool(spec)
-        self.collector.worker = TRAINER  # the trainer's own collector only evaluates
         self.placed: dict[int, int] = {}  # key → worker, for every group submitted and not received
         self.buffer: list[PartialGroup] = []  # accepted, not trained yet, oldest first
         self.rejected: list[PartialGroup] = []  # filtered out since the last step (observed, not trained)
         self.next_key = 0
-        self.sync_seconds = 0.0  # the workers' own pause-load-resume time at the last push
 
     # ----------------------------------------------------------------- 1-3
     def collect(self, step: int, timeline: Timeline) -> RolloutBatch:
@@ -85,7 +79,7 @@ class AsyncRecipe(SyncRecipe):
             "async/capacity": float(self.staleness.capacity(version)),
             "rollout/partial_ratio": sum(item.aborts > 0 for item in trained) / max(len(trained), 1),
             "off_policy/group_lag/max": float(max(version - group.begun + 1 for group in taken)),
-            "timing_s/worker_sync": self.sync_seconds,
+            "timing_s/worker_sync": self.workers.sync_seconds,
             **staleness_metrics(trained, self.training.version),
         }
         if self.filtered:
@@ -127,17 +121,10 @@ class AsyncRecipe(SyncRecipe):
 
     # ----------------------------------------------------------------- 7, 10
     def push_weights(self, timeline: Timeline) -> None:
-        with timeline.phase(TRAINER, "sync", "sync"):
-            # The trainer's own collector (evaluation) decodes with its model: only the version moves.
-            self.collector.load_weights(self.training.weights(), self.training.version)
-            self.sync_seconds = max(self.workers.update_weights(self.training.weights(), self.training.version))
+        """The sync recipe's push (every worker pauses, loads, resumes), then admission
+        under the new version."""
+        super().push_weights(timeline)
         self._admit(self.step_count + 1, self.step_count)
-        for span in [span for spans in self.workers.call("pop_spans") for span in spans]:
-            if span.end > timeline.start:
-                timeline.spans.append(span.model_copy(update={"step": timeline.step, "start": max(span.start, timeline.start)}))
-
-    def rollout_workers(self) -> list[str]:
-        return list(self.workers.names)
 
     def evaluate(self, step: int) -> list[Event]:
         """On the trainer's model, with the workers held: evaluation is on nobody's
@@ -150,6 +137,10 @@ class AsyncRecipe(SyncRecipe):
             self.workers.call("hold", False)
 
     # ----------------------------------------------------------------- checkpoints
+    def parts(self) -> dict[str, Any]:
+        """The sync recipe's parts but its workers' streams: the "async" state holds those."""
+        return {name: part for name, part in super().parts().items() if name != "rollout"}
+
     def state_dict(self) -> dict[str, Any]:
         """The sync recipe's state and the asynchronous one: the accepted groups not yet
         trained, every worker's in-flight groups (as partials) and finished ones, the
@@ -169,7 +160,6 @@ class AsyncRecipe(SyncRecipe):
         super().load_state_dict(state)
         saved = state["async"]
         self.next_key = saved["next_key"]
-        self.workers.update_weights(self.training.weights(), self.training.version)
         # The saved workers' groups go round the workers now running (k may differ).
         in_flight = [item for worker in saved["workers"] for item in worker["in_flight"]]
         finished = [item for worker in saved["workers"] for item in worker["finished"]]
@@ -187,6 +177,3 @@ class AsyncRecipe(SyncRecipe):
         self.buffer = [partial_group_from_state(item) for item in saved["buffer"]]
         self.placed = {item["key"]: index for index, (mine, done) in enumerate(each) for item in mine + done}
         self.staleness.restore(self.step_count, buffered=len(self.buffer), in_flight=len(in_flight) + len(finished))
-
-    def close(self) -> None:
-        self.workers.close()
