@@ -12,7 +12,11 @@ One `step()`:
     2 wait       for finished groups (a `wait` span of the trainer); DAPO's filter
                  rejects a group whose rewards are all equal; admission runs again as
                  groups finish (max_concurrent_groups frees up)
-    3 take       the B oldest accepted groups (by submission), each trained once
+    3 take       the B oldest accepted groups (by submission), each trained once; a
+                 group more than η versions older than the weights it would be trained
+                 against is dropped instead (AReaL's is_staled check, behind admission:
+                 a fork under a smaller η finds such groups pending), its samples
+                 reported as off_policy/dropped
     4-9          as the sync recipe (engine.recipes.sync.SyncRecipe.learn): π_prox is
                  recomputed whenever a token was sampled by older weights, shaping,
                  advantages, updates with the algorithm's policy loss (decoupled_ppo
@@ -56,26 +60,31 @@ class AsyncRecipe(SyncRecipe):
         self.placed: dict[int, int] = {}  # key → worker, for every group submitted and not received
         self.buffer: list[PartialGroup] = []  # accepted, not trained yet, oldest first
         self.rejected: list[PartialGroup] = []  # filtered out since the last step (observed, not trained)
+        self.dropped: list[PartialGroup] = []  # too stale since the last step (observed, not trained)
         self.next_key = 0
 
     # ----------------------------------------------------------------- 1-3
     def collect(self, step: int, timeline: Timeline) -> RolloutBatch:
         version = step - 1
+        self._drop_stale(version)
         while len(self.buffer) < self.batch_groups:
             self._admit(step, version)
             with timeline.phase(TRAINER, "wait", "wait"):
                 finished = self.workers.take_finished(POLL_S)
             self._receive(finished)
+            self._drop_stale(version)
         taken, self.buffer = self.buffer[: self.batch_groups], self.buffer[self.batch_groups :]
         groups = [group.as_group(index) for index, group in enumerate(taken)]
-        rejected = [group.as_group(len(groups) + index) for index, group in enumerate(self.rejected)]
-        self.rejected = []
+        untrained = [group.as_group(len(groups) + index) for index, group in enumerate(self.rejected + self.dropped)]
+        filtered_out, dropped_samples = len(self.rejected), sum(group.n for group in self.dropped)
+        self.rejected, self.dropped = [], []
         trained = [item for group in groups for item in group.rollouts]
         metrics = {
             "buffer/size": float(len(self.buffer)),
             "async/accepted": float(self.staleness.accepted),
             "async/running": float(self.staleness.running),
             "async/rejected": float(self.staleness.rejected),
+            "off_policy/dropped": float(dropped_samples),
             "async/capacity": float(self.staleness.capacity(version)),
             "rollout/partial_ratio": sum(item.aborts > 0 for item in trained) / max(len(trained), 1),
             "off_policy/group_lag/max": float(max(version - group.begun + 1 for group in taken)),
@@ -83,8 +92,8 @@ class AsyncRecipe(SyncRecipe):
             **staleness_metrics(trained, self.training.version),
         }
         if self.filtered:
-            metrics["dapo/keep_rate"] = len(groups) / max(len(groups) + len(rejected), 1)
-        return RolloutBatch(groups=groups, generated=groups + rejected, metrics=metrics)
+            metrics["dapo/keep_rate"] = len(groups) / max(len(groups) + filtered_out, 1)
+        return RolloutBatch(groups=groups, generated=groups + untrained, metrics=metrics)
 
     def _admit(self, step: int, version: int) -> None:
         """Submit as many fresh groups as the staleness bound allows, least loaded worker first."""
@@ -107,6 +116,14 @@ class AsyncRecipe(SyncRecipe):
             if groups:
                 self.workers.submit(worker, groups)
         self.staleness.submitted(len(plan))
+
+    def _drop_stale(self, version: int) -> None:
+        """Drop the accepted groups begun more than η versions before `version`."""
+        stale = [group for group in self.buffer if version - group.begun > self.staleness.max_staleness]
+        if stale:
+            self.staleness.drop(len(stale))
+            self.dropped += stale
+            self.buffer = [group for group in self.buffer if group not in stale]
 
     def _receive(self, finished: list[PartialGroup]) -> None:
         for group in finished:

@@ -246,9 +246,36 @@ def test_eta_zero_reports_the_same_metrics_as_the_sync_recipe():
     assert [untimed(m.values) for m in asynchronous.of_kind("metrics")] == [untimed(m.values) for m in sync.of_kind("metrics")]
     assert [h.counts for h in asynchronous.of_kind("length_histogram")] == [h.counts for h in sync.of_kind("length_histogram")]
     steps = [m.values for m in asynchronous.of_kind("metrics") if "reward/mean" in m.values]
-    assert all(v["off_policy/staleness/max"] == 0 and v["buffer/size"] == 0 for v in steps)
+    assert all(v["off_policy/staleness/max"] == 0 and v["buffer/size"] == 0 and v["off_policy/dropped"] == 0 for v in steps)
     workers = {span.worker for span in asynchronous.of_kind("span")}
     assert workers == {"trainer", "rollout-0"}
+
+
+# ----------------------------------------------------------------- too stale
+def test_accepted_groups_older_than_eta_are_dropped_and_free_their_place():
+    """η = 0, B = 2, the trainer at step 3 (version 2) with four accepted groups waiting,
+    begun at versions 0, 1, 2 and 2 (what a fork under η = 0 of an η = 2 run finds):
+    2 − 0 > 0 and 2 − 1 > 0, so the first two are dropped, 2 groups × n = 2 = 4 samples
+    reported as off_policy/dropped, observed but not trained; the other two are the
+    batch. Accepted was v·B + 4 = 8 and falls by the two dropped to 6, so the bound's
+    capacity is (0 + 2 + 1)·2 − 6 = 0 until the batch is trained."""
+    recipe = AsyncRecipe(parse_spec(async_spec(0)))
+    try:
+        generated = recipe.collector.collect(recipe.sampler.next(1, 4), 0, Timeline(0))
+        recipe.buffer = [
+            PartialGroup(key=key, problem=group.problem, n=2, begun=begun, done=dict(enumerate(group.rollouts)))
+            for key, (group, begun) in enumerate(zip(generated, [0, 1, 2, 2]))
+        ]
+        recipe.staleness.accepted = 2 * 2 + 4
+        batch = recipe.collect(3, Timeline(3))
+    finally:
+        recipe.close()
+
+    assert [group.problem for group in batch.groups] == [generated[2].problem, generated[3].problem]
+    assert batch.metrics["off_policy/dropped"] == 4
+    assert [group.problem for group in batch.generated] == [group.problem for group in generated[2:] + generated[:2]]
+    assert (recipe.staleness.accepted, recipe.staleness.dropped, batch.metrics["async/capacity"]) == (6, 2, 0)
+    assert recipe.buffer == []
 
 
 # ----------------------------------------------------------------- resume
@@ -305,7 +332,6 @@ def test_a_resume_with_in_flight_rollouts_loses_and_repeats_no_group(tmp_path):
         ({"orchestration": {"max_staleness": 2}}, "orchestration.max_staleness"),
         ({"orchestration": {"mode": "async", "max_concurrent_groups": 0}, "resources": {"rollout_workers": 1}}, "orchestration.max_concurrent_groups"),
         ({"orchestration": {"mode": "async"}}, "orchestration"),
-        ({"resources": {"rollout_workers": 2}}, "orchestration"),
         ({"algorithm": {"behav_weight_cap": 3.0}}, "algorithm.behav_weight_cap"),
         ({"algorithm": {"policy_loss": "decoupled_ppo", "behav_weight_cap": 0.5}}, "algorithm.behav_weight_cap"),
     ],
