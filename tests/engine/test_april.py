@@ -208,22 +208,70 @@ def untimed(values: dict[str, float]) -> dict[str, float]:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("algorithm", ["grpo", "gspo"])
-def test_april_with_over_sampling_equal_to_the_batch_is_the_plain_strategy(algorithm):
+@pytest.mark.parametrize(
+    "algorithm, plain",
+    [
+        ({"name": "grpo"}, "plain"),
+        ({"name": "gspo"}, "plain"),
+        # DAPO's filter, one round of exactly the batch: both collect the plan once, keep
+        # the informative groups and top the batch up with the filtered-out ones.
+        ({"name": "dapo", "oversample": 1.0, "max_gen_rounds": 1}, "dynamic_sampling"),
+    ],
+)
+def test_april_with_over_sampling_equal_to_the_batch_is_the_plain_strategy(algorithm, plain):
     """N' = N: every submitted group must end before the step does, nothing is aborted,
     and the backend is stepped exactly as plain's collect() steps it, so every metric but
-    the timings (and APRIL's own) is identical, float for float. (With DAPO's filter the
-    two differ by design: dynamic sampling waits for its whole round of ⌈missing × 1.25⌉
-    groups, APRIL stops at the batch.)"""
-    base = TINY | {"algorithm": {"name": algorithm}}
-    plain, partial = ListSink(), ListSink()
-    run(parse_spec(base | {"rollout": TINY["rollout"] | {"strategy": "plain"}}), plain)
+    the timings (and APRIL's own) is identical, float for float; under DAPO the filter's
+    own (dapo/keep_rate, dapo/gen_rounds) too, and a group filtered out tops the batch up
+    after the informative ones in both. (With more rounds the two differ by design:
+    APRIL submits N' more as soon as a group is filtered out, slime's rule; dynamic
+    sampling waits for its whole round and asks for ⌈missing × oversample⌉.)"""
+    base = TINY | {"algorithm": algorithm}
+    baseline, partial = ListSink(), ListSink()
+    run(parse_spec(base | {"rollout": TINY["rollout"] | {"strategy": plain}}), baseline)
     run(parse_spec(base | {"rollout": TINY["rollout"] | {"strategy": "april", "over_sampling": 2}}), partial)
 
     steps = [m for m in partial.of_kind("metrics") if "reward/mean" in m.values]
     assert all(m.values["april/aborted_samples"] == 0 and m.values["april/buffer_groups"] == 0 for m in steps)
-    assert [untimed(m.values) for m in partial.of_kind("metrics")] == [untimed(m.values) for m in plain.of_kind("metrics")]
-    assert [h.counts for h in partial.of_kind("length_histogram")] == [h.counts for h in plain.of_kind("length_histogram")]
+    assert [untimed(m.values) for m in partial.of_kind("metrics")] == [untimed(m.values) for m in baseline.of_kind("metrics")]
+    assert [h.counts for h in partial.of_kind("length_histogram")] == [h.counts for h in baseline.of_kind("length_histogram")]
+    if plain == "dynamic_sampling":
+        assert any(m.values["dapo/keep_rate"] < 1 for m in steps)  # a batch was topped up
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("algorithm", ["grpo", "dapo", "gspo"])
+def test_april_with_over_sampling_trains_under_each_algorithm(algorithm):
+    """N' = 2N = 4 groups of n = 4 for three steps: every step trains with a finite loss,
+    some step carries groups over (aborted, or complete beyond the batch), and the
+    buffer keeps its books: a step resumes
+    min(N', what the last one left) groups first, and leaves exactly the groups it
+    submitted and did not complete (trained or filtered out: its length histogram counts
+    every generated sample once)."""
+    spec = parse_spec(
+        TINY
+        | {
+            "algorithm": {"name": algorithm},
+            "rollout": TINY["rollout"] | {"strategy": "april", "over_sampling": 4},
+            "training": TINY["training"] | {"steps": 3},
+        }
+    )
+    sink = ListSink()
+    assert run(spec, sink) == "succeeded"
+
+    steps = [m.values for m in sink.of_kind("metrics") if "reward/mean" in m.values]
+    generated = [sum(h.counts) / spec.rollout.n for h in sink.of_kind("length_histogram") if h.step > 0]
+    assert len(steps) == len(generated) == 3
+    left = 0.0
+    for values, groups in zip(steps, generated):
+        assert math.isfinite(values["actor/pg_loss"]) and math.isfinite(values["actor/grad_norm"])
+        assert values["april/resumed_groups"] == min(4, left)
+        assert values["april/submitted_groups"] >= 4
+        assert values["april/buffer_groups"] == values["april/submitted_groups"] - groups
+        left = values["april/buffer_groups"]
+    assert any(v["april/buffer_groups"] > 0 for v in steps)  # over-sampled groups carried over
+    if algorithm == "dapo":
+        assert all(0 <= v["dapo/keep_rate"] <= 1 for v in steps)
 
 
 @pytest.mark.parametrize(
