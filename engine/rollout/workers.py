@@ -285,7 +285,10 @@ class PooledCollector:
             return []
         shares = split_evenly(range(len(plan)), len(self.pool))
         for worker, indexes in enumerate(shares):
-            groups = [PartialGroup(key=index, problem=plan[index].problem, n=plan[index].n, begun=self.version) for index in indexes]
+            groups = [
+                PartialGroup(key=index, problem=plan[index].problem, n=plan[index].n, begun=self.version)
+                for index in indexes
+            ]
             if groups:
                 self.pool.submit(worker, groups)
         returned: dict[int, PartialGroup] = {}

@@ -7,8 +7,10 @@ The hand-computed cases decode greedily with the built-in model, which solves ev
 chain when greedy (README), so a group's response length is fixed by its number of
 operations k and which group finishes first can be worked out in advance."""
 
+import importlib.util
 import math
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,6 +29,11 @@ from engine.sampling.base import PlanItem
 from engine.spec import SpecError, parse_spec
 from engine.tasks import BUILTIN_TASKS
 from engine.telemetry import Timeline
+
+_path = Path(__file__).with_name("techniques.py")
+_module_spec = importlib.util.spec_from_file_location("techniques", _path)
+techniques = importlib.util.module_from_spec(_module_spec)
+_module_spec.loader.exec_module(techniques)
 
 ARITH = BUILTIN_TASKS.get("arith")
 N = 2  # samples per group
@@ -201,10 +208,7 @@ APRIL_ONLY = ("april/", "off_policy/", "rollout/partial_ratio")
 
 
 def untimed(values: dict[str, float]) -> dict[str, float]:
-    timed = lambda name: (  # noqa: E731
-        name.startswith("timing_s/") or name.endswith("idle_ratio") or (name.startswith("perf/") and not name.endswith("_tokens"))
-    )
-    return {name: value for name, value in values.items() if not timed(name) and not name.startswith(APRIL_ONLY)}
+    return techniques.untimed(values, own=APRIL_ONLY)
 
 
 @pytest.mark.timeout(300)
@@ -329,32 +333,21 @@ def test_a_resume_with_a_non_empty_buffer_continues_bit_for_bit(tmp_path):
     assert resumed["april/resumed_groups"] == 2
 
 
-def difference_se(before: float, after: float, n: int) -> float:
-    return math.sqrt((before * (1 - before) + after * (1 - after)) / n)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_april_raises_held_out_accuracy_on_the_built_in_task():
     """GRPO with APRIL at twice the batch, 20 steps of 16 prompts × 16 samples (as
     tests/engine/test_learning.py), must beat step 0 by more than 3 standard errors of
     the difference on 512 held-out prompts (about +0.08)."""
-    spec = parse_spec(
+    started = time.time()
+    before, after, margin, sink = techniques.held_out_gain(
         {
-            "dataset": {"name": "arith", "eval_size": 512},
             "algorithm": {"name": "grpo"},
-            "rollout": {"prompts_per_step": 16, "n": 16, "max_new_tokens": 256, "strategy": "april"},
-            "training": {"steps": 20, "lr": 3e-4, "warmup_steps": 10, "eval_every": 0},
-            "resources": {"executor": "inprocess", "cpus": 2},
-            "seed": 0,
+            "rollout": {"n": 16, "strategy": "april"},
+            "training": {"steps": 20},
+            "resources": {"cpus": 2},
         }
     )
-    sink = ListSink()
-    started = time.time()
-    assert run(spec, sink) == "succeeded"
-    accuracy = {m.step: m.values["val/acc/mean@1"] for m in sink.of_kind("metrics") if "val/acc/mean@1" in m.values}
-    before, after = accuracy[0], accuracy[20]
-    margin = 3 * difference_se(before, after, 512)
     steps = [m.values for m in sink.of_kind("metrics") if "reward/mean" in m.values]
     print(
         f"april: val/acc/mean@1 {before:.3f} -> {after:.3f} (needs > +{margin:.3f}), {time.time() - started:.0f}s, "
