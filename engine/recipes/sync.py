@@ -28,8 +28,10 @@ ray, each with its own copy of the policy and resources.rollout_cpus/rollout_gpu
 threads in process), which the strategies reach through a PooledCollector; the trainer
 waits meanwhile (its `wait` spans), pushes the weights to every worker with their
 version (through Ray's object store) and evaluates on its own model. With one worker a
-split run reports what the colocated run does (tests/engine/test_sync_split.py). The recipe returns events instead of emitting them, so the same object works
-in process or as a Ray actor whose results the driver forwards (engine.orchestration).
+split run reports what the colocated run does (tests/engine/test_sync_split.py).
+
+The recipe returns events instead of emitting them, so the same object works in process
+or as a Ray actor whose results the driver forwards (engine.orchestration).
 """
 
 import os

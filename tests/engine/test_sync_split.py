@@ -114,3 +114,14 @@ def test_async_with_two_rollout_workers_trains_every_admitted_group_once():
     assert len(trained) == 3 and all(sum(step.values()) == 8 and set(step.values()) == {2} for step in trained)
     every = [prompt for step in trained for prompt in step]
     assert len(every) == len(set(every)) == 12
+
+
+@pytest.mark.timeout(300)
+def test_a_split_run_resumes_bit_for_bit_with_each_workers_sampling_stream(tmp_path):
+    """k = 2 in process: 4 steps straight equal 2 steps, a checkpoint and 2 more in a fresh
+    recipe, metric for metric and state for state. The checkpoint's `rollout` part holds
+    both workers' sampling streams (each seeded differently, each moved by its own half
+    of every plan), so a resume that restored one stream to both, or none, would sample
+    other tokens after step 2."""
+    sink = techniques.resumed_equals_straight({"resources": {"rollout_workers": 2}}, tmp_path)
+    assert generating_workers(sink) == {"rollout-0", "rollout-1"}
