@@ -45,7 +45,7 @@ def generating_workers(sink: ListSink) -> set[str]:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("executor", ["inprocess", "ray"])
+@pytest.mark.parametrize("executor", ["inprocess", pytest.param("ray", marks=pytest.mark.slow)])
 def test_one_split_rollout_worker_reports_what_the_colocated_run_does(executor):
     """Tolerance: none, every untimed metric and histogram equal float for float. The
     worker's copy of the policy is loaded from the same folder, its parameters require
@@ -116,6 +116,7 @@ def test_async_with_two_rollout_workers_trains_every_admitted_group_once():
     assert len(every) == len(set(every)) == 12
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_split_run_resumes_bit_for_bit_with_each_workers_sampling_stream(tmp_path):
     """k = 2 in process: 4 steps straight equal 2 steps, a checkpoint and 2 more in a fresh
