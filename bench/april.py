@@ -1,15 +1,20 @@
 """APRIL against the synchronous GRPO baseline, in one program, on the long-tailed
 built-in task: rollout throughput and held-out accuracy at equal steps.
 
-Both runs share everything (seed, prompts, steps, model, held-out prompts) but
-`rollout.strategy`: plain, or april at `--over-sampling` times the batch. Rollout
-throughput is completed tokens per second of rollout phase: the response tokens of every
-group the step completed (an APRIL group finished over two steps counts its whole length
-once, when it completes; tokens still in the buffer at the end are not counted, which
-only penalises APRIL) over the seconds the rollout worker spent generating and
-verifying (`timing_s/gen + timing_s/reward`), summed over the run.
+Both runs share everything (seed, prompts, steps, model, held-out prompts, placement)
+but `rollout.strategy`: plain, or april at `--over-sampling` times the batch. By
+default both split the sync recipe across two Ray actors of one CPU each, the trainer
+and one rollout worker (`--rollout-workers 1`: this 2-core machine gives each its own
+core); `--rollout-workers 0` runs them colocated in one process on `--cpus` cores.
+Rollout throughput is completed tokens per second of rollout phase: the response tokens
+of every group the step completed (an APRIL group finished over two steps counts its
+whole length once, when it completes; tokens still in the buffer at the end are not
+counted, which only penalises APRIL) over the seconds of the step's rollout phase
+(`timing_s/gen + timing_s/reward`: colocated, generating and verifying; split, the
+trainer's wait for the worker, which verifies too, and its reward shaping), summed over
+the run.
 
-    .venv/bin/python -m bench.april [--steps 12] [--prompts 16] [--n 8] [--over-sampling 2]
+    .venv/bin/python -m bench.april [--steps 12] [--prompts 16] [--n 8] [--over-sampling 2] [--rollout-workers 1]
 
 Writes bench/results/april.json (and its line in docs/benchmarks.md) and
 bench/results/april.html: held-out accuracy, throughput per step, and the busy/idle
@@ -56,6 +61,30 @@ def run_spec(spec: dict) -> dict:
     }
 
 
+def add_baseline_arguments(parser: argparse.ArgumentParser, eval_every: int) -> None:
+    """The synchronous GRPO baseline's knobs, shared with bench.areal."""
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--eval-every", type=int, default=eval_every)
+    parser.add_argument("--eval-size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cpus", type=int, default=1)
+
+
+def baseline_spec(args: argparse.Namespace) -> dict:
+    """The synchronous GRPO baseline on the long-tailed built-in task, in process."""
+    return {
+        "dataset": {"name": "arith", "eval_size": args.eval_size},
+        "algorithm": {"name": "grpo"},
+        "rollout": {"prompts_per_step": args.prompts, "n": args.n, "max_new_tokens": args.max_new_tokens},
+        "training": {"steps": args.steps, "lr": 3e-4, "warmup_steps": 10, "eval_every": args.eval_every},
+        "resources": {"executor": "inprocess", "cpus": args.cpus},
+        "seed": args.seed,
+    }
+
+
 def rollout_throughput(steps: list[dict]) -> float:
     completed = sum(values["perf/generated_tokens"] for values in steps)
     seconds = sum(values.get("timing_s/gen", 0.0) + values.get("timing_s/reward", 0.0) for values in steps)
@@ -92,25 +121,17 @@ def write_html(figure: go.Figure, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--prompts", type=int, default=16)
-    parser.add_argument("--n", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    add_baseline_arguments(parser, eval_every=4)
     parser.add_argument("--over-sampling", type=float, default=2.0, help="N' as a multiple of the batch")
-    parser.add_argument("--eval-every", type=int, default=4)
-    parser.add_argument("--eval-size", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cpus", type=int, default=1)
+    parser.add_argument("--rollout-workers", type=int, default=1, help="0: colocated in process")
     args = parser.parse_args()
 
-    base = {
-        "dataset": {"name": "arith", "eval_size": args.eval_size},
-        "algorithm": {"name": "grpo"},
-        "rollout": {"prompts_per_step": args.prompts, "n": args.n, "max_new_tokens": args.max_new_tokens},
-        "training": {"steps": args.steps, "lr": 3e-4, "warmup_steps": 10, "eval_every": args.eval_every},
-        "resources": {"executor": "inprocess", "cpus": args.cpus},
-        "seed": args.seed,
-    }
+    base = baseline_spec(args)
+    if args.rollout_workers:
+        base["resources"] = {"executor": "ray", "cpus": 1, "rollout_workers": args.rollout_workers, "rollout_cpus": 1}
+        placement = f"split: trainer and {args.rollout_workers} rollout worker(s) in Ray actors of 1 CPU each"
+    else:
+        placement = f"colocated: trainer and generation in one process on {args.cpus} core(s)"
     over = round(args.over_sampling * args.prompts)
     runs = {
         "sync": run_spec(base | {"rollout": base["rollout"] | {"strategy": "plain"}}),
@@ -146,7 +167,7 @@ def main() -> None:
         "over_sampling": over,
         "max_new_tokens": args.max_new_tokens,
         "seed": args.seed,
-        "cpus": args.cpus,
+        "placement": placement,
         "throughput_gain": round(gain, 3),
         "runs": result,
     }
@@ -169,7 +190,7 @@ def main() -> None:
     figure.update_layout(barmode="overlay", height=700, title="APRIL vs synchronous GRPO on the built-in arith task")
     write_html(figure, RESULTS_DIR / "april.html")
     summary = (
-        f"{args.steps} steps of {args.prompts}×{args.n}, N' = {over}: rollout {result['sync']['rollout_tokens_per_s']:.0f} → "
+        f"{args.steps} steps of {args.prompts}×{args.n}, N' = {over}, {placement.split(':')[0]}: rollout {result['sync']['rollout_tokens_per_s']:.0f} → "
         f"{result['april']['rollout_tokens_per_s']:.0f} completed tok/s ({gain:+.0%}); val acc "
         f"{result['sync']['val_acc_end']:.3f} (sync) vs {result['april']['val_acc_end']:.3f} (april)"
     )

@@ -11,6 +11,9 @@ and on a 2-core machine shared with other work two torch threads were up to ten 
 slower than one (OpenMP threads waiting on each other). Everything else is the same spec
 and seed.
 
+A "sync split" run is the sync recipe on those same two actors (the trainer waits while
+the worker generates): what placement alone changes, without overlap.
+
 - Time to target: the training seconds (sum of `timing_s/step`, evaluations left out)
   until the first evaluation at or above the target; the target defaults to the sync
   run's start accuracy plus 90% of its gain.
@@ -31,7 +34,7 @@ import argparse
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from bench.april import RESULTS_DIR, run_spec, timeline_traces, write_html
+from bench.april import RESULTS_DIR, add_baseline_arguments, baseline_spec, run_spec, timeline_traces, write_html
 from bench.record import record
 
 
@@ -52,28 +55,16 @@ def time_to(target: float, outcome: dict) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--prompts", type=int, default=16)
-    parser.add_argument("--n", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    add_baseline_arguments(parser, eval_every=3)
     parser.add_argument("--etas", type=int, nargs="+", default=[0, 1, 2, 4])
-    parser.add_argument("--eval-every", type=int, default=3)
-    parser.add_argument("--eval-size", type=int, default=256)
     parser.add_argument("--target", type=float, default=None)
     parser.add_argument("--executor", choices=["ray", "inprocess"], default="ray")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cpus", type=int, default=1)
     args = parser.parse_args()
 
-    base = {
-        "dataset": {"name": "arith", "eval_size": args.eval_size},
-        "algorithm": {"name": "grpo"},
-        "rollout": {"prompts_per_step": args.prompts, "n": args.n, "max_new_tokens": args.max_new_tokens},
-        "training": {"steps": args.steps, "lr": 3e-4, "warmup_steps": 10, "eval_every": args.eval_every},
-        "resources": {"executor": "inprocess", "cpus": args.cpus},
-        "seed": args.seed,
-    }
-    runs = {"sync": run_spec(base)}
+    base = baseline_spec(args)
+    apart = {"executor": args.executor, "cpus": 1, "rollout_workers": 1, "rollout_cpus": 1}
+    # The sync recipe split across the same two actors: each phase on its own core, no overlap.
+    runs = {"sync": run_spec(base), "sync split": run_spec(base | {"resources": apart})}
     for eta in args.etas:
         for loss in ("decoupled_ppo", "ppo"):
             if eta == 0 and loss == "ppo":
@@ -83,7 +74,7 @@ def main() -> None:
                 | {
                     "algorithm": {"name": "grpo", "policy_loss": loss},
                     "orchestration": {"mode": "async", "max_staleness": eta},
-                    "resources": {"executor": args.executor, "cpus": 1, "rollout_workers": 1, "rollout_cpus": 1},
+                    "resources": apart,
                 }
             )
             print(f"{eta} {loss}: {runs[f'async η={eta} {loss}']['seconds']:.0f} s")
@@ -109,7 +100,7 @@ def main() -> None:
             "val_acc_end": outcome["val"][-1][1],
             "total_s": round(outcome["seconds"], 1),
         }
-        if name != "sync":
+        if name.startswith("async"):
             entry |= {
                 "staleness_mean": round(sum(v["off_policy/staleness/mean"] for v in steps) / len(steps), 3),
                 "trainer_wait_s": round(sum(v.get("timing_s/wait", 0.0) for v in steps), 2),
@@ -123,7 +114,7 @@ def main() -> None:
         "n": args.n,
         "max_new_tokens": args.max_new_tokens,
         "executor": args.executor,
-        "placement": f"sync: {args.cpus} cores in one process; async: trainer 1 core, rollout worker 1 core",
+        "placement": f"sync: {args.cpus} core(s) in one process; sync split and async: trainer 1 core, rollout worker 1 core",
         "seed": args.seed,
         "target": target,
         "sync_generation_s": round(generation, 2),
@@ -152,7 +143,7 @@ def main() -> None:
     figure.update_layout(barmode="overlay", height=760, title="AReaL (async) vs synchronous GRPO on the built-in arith task")
     write_html(figure, RESULTS_DIR / "areal.html")
 
-    best = max((n for n in result if n != "sync"), key=lambda n: result[n]["speedup_per_step"])
+    best = max((n for n in result if n.startswith("async")), key=lambda n: result[n]["speedup_per_step"])
     summary = (
         f"{args.steps} steps of {args.prompts}×{args.n}; overlap limit {limit:.2f}×; best {best}: "
         f"{result[best]['speedup_per_step']:.2f}× per step ({result[best]['ratio_to_overlap_limit']:.0%} of the limit), "

@@ -555,7 +555,8 @@ class ResourcesSpec(_Strict):
         ge=0,
         le=256,
         description="rollout workers, each with its own copy of the policy and generation backend (Ray actors "
-        "under executor ray, threads in process); 0 = colocated: the trainer's model generates",
+        "under executor ray, threads in process), weights pushed to them after every update; 0 = colocated: the "
+        "trainer's model generates (mode sync only; mode async needs at least 1)",
     )
     rollout_cpus: int = Field(1, ge=1, le=1024, description="CPU cores of each rollout worker")
     rollout_gpus: int = Field(0, ge=0, le=1024, description="GPUs of each rollout worker")
@@ -755,7 +756,7 @@ class RunSpec(_Strict):
     @classmethod
     def _placement_fits_the_recipe(cls, orchestration: OrchestrationSpec, info: ValidationInfo) -> OrchestrationSpec:
         """Async needs rollout workers apart from the trainer; the sync recipe generates on
-        the trainer's model (its split form is async with max_staleness 0)."""
+        the trainer's model without them (colocated) and on them with (split)."""
         resources, rollout = info.data.get("resources"), info.data.get("rollout")
         if resources is None or rollout is None:
             return orchestration
@@ -767,11 +768,6 @@ class RunSpec(_Strict):
                     f"mode async collects continuously, so rollout.strategy {rollout.strategy!r} does not apply: "
                     "use mode sync for it"
                 )
-        elif resources.rollout_workers:
-            raise ValueError(
-                f"mode {orchestration.mode!r} generates on the trainer's model: set resources.rollout_workers to 0, "
-                "or use mode async (max_staleness 0 is the synchronous algorithm on separate rollout workers)"
-            )
         return orchestration
 
     @field_validator("curriculum")

@@ -12,7 +12,11 @@ One `step()`:
     2 wait       for finished groups (a `wait` span of the trainer); DAPO's filter
                  rejects a group whose rewards are all equal; admission runs again as
                  groups finish (max_concurrent_groups frees up)
-    3 take       the B oldest accepted groups (by submission), each trained once
+    3 take       the B oldest accepted groups (by submission), each trained once; a
+                 group more than η versions older than the weights it would be trained
+                 against is dropped instead (AReaL's is_staled check, behind admission:
+                 a fork under a smaller η finds such groups pending), its samples
+                 reported as off_policy/dropped
     4-9          as the sync recipe (engine.recipes.sync.SyncRecipe.learn): π_prox is
                  recomputed whenever a token was sampled by older weights, shaping,
                  advantages, updates with the algorithm's policy loss (decoupled_ppo
@@ -39,12 +43,9 @@ from engine.rollout.april import partial_group_from_state, partial_group_state, 
 from engine.rollout.staleness import StalenessManager
 from engine.rollout.strategies import is_informative
 from engine.rollout.types import PartialGroup, RolloutBatch
-from engine.rollout.workers import WorkerPool
+from engine.rollout.workers import POLL_S
 from engine.spec import RunSpec
 from engine.telemetry import Timeline
-
-# How long the trainer waits on the workers between admission checks.
-POLL_S = 0.05
 
 
 class AsyncRecipe(SyncRecipe):
@@ -56,41 +57,43 @@ class AsyncRecipe(SyncRecipe):
         self.staleness = StalenessManager(
             self.batch_groups, orchestration.max_staleness, orchestration.max_concurrent_groups
         )
-        self.workers = WorkerPool(spec)
-        self.collector.worker = TRAINER  # the trainer's own collector only evaluates
         self.placed: dict[int, int] = {}  # key → worker, for every group submitted and not received
         self.buffer: list[PartialGroup] = []  # accepted, not trained yet, oldest first
         self.rejected: list[PartialGroup] = []  # filtered out since the last step (observed, not trained)
+        self.dropped: list[PartialGroup] = []  # too stale since the last step (observed, not trained)
         self.next_key = 0
-        self.sync_seconds = 0.0  # the workers' own pause-load-resume time at the last push
 
     # ----------------------------------------------------------------- 1-3
     def collect(self, step: int, timeline: Timeline) -> RolloutBatch:
         version = step - 1
+        self._drop_stale(version)
         while len(self.buffer) < self.batch_groups:
             self._admit(step, version)
             with timeline.phase(TRAINER, "wait", "wait"):
                 finished = self.workers.take_finished(POLL_S)
             self._receive(finished)
+            self._drop_stale(version)
         taken, self.buffer = self.buffer[: self.batch_groups], self.buffer[self.batch_groups :]
         groups = [group.as_group(index) for index, group in enumerate(taken)]
-        rejected = [group.as_group(len(groups) + index) for index, group in enumerate(self.rejected)]
-        self.rejected = []
+        untrained = [group.as_group(len(groups) + index) for index, group in enumerate(self.rejected + self.dropped)]
+        filtered_out, dropped_samples = len(self.rejected), sum(group.n for group in self.dropped)
+        self.rejected, self.dropped = [], []
         trained = [item for group in groups for item in group.rollouts]
         metrics = {
             "buffer/size": float(len(self.buffer)),
             "async/accepted": float(self.staleness.accepted),
             "async/running": float(self.staleness.running),
             "async/rejected": float(self.staleness.rejected),
+            "off_policy/dropped": float(dropped_samples),
             "async/capacity": float(self.staleness.capacity(version)),
             "rollout/partial_ratio": sum(item.aborts > 0 for item in trained) / max(len(trained), 1),
             "off_policy/group_lag/max": float(max(version - group.begun + 1 for group in taken)),
-            "timing_s/worker_sync": self.sync_seconds,
+            "timing_s/worker_sync": self.workers.sync_seconds,
             **staleness_metrics(trained, self.training.version),
         }
         if self.filtered:
-            metrics["dapo/keep_rate"] = len(groups) / max(len(groups) + len(rejected), 1)
-        return RolloutBatch(groups=groups, generated=groups + rejected, metrics=metrics)
+            metrics["dapo/keep_rate"] = len(groups) / max(len(groups) + filtered_out, 1)
+        return RolloutBatch(groups=groups, generated=groups + untrained, metrics=metrics)
 
     def _admit(self, step: int, version: int) -> None:
         """Submit as many fresh groups as the staleness bound allows, least loaded worker first."""
@@ -114,6 +117,14 @@ class AsyncRecipe(SyncRecipe):
                 self.workers.submit(worker, groups)
         self.staleness.submitted(len(plan))
 
+    def _drop_stale(self, version: int) -> None:
+        """Drop the accepted groups begun more than η versions before `version`."""
+        stale = [group for group in self.buffer if version - group.begun > self.staleness.max_staleness]
+        if stale:
+            self.staleness.drop(len(stale))
+            self.dropped += stale
+            self.buffer = [group for group in self.buffer if group not in stale]
+
     def _receive(self, finished: list[PartialGroup]) -> None:
         for group in finished:
             del self.placed[group.key]
@@ -127,17 +138,10 @@ class AsyncRecipe(SyncRecipe):
 
     # ----------------------------------------------------------------- 7, 10
     def push_weights(self, timeline: Timeline) -> None:
-        with timeline.phase(TRAINER, "sync", "sync"):
-            # The trainer's own collector (evaluation) decodes with its model: only the version moves.
-            self.collector.load_weights(self.training.weights(), self.training.version)
-            self.sync_seconds = max(self.workers.update_weights(self.training.weights(), self.training.version))
+        """The sync recipe's push (every worker pauses, loads, resumes), then admission
+        under the new version."""
+        super().push_weights(timeline)
         self._admit(self.step_count + 1, self.step_count)
-        for span in [span for spans in self.workers.call("pop_spans") for span in spans]:
-            if span.end > timeline.start:
-                timeline.spans.append(span.model_copy(update={"step": timeline.step, "start": max(span.start, timeline.start)}))
-
-    def rollout_workers(self) -> list[str]:
-        return list(self.workers.names)
 
     def evaluate(self, step: int) -> list[Event]:
         """On the trainer's model, with the workers held: evaluation is on nobody's
@@ -150,6 +154,10 @@ class AsyncRecipe(SyncRecipe):
             self.workers.call("hold", False)
 
     # ----------------------------------------------------------------- checkpoints
+    def parts(self) -> dict[str, Any]:
+        """The sync recipe's parts but its workers' streams: the "async" state holds those."""
+        return {name: part for name, part in super().parts().items() if name != "rollout"}
+
     def state_dict(self) -> dict[str, Any]:
         """The sync recipe's state and the asynchronous one: the accepted groups not yet
         trained, every worker's in-flight groups (as partials) and finished ones, the
@@ -169,7 +177,6 @@ class AsyncRecipe(SyncRecipe):
         super().load_state_dict(state)
         saved = state["async"]
         self.next_key = saved["next_key"]
-        self.workers.update_weights(self.training.weights(), self.training.version)
         # The saved workers' groups go round the workers now running (k may differ).
         in_flight = [item for worker in saved["workers"] for item in worker["in_flight"]]
         finished = [item for worker in saved["workers"] for item in worker["finished"]]
@@ -187,7 +194,3 @@ class AsyncRecipe(SyncRecipe):
         self.buffer = [partial_group_from_state(item) for item in saved["buffer"]]
         self.placed = {item["key"]: index for index, (mine, done) in enumerate(each) for item in mine + done}
         self.staleness.restore(self.step_count, buffered=len(self.buffer), in_flight=len(in_flight) + len(finished))
-
-    def close(self) -> None:
-        self.workers.close()
-        super().close()

@@ -20,10 +20,18 @@ One `step()`, top to bottom:
     9. telemetry    Metrics, LengthHistogram, PromptResults, DifficultyUpdates,
                     SampleRecords and the step's Spans
 
-Generation and training share one device here (colocated): the collector's backend
-decodes with the training backend's own model, so pushing weights moves only the
-version. The recipe returns events instead of emitting them, so the same object works
-in process or as a Ray actor whose results the driver forwards (engine.orchestration).
+Colocated (resources.rollout_workers 0, the default), generation and training share one
+device: the collector's backend decodes with the training backend's own model, so
+pushing weights moves only the version. Split (rollout_workers k ≥ 1), the step's
+rollouts come from k rollout workers (engine.rollout.workers: Ray actors under executor
+ray, each with its own copy of the policy and resources.rollout_cpus/rollout_gpus;
+threads in process), which the strategies reach through a PooledCollector; the trainer
+waits meanwhile (its `wait` spans), pushes the weights to every worker with their
+version (through Ray's object store) and evaluates on its own model. With one worker a
+split run reports what the colocated run does (tests/engine/test_sync_split.py).
+
+The recipe returns events instead of emitting them, so the same object works in process
+or as a Ray actor whose results the driver forwards (engine.orchestration).
 """
 
 import os
@@ -44,6 +52,7 @@ from engine.problems import Problem
 from engine.rollout import ROLLOUT_STRATEGIES
 from engine.rollout.collector import build_collector
 from engine.rollout.types import Group, Rollout, RolloutBatch
+from engine.rollout.workers import PooledCollector, WorkerPool
 from engine.sampling import SAMPLERS
 from engine.sampling.base import PlanItem
 from engine.sampling.difficulty import DifficultyStore, outcomes_of
@@ -104,6 +113,12 @@ class SyncRecipe:
         self.step_count = 0
         self.probed: list[Group] = []  # the step's probe groups, observed with its batch
         self.bin_edges = length_bin_edges(rollout.max_new_tokens)
+        # Split: the rollout workers generate (built last, so the trainer's random state
+        # is the colocated run's); the trainer's own collector only evaluates.
+        self.workers = WorkerPool(spec) if spec.resources.rollout_workers else None
+        self.rollout = self.collector if self.workers is None else PooledCollector(self.workers, TRAINER)
+        if self.workers is not None:
+            self.collector.worker = TRAINER
 
     @property
     def updates_per_batch(self) -> int:
@@ -123,22 +138,27 @@ class SyncRecipe:
         self.probed = []
 
         def probe(plan: list[PlanItem]) -> list[Group]:
-            groups = self.collector.collect(plan, first_group=0, timeline=timeline)
+            groups = self.rollout.collect(plan, first_group=0, timeline=timeline)
             self.probed.extend(groups)
             return groups
 
         self.sampler.probe(step, probe, self.training.embedding_grad_norms)
         plan = self.sampler.next(step, self.spec.rollout.prompts_per_step)
-        return self.strategy.collect(step, plan, lambda count: self.sampler.next(step, count), self.collector, timeline)
+        return self.strategy.collect(step, plan, lambda count: self.sampler.next(step, count), self.rollout, timeline)
 
     def push_weights(self, timeline: Timeline) -> None:
-        """7. the generation backend gets the new weights and their version."""
+        """7. the generation backend gets the new weights and their version; split, every
+        rollout worker too (and the step's timeline their spans)."""
         with timeline.phase(TRAINER, "sync", "sync"):
             self.collector.load_weights(self.training.weights(), self.training.version)
+            if self.workers is not None:
+                self.workers.update_weights(self.training.weights(), self.training.version)
+        if self.workers is not None:
+            self.workers.spans_into(timeline)
 
     def rollout_workers(self) -> list[str]:
         """The workers that generate, as the step's spans name them."""
-        return [self.collector.worker]
+        return [self.collector.worker] if self.workers is None else list(self.workers.names)
 
     def learn(self, step: int, batch: RolloutBatch, timeline: Timeline) -> list[Event]:
         """3-9: log-probs, shaping, advantages, updates, weight push, observe, telemetry."""
@@ -237,7 +257,7 @@ class SyncRecipe:
             "collector": self.collector,
             "training": self.training,
             "difficulty": self.difficulty,
-        }
+        } | ({"rollout": self.rollout} if self.workers is not None else {})
 
     def state_dict(self) -> dict[str, Any]:
         """Everything besides the weights that the next step depends on: the step
@@ -255,6 +275,8 @@ class SyncRecipe:
             part.load_state_dict(state[name])
         restore_global_rng_state(state["global_rng"])
         self.collector.load_weights(self.training.weights(), self.training.version)
+        if self.workers is not None:
+            self.workers.update_weights(self.training.weights(), self.training.version)
 
     def write_checkpoint(self, run_dir: str, step: int, metrics: dict[str, float]) -> str:
         """engine.checkpoint.write_checkpoint, run where the recipe lives (a Ray actor too):
@@ -262,9 +284,11 @@ class SyncRecipe:
         return str(write_checkpoint(Path(run_dir), step, metrics, self.training.save_model, self.state_dict()))
 
     def close(self) -> None:
-        """Stop what the backends hold beyond this process's memory, when the run ends:
-        the vLLM engine (its shutdown destroys torch.distributed's world) and DeepSpeed's
-        data-parallel rank processes."""
+        """Stop what the run holds beyond this process's memory, when it ends: its rollout
+        workers (split or async), the vLLM engine (its shutdown destroys torch.distributed's
+        world) and DeepSpeed's data-parallel rank processes."""
+        if self.workers is not None:
+            self.workers.close()
         for part in (self.collector.backend, self.training):
             getattr(part, "close", lambda: None)()
 
@@ -273,6 +297,7 @@ class SyncRecipe:
         self.training.load_model(model_folder)
         self.load_state_dict(state)
         return info
+
 
 
 def active_shapers(spec: RunSpec) -> list[str]:

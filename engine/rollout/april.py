@@ -22,10 +22,15 @@ One step (`collect`):
     stop     at N accepted groups: abort the rest; groups that completed in the same
              backend step beyond N go to the buffer whole (slime drops them; nothing is
              discarded here), the aborted ones after them
-    return   the N groups in submission order (oldest first), numbered 0 … N − 1
+    return   the N groups in submission order (oldest first), numbered 0 … N − 1; a
+             DAPO top-up (the rounds ran out) follows them, oldest first, as in
+             dynamic sampling's fill_batch
 
 With N' = N and no filter nothing is ever aborted and a step is exactly `plain`
-(tested). Tokens sampled by an earlier policy (a resumed prefix, a sibling finished in
+(tested); under DAPO's filter with one round (max_gen_rounds 1, oversample 1) it is
+exactly `dynamic_sampling` (tested). With more rounds the two differ by design: APRIL
+refills N' groups as soon as one is filtered out (slime's rule), dynamic sampling
+waits for its whole round and asks for ⌈missing × oversample⌉. Tokens sampled by an earlier policy (a resumed prefix, a sibling finished in
 an earlier step) are trained as on-policy by default (`stale_prefix: train`, the paper:
 the recipe recomputes π_old with the current weights whenever a batch holds such tokens),
 left out of the loss (`mask`, upstream slime's --mask-offpolicy-in-partial-rollout), or
@@ -87,9 +92,11 @@ class ActivePartialRollouts:
                     accepted.append(group)
         aborted = collector.abort_all()
         self.buffer.extend(extra + aborted)
-        # DAPO's top-up when the rounds ran out (as fill_batch): filtered-out groups, not trained.
+        # DAPO's top-up when the rounds ran out (as fill_batch: informative groups first,
+        # then the oldest filtered-out ones, not trained).
+        dropped.sort(key=lambda group: group.key)
         topped_up = dropped[: target - len(accepted)]
-        chosen = sorted(accepted + topped_up, key=lambda group: group.key)
+        chosen = sorted(accepted, key=lambda group: group.key) + topped_up
         rest = [group for group in dropped if group not in topped_up]
         numbered = [self._numbered(index, group, collector.version) for index, group in enumerate(chosen + rest)]
         groups = numbered[: len(chosen)]

@@ -13,7 +13,8 @@ against: η = 0 is the synchronous algorithm, η = 1 one step of overlap.
 The unit is a prompt group (AReaL's is a trajectory: its consumer batch counts
 trajectories; here a step trains B groups of n samples, so the group is what one admits
 and consumes). A group rejected by a filter (DAPO's) leaves running without counting as
-accepted. After a resume, accepted = v·B + the groups restored to the buffer and
+accepted. An accepted group found too stale when the trainer takes its batch (a fork
+under a smaller η) is dropped: it leaves accepted, so the bound admits a fresh one. After a resume, accepted = v·B + the groups restored to the buffer and
 running = those restored in flight: with both empty (AReaL discards them), exactly the
 paper's accepted = v·B, so capacity does not burst.
 """
@@ -29,6 +30,7 @@ class StalenessManager:
     accepted: int = 0
     running: int = 0
     rejected: int = 0
+    dropped: int = 0
 
     def capacity(self, version: int) -> int:
         """Groups that may be submitted now, at policy version `version`."""
@@ -48,6 +50,10 @@ class StalenessManager:
         self.running -= groups
         self.rejected += groups
 
+    def drop(self, groups: int = 1) -> None:
+        self.accepted -= groups
+        self.dropped += groups
+
     def restore(self, version: int, buffered: int, in_flight: int) -> None:
         """The counters after a resume at `version` with `buffered` accepted groups not
         yet trained and `in_flight` groups resubmitted (module docstring)."""
@@ -55,4 +61,4 @@ class StalenessManager:
         self.running = in_flight
 
     def state_dict(self) -> dict[str, int]:
-        return {"accepted": self.accepted, "running": self.running, "rejected": self.rejected}
+        return {"accepted": self.accepted, "running": self.running, "rejected": self.rejected, "dropped": self.dropped}

@@ -14,6 +14,8 @@ all ended is verified and set aside until the trainer takes it.
                                            token keeps the version that sampled it
     worker.snapshot() / restore(state)     in-flight and finished groups as plain values,
                                            for a checkpoint (in flight ones resume as partials)
+    worker.abort_all()                     stop: its in-flight groups (as partials) and its
+                                           finished ones not taken yet
     worker.hold(True / False)              stop decoding (the trainer evaluates) and go on
     worker.pop_spans()                     its busy/idle timeline since the last call
 
@@ -21,6 +23,10 @@ all ended is verified and set aside until the trainer takes it.
 `resources.rollout_cpus`/`rollout_gpus` each under `resources.executor: ray` (weights go
 through Ray's object store, put once per update), threads in this process otherwise
 (tests; the trainer and the workers then share the process's torch threads).
+
+`PooledCollector` gives a pool the collector's interface, so the sync recipe's rollout
+strategies (plain, dynamic sampling, APRIL, DARS) generate on k workers apart from the
+trainer when the run has rollout workers: the synchronous recipe split across actors.
 """
 
 import threading
@@ -35,9 +41,14 @@ from engine.events import Span, monotonic_now
 from engine.models import load_policy
 from engine.rollout.april import partial_group_from_state, partial_group_state
 from engine.rollout.collector import build_collector
-from engine.rollout.types import PartialGroup
+from engine.rollout.types import Group, PartialGroup
+from engine.sampling.base import PlanItem
 from engine.tasks import resolve_task
 from engine.telemetry import Timeline
+from engine.training.batching import split_evenly
+
+# How long the trainer waits on the workers between checks for finished groups.
+POLL_S = 0.05
 
 
 def worker_name(index: int) -> str:
@@ -53,7 +64,10 @@ class RolloutWorker:
             torch.set_num_threads(spec.resources.rollout_cpus)
         self.name = worker_name(index)
         model, tokenizer = load_policy(spec.model)
-        model.eval().requires_grad_(False)
+        # Parameters as the trainer's (requiring grad; decoding runs under no_grad): CPU
+        # kernels round the last bits differently for frozen ones, so a worker would not
+        # sample what the colocated trainer's model does.
+        model.eval()
         self.collector = build_collector(spec, model, tokenizer, resolve_task(spec.dataset), self.name, index)
         self._lock = threading.Condition()
         # Callers waiting for the lock: the loop steps aside for them between decode steps
@@ -116,6 +130,14 @@ class RolloutWorker:
             self._lock.notify_all()
             return monotonic_now() - began
 
+    def abort_all(self) -> list[PartialGroup]:
+        """Stop every group: the in-flight ones (each unfinished sample's tokens kept) and
+        the finished ones nobody took yet, by key."""
+        with self._held():
+            aborted = self.collector.abort_all()
+            finished, self._finished = self._finished, []
+            return sorted(finished + aborted, key=lambda group: group.key)
+
     def hold(self, held: bool) -> None:
         """Stop decoding after the current token (True) or go on (False); what is in
         flight stays in flight."""
@@ -169,6 +191,8 @@ class WorkerPool:
     def __init__(self, spec: Any):
         resources = spec.resources
         self.names = [worker_name(index) for index in range(resources.rollout_workers)]
+        self.version = 0  # of the weights the workers hold
+        self.sync_seconds = 0.0  # the slowest worker's pause-load-resume at the last update
         self._ray = None
         if resources.executor == "ray":
             import ray
@@ -212,9 +236,19 @@ class WorkerPool:
         """Every worker's pause-load-resume; under Ray the weights are put in the object
         store once and every worker reads that one copy."""
         if self._ray is None:
-            return self.call("update_weights", weights, version)
-        ref = self._ray.put({name: tensor.detach().cpu() for name, tensor in weights.items()})
-        return self.call("update_weights", ref, version)
+            seconds = self.call("update_weights", weights, version)
+        else:
+            ref = self._ray.put({name: tensor.detach().cpu() for name, tensor in weights.items()})
+            seconds = self.call("update_weights", ref, version)
+        self.version, self.sync_seconds = version, max(seconds)
+        return seconds
+
+    def spans_into(self, timeline: Timeline) -> None:
+        """Every worker's spans since the last call, as spans of `timeline`'s step (cut at
+        its start: what a worker did before it belongs to the step before)."""
+        for span in [span for spans in self.call("pop_spans") for span in spans]:
+            if span.end > timeline.start:
+                timeline.spans.append(span.model_copy(update={"step": timeline.step, "start": max(span.start, timeline.start)}))
 
     def close(self) -> None:
         if self._ray is None:
@@ -222,6 +256,85 @@ class WorkerPool:
         else:
             for worker in self._workers:
                 self._ray.kill(worker)
+
+
+class PooledCollector:
+    """The collector's interface (engine.rollout.collector.Collector) over a WorkerPool,
+    for the sync recipe split across actors. `collect` cuts the plan into k consecutive
+    shares, one submission per worker, and waits (the `waiter`'s `wait` spans, timed as
+    `gen`) until every group is back, in plan order; worker 0 alone is the colocated
+    collector's stream on the same weights, so one worker collects what colocation would.
+    `start` gives each group to the least loaded worker, `advance` waits a moment and
+    returns the groups finished since (the workers never wait for it), `abort_all` stops
+    every worker. The weights reach the workers through the pool (WorkerPool.update_weights)."""
+
+    def __init__(self, pool: WorkerPool, waiter: str):
+        self.pool = pool
+        self.worker = waiter
+        self._placed: dict[int, int] = {}  # key → worker, for every group started and not returned
+
+    @property
+    def version(self) -> int:
+        return self.pool.version
+
+    def load_weights(self, weights: Mapping[str, torch.Tensor], version: int) -> None:
+        self.pool.update_weights(weights, version)
+
+    def collect(self, plan: Sequence[PlanItem], first_group: int, timeline: Timeline) -> list[Group]:
+        if not plan:
+            return []
+        shares = split_evenly(range(len(plan)), len(self.pool))
+        for worker, indexes in enumerate(shares):
+            groups = [
+                PartialGroup(key=index, problem=plan[index].problem, n=plan[index].n, begun=self.version)
+                for index in indexes
+            ]
+            if groups:
+                self.pool.submit(worker, groups)
+        returned: dict[int, PartialGroup] = {}
+        while len(returned) < len(plan):
+            with timeline.phase(self.worker, "wait", "gen"):
+                returned.update((group.key, group) for group in self.pool.take_finished(POLL_S))
+        return [returned[index].as_group(first_group + index) for index in range(len(plan))]
+
+    def start(self, groups: Sequence[PartialGroup]) -> None:
+        load = [0] * len(self.pool)
+        for worker in self._placed.values():
+            load[worker] += 1
+        shares: list[list[PartialGroup]] = [[] for _ in load]
+        for group in groups:
+            worker = min(range(len(load)), key=lambda index: load[index])
+            shares[worker].append(group)
+            self._placed[group.key] = worker
+            load[worker] += 1
+        for worker, share in enumerate(shares):
+            if share:
+                self.pool.submit(worker, share)
+
+    def advance(self, timeline: Timeline) -> list[PartialGroup]:
+        with timeline.phase(self.worker, "wait", "gen"):
+            finished = self.pool.take_finished(POLL_S)
+        for group in finished:
+            del self._placed[group.key]
+        return sorted(finished, key=lambda group: group.key)
+
+    def abort_all(self) -> list[PartialGroup]:
+        self._placed = {}
+        return sorted((group for groups in self.pool.call("abort_all") for group in groups), key=lambda group: group.key)
+
+    def in_flight(self) -> int:
+        return len(self._placed)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The workers' sampling streams (nothing is in flight between two sync steps)."""
+        return {"generators": [worker["generator"] for worker in self.pool.call("snapshot")]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        generators = state["generators"]
+        empty: dict[str, list] = {"in_flight": [], "finished": []}
+        self.pool.call(
+            "restore", each=[({"generator": generators[index % len(generators)], **empty},) for index in range(len(self.pool))]
+        )
 
 
 def _placed(resources: Any, index: int) -> dict[str, Any]:

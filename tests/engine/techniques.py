@@ -1,5 +1,5 @@
-"""What the CurES, DARS and BroRL tests share (tests/engine/test_cures.py, test_dars.py,
-test_brorl.py): an end-to-end learning run judged like tests/engine/test_learning.py,
+"""What the CurES, DARS, BroRL, APRIL and AReaL tests share (tests/engine/test_cures.py,
+test_dars.py, test_brorl.py, test_april.py, test_areal.py, test_sync_split.py): an end-to-end learning run judged like tests/engine/test_learning.py,
 and the resume check of tests/engine/test_checkpoints.py, whose helpers they import
 (tests are not a package, so they are loaded by path)."""
 
@@ -46,6 +46,21 @@ def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return base | {
         key: base[key] | value if isinstance(value, dict) and isinstance(base.get(key), dict) else value
         for key, value in overrides.items()
+    }
+
+
+def untimed(values: dict[str, float], own: tuple[str, ...] = ()) -> dict[str, float]:
+    """A step's metrics without those that differ between any two runs (timings, idle
+    ratios, throughputs) and without the ones starting with `own` (a technique's own,
+    which the run it is compared with does not report)."""
+    return {
+        name: value
+        for name, value in values.items()
+        if not (
+            name.startswith(("timing_s/", *own))
+            or name.endswith("idle_ratio")
+            or (name.startswith("perf/") and not name.endswith("_tokens"))
+        )
     }
 
 

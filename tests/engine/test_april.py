@@ -7,8 +7,10 @@ The hand-computed cases decode greedily with the built-in model, which solves ev
 chain when greedy (README), so a group's response length is fixed by its number of
 operations k and which group finishes first can be worked out in advance."""
 
+import importlib.util
 import math
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,6 +29,11 @@ from engine.sampling.base import PlanItem
 from engine.spec import SpecError, parse_spec
 from engine.tasks import BUILTIN_TASKS
 from engine.telemetry import Timeline
+
+_path = Path(__file__).with_name("techniques.py")
+_module_spec = importlib.util.spec_from_file_location("techniques", _path)
+techniques = importlib.util.module_from_spec(_module_spec)
+_module_spec.loader.exec_module(techniques)
 
 ARITH = BUILTIN_TASKS.get("arith")
 N = 2  # samples per group
@@ -201,29 +208,74 @@ APRIL_ONLY = ("april/", "off_policy/", "rollout/partial_ratio")
 
 
 def untimed(values: dict[str, float]) -> dict[str, float]:
-    timed = lambda name: (  # noqa: E731
-        name.startswith("timing_s/") or name.endswith("idle_ratio") or (name.startswith("perf/") and not name.endswith("_tokens"))
-    )
-    return {name: value for name, value in values.items() if not timed(name) and not name.startswith(APRIL_ONLY)}
+    return techniques.untimed(values, own=APRIL_ONLY)
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("algorithm", ["grpo", "gspo"])
-def test_april_with_over_sampling_equal_to_the_batch_is_the_plain_strategy(algorithm):
+@pytest.mark.parametrize(
+    "algorithm, plain",
+    [
+        ({"name": "grpo"}, "plain"),
+        ({"name": "gspo"}, "plain"),
+        # DAPO's filter, one round of exactly the batch: both collect the plan once, keep
+        # the informative groups and top the batch up with the filtered-out ones.
+        ({"name": "dapo", "oversample": 1.0, "max_gen_rounds": 1}, "dynamic_sampling"),
+    ],
+)
+def test_april_with_over_sampling_equal_to_the_batch_is_the_plain_strategy(algorithm, plain):
     """N' = N: every submitted group must end before the step does, nothing is aborted,
     and the backend is stepped exactly as plain's collect() steps it, so every metric but
-    the timings (and APRIL's own) is identical, float for float. (With DAPO's filter the
-    two differ by design: dynamic sampling waits for its whole round of ⌈missing × 1.25⌉
-    groups, APRIL stops at the batch.)"""
-    base = TINY | {"algorithm": {"name": algorithm}}
-    plain, partial = ListSink(), ListSink()
-    run(parse_spec(base | {"rollout": TINY["rollout"] | {"strategy": "plain"}}), plain)
+    the timings (and APRIL's own) is identical, float for float; under DAPO the filter's
+    own (dapo/keep_rate, dapo/gen_rounds) too, and a group filtered out tops the batch up
+    after the informative ones in both. (With more rounds the two differ by design:
+    APRIL submits N' more as soon as a group is filtered out, slime's rule; dynamic
+    sampling waits for its whole round and asks for ⌈missing × oversample⌉.)"""
+    base = TINY | {"algorithm": algorithm}
+    baseline, partial = ListSink(), ListSink()
+    run(parse_spec(base | {"rollout": TINY["rollout"] | {"strategy": plain}}), baseline)
     run(parse_spec(base | {"rollout": TINY["rollout"] | {"strategy": "april", "over_sampling": 2}}), partial)
 
     steps = [m for m in partial.of_kind("metrics") if "reward/mean" in m.values]
     assert all(m.values["april/aborted_samples"] == 0 and m.values["april/buffer_groups"] == 0 for m in steps)
-    assert [untimed(m.values) for m in partial.of_kind("metrics")] == [untimed(m.values) for m in plain.of_kind("metrics")]
-    assert [h.counts for h in partial.of_kind("length_histogram")] == [h.counts for h in plain.of_kind("length_histogram")]
+    assert [untimed(m.values) for m in partial.of_kind("metrics")] == [untimed(m.values) for m in baseline.of_kind("metrics")]
+    assert [h.counts for h in partial.of_kind("length_histogram")] == [h.counts for h in baseline.of_kind("length_histogram")]
+    if plain == "dynamic_sampling":
+        assert any(m.values["dapo/keep_rate"] < 1 for m in steps)  # a batch was topped up
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("algorithm", ["grpo", "dapo", "gspo"])
+def test_april_with_over_sampling_trains_under_each_algorithm(algorithm):
+    """N' = 2N = 4 groups of n = 4 for three steps: every step trains with a finite loss,
+    some step carries groups over (aborted, or complete beyond the batch), and the
+    buffer keeps its books: a step resumes
+    min(N', what the last one left) groups first, and leaves exactly the groups it
+    submitted and did not complete (trained or filtered out: its length histogram counts
+    every generated sample once)."""
+    spec = parse_spec(
+        TINY
+        | {
+            "algorithm": {"name": algorithm},
+            "rollout": TINY["rollout"] | {"strategy": "april", "over_sampling": 4},
+            "training": TINY["training"] | {"steps": 3},
+        }
+    )
+    sink = ListSink()
+    assert run(spec, sink) == "succeeded"
+
+    steps = [m.values for m in sink.of_kind("metrics") if "reward/mean" in m.values]
+    generated = [sum(h.counts) / spec.rollout.n for h in sink.of_kind("length_histogram") if h.step > 0]
+    assert len(steps) == len(generated) == 3
+    left = 0.0
+    for values, groups in zip(steps, generated):
+        assert math.isfinite(values["actor/pg_loss"]) and math.isfinite(values["actor/grad_norm"])
+        assert values["april/resumed_groups"] == min(4, left)
+        assert values["april/submitted_groups"] >= 4
+        assert values["april/buffer_groups"] == values["april/submitted_groups"] - groups
+        left = values["april/buffer_groups"]
+    assert any(v["april/buffer_groups"] > 0 for v in steps)  # over-sampled groups carried over
+    if algorithm == "dapo":
+        assert all(0 <= v["dapo/keep_rate"] <= 1 for v in steps)
 
 
 @pytest.mark.parametrize(
@@ -281,32 +333,21 @@ def test_a_resume_with_a_non_empty_buffer_continues_bit_for_bit(tmp_path):
     assert resumed["april/resumed_groups"] == 2
 
 
-def difference_se(before: float, after: float, n: int) -> float:
-    return math.sqrt((before * (1 - before) + after * (1 - after)) / n)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_april_raises_held_out_accuracy_on_the_built_in_task():
     """GRPO with APRIL at twice the batch, 20 steps of 16 prompts × 16 samples (as
     tests/engine/test_learning.py), must beat step 0 by more than 3 standard errors of
     the difference on 512 held-out prompts (about +0.08)."""
-    spec = parse_spec(
+    started = time.time()
+    before, after, margin, sink = techniques.held_out_gain(
         {
-            "dataset": {"name": "arith", "eval_size": 512},
             "algorithm": {"name": "grpo"},
-            "rollout": {"prompts_per_step": 16, "n": 16, "max_new_tokens": 256, "strategy": "april"},
-            "training": {"steps": 20, "lr": 3e-4, "warmup_steps": 10, "eval_every": 0},
-            "resources": {"executor": "inprocess", "cpus": 2},
-            "seed": 0,
+            "rollout": {"n": 16, "strategy": "april"},
+            "training": {"steps": 20},
+            "resources": {"cpus": 2},
         }
     )
-    sink = ListSink()
-    started = time.time()
-    assert run(spec, sink) == "succeeded"
-    accuracy = {m.step: m.values["val/acc/mean@1"] for m in sink.of_kind("metrics") if "val/acc/mean@1" in m.values}
-    before, after = accuracy[0], accuracy[20]
-    margin = 3 * difference_se(before, after, 512)
     steps = [m.values for m in sink.of_kind("metrics") if "reward/mean" in m.values]
     print(
         f"april: val/acc/mean@1 {before:.3f} -> {after:.3f} (needs > +{margin:.3f}), {time.time() - started:.0f}s, "

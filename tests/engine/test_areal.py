@@ -4,8 +4,10 @@ rollout worker (versions stamped across a weight update mid-sequence), η = 0 eq
 synchronous recipe, a resume with in-flight rollouts, the spec's refusals, and learning
 end to end."""
 
+import importlib.util
 import math
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +26,11 @@ from engine.spec import SpecError, parse_spec
 from engine.tasks import BUILTIN_TASKS
 from engine.telemetry import Timeline
 from engine.training.collate import Collated
+
+_path = Path(__file__).with_name("techniques.py")
+_module_spec = importlib.util.spec_from_file_location("techniques", _path)
+techniques = importlib.util.module_from_spec(_module_spec)
+_module_spec.loader.exec_module(techniques)
 
 ARITH = BUILTIN_TASKS.get("arith")
 
@@ -215,18 +222,8 @@ def test_a_weight_update_mid_sequence_pauses_loads_and_continues_the_same_sample
 
 # ----------------------------------------------------------------- η = 0 is the sync recipe
 def untimed(values: dict[str, float]) -> dict[str, float]:
-    """Timings, idle ratios and throughputs differ between any two runs, and the async
-    recipe's own metrics exist only there."""
-    own = ("async/", "off_policy/", "buffer/", "rollout/partial_ratio")
-    return {
-        name: value
-        for name, value in values.items()
-        if not (
-            name.startswith(("timing_s/", *own))
-            or name.endswith("idle_ratio")
-            or (name.startswith("perf/") and not name.endswith("_tokens"))
-        )
-    }
+    """The async recipe's own metrics exist only there."""
+    return techniques.untimed(values, own=("async/", "off_policy/", "buffer/", "rollout/partial_ratio"))
 
 
 @pytest.mark.timeout(300)
@@ -246,9 +243,36 @@ def test_eta_zero_reports_the_same_metrics_as_the_sync_recipe():
     assert [untimed(m.values) for m in asynchronous.of_kind("metrics")] == [untimed(m.values) for m in sync.of_kind("metrics")]
     assert [h.counts for h in asynchronous.of_kind("length_histogram")] == [h.counts for h in sync.of_kind("length_histogram")]
     steps = [m.values for m in asynchronous.of_kind("metrics") if "reward/mean" in m.values]
-    assert all(v["off_policy/staleness/max"] == 0 and v["buffer/size"] == 0 for v in steps)
+    assert all(v["off_policy/staleness/max"] == 0 and v["buffer/size"] == 0 and v["off_policy/dropped"] == 0 for v in steps)
     workers = {span.worker for span in asynchronous.of_kind("span")}
     assert workers == {"trainer", "rollout-0"}
+
+
+# ----------------------------------------------------------------- too stale
+def test_accepted_groups_older_than_eta_are_dropped_and_free_their_place():
+    """η = 0, B = 2, the trainer at step 3 (version 2) with four accepted groups waiting,
+    begun at versions 0, 1, 2 and 2 (what a fork under η = 0 of an η = 2 run finds):
+    2 − 0 > 0 and 2 − 1 > 0, so the first two are dropped, 2 groups × n = 2 = 4 samples
+    reported as off_policy/dropped, observed but not trained; the other two are the
+    batch. Accepted was v·B + 4 = 8 and falls by the two dropped to 6, so the bound's
+    capacity is (0 + 2 + 1)·2 − 6 = 0 until the batch is trained."""
+    recipe = AsyncRecipe(parse_spec(async_spec(0)))
+    try:
+        generated = recipe.collector.collect(recipe.sampler.next(1, 4), 0, Timeline(0))
+        recipe.buffer = [
+            PartialGroup(key=key, problem=group.problem, n=2, begun=begun, done=dict(enumerate(group.rollouts)))
+            for key, (group, begun) in enumerate(zip(generated, [0, 1, 2, 2]))
+        ]
+        recipe.staleness.accepted = 2 * 2 + 4
+        batch = recipe.collect(3, Timeline(3))
+    finally:
+        recipe.close()
+
+    assert [group.problem for group in batch.groups] == [generated[2].problem, generated[3].problem]
+    assert batch.metrics["off_policy/dropped"] == 4
+    assert [group.problem for group in batch.generated] == [group.problem for group in generated[2:] + generated[:2]]
+    assert (recipe.staleness.accepted, recipe.staleness.dropped, batch.metrics["async/capacity"]) == (6, 2, 0)
+    assert recipe.buffer == []
 
 
 # ----------------------------------------------------------------- resume
@@ -305,7 +329,6 @@ def test_a_resume_with_in_flight_rollouts_loses_and_repeats_no_group(tmp_path):
         ({"orchestration": {"max_staleness": 2}}, "orchestration.max_staleness"),
         ({"orchestration": {"mode": "async", "max_concurrent_groups": 0}, "resources": {"rollout_workers": 1}}, "orchestration.max_concurrent_groups"),
         ({"orchestration": {"mode": "async"}}, "orchestration"),
-        ({"resources": {"rollout_workers": 2}}, "orchestration"),
         ({"algorithm": {"behav_weight_cap": 3.0}}, "algorithm.behav_weight_cap"),
         ({"algorithm": {"policy_loss": "decoupled_ppo", "behav_weight_cap": 0.5}}, "algorithm.behav_weight_cap"),
     ],
@@ -324,33 +347,22 @@ def test_async_defaults():
 
 
 # ----------------------------------------------------------------- learning
-def difference_se(before: float, after: float, n: int) -> float:
-    return math.sqrt((before * (1 - before) + after * (1 - after)) / n)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_async_training_with_the_decoupled_loss_raises_held_out_accuracy():
     """η = 2 with the decoupled loss, one rollout worker beside the trainer (in process,
     one torch thread each is what the machine has), 20 steps of 16 prompts × 16 samples:
     held-out accuracy on 512 prompts must rise by more than 3 standard errors."""
-    spec = parse_spec(
+    started = time.time()
+    before, after, margin, sink = techniques.held_out_gain(
         {
-            "dataset": {"name": "arith", "eval_size": 512},
             "algorithm": {"name": "grpo", "policy_loss": "decoupled_ppo"},
-            "rollout": {"prompts_per_step": 16, "n": 16, "max_new_tokens": 256},
-            "training": {"steps": 20, "lr": 3e-4, "warmup_steps": 10, "eval_every": 0},
+            "rollout": {"n": 16},
+            "training": {"steps": 20},
             "orchestration": {"mode": "async", "max_staleness": 2},
-            "resources": {"executor": "inprocess", "cpus": 1, "rollout_workers": 1},
-            "seed": 0,
+            "resources": {"rollout_workers": 1},
         }
     )
-    sink = ListSink()
-    started = time.time()
-    assert run(spec, sink) == "succeeded"
-    accuracy = {m.step: m.values["val/acc/mean@1"] for m in sink.of_kind("metrics") if "val/acc/mean@1" in m.values}
-    before, after = accuracy[0], accuracy[20]
-    margin = 3 * difference_se(before, after, 512)
     steps = [m.values for m in sink.of_kind("metrics") if "reward/mean" in m.values]
     staleness = sum(v["off_policy/staleness/mean"] for v in steps) / len(steps)
     print(f"async η=2: {before:.3f} -> {after:.3f} (needs > +{margin:.3f}), {time.time() - started:.0f}s, staleness {staleness:.2f}")
