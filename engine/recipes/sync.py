@@ -75,8 +75,6 @@ TRAIN_POOL_SIZE = 20_000
 # Seed of the held-out prompts: the same for every run, so runs compare on one test set.
 EVAL_SEED = 0
 TRAINER = "trainer"
-# One trainer on one device (a GPU, or the CPU): perf/*_per_gpu divide by it.
-DEVICES_PER_TRAINER = 1
 
 
 def seed_everything(seed: int) -> None:
@@ -231,7 +229,9 @@ class SyncRecipe:
                 dict(timeline.seconds),
                 rollout_busy=sum(timeline.busy(worker) for worker in workers) / len(workers),
                 trainer_busy=timeline.busy(TRAINER),
-                devices=DEVICES_PER_TRAINER,
+                # perf/*_per_gpu divide by the trainer's devices: one per data-parallel
+                # rank (deepspeed; the torch backend trains on one device, a GPU or the CPU).
+                devices=self.spec.backends.data_parallel or 1,
             )
         )
         metrics.update(self.sampler.metrics(step))
