@@ -329,6 +329,8 @@ def test_a_resume_with_in_flight_rollouts_loses_and_repeats_no_group(tmp_path):
         ({"orchestration": {"max_staleness": 2}}, "orchestration.max_staleness"),
         ({"orchestration": {"mode": "async", "max_concurrent_groups": 0}, "resources": {"rollout_workers": 1}}, "orchestration.max_concurrent_groups"),
         ({"orchestration": {"mode": "async"}}, "orchestration"),
+        # CurES's pre-rollouts run only in the sync recipe.
+        ({"orchestration": {"mode": "async"}, "resources": {"rollout_workers": 1}, "curriculum": {"strategy": "cures"}}, "orchestration"),
         ({"algorithm": {"behav_weight_cap": 3.0}}, "algorithm.behav_weight_cap"),
         ({"algorithm": {"policy_loss": "decoupled_ppo", "behav_weight_cap": 0.5}}, "algorithm.behav_weight_cap"),
     ],
