@@ -113,8 +113,8 @@ def test_the_queue_page_shows_why_a_run_waits_and_the_quota_page_follows_a_finis
         row = page.locator(f"#queue-table tr[data-run-id='{waiting.pk}']")
         # Behind the team's quota: one GPU at once, which the blocker holds.
         expect(row.locator(".reason")).to_contain_text("quota on h100: 1/1 GPUs in use (this run needs 1)", timeout=15_000)
-        shoot(page, "queue")
         expect(page.locator("#queue-live")).to_have_attribute("data-state", "live", timeout=15_000)
+        shoot(page, "queue")
         # A site admin closes the pool: its socket pushes the page the new reason, without a
         # reload and with no polling (the page fetches nothing more after it loaded).
         fetched = []
