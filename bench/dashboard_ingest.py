@@ -63,7 +63,7 @@ def main() -> None:
         async def count(run_id: int) -> None:
             while True:
                 message = await layer.receive(channels[run_id])
-                heard[run_id] += len(message["events"])
+                heard[run_id] += len(json.loads(message["text"])["events"])  # runs.live.encoded
 
         await asyncio.gather(*(count(run_id) for run_id in channels))
 

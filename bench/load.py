@@ -204,11 +204,11 @@ async def fan_out(ws_url: str, run_id: int, secret: str, clients: int = WS_CLIEN
     `wall_time`) to its receipt."""
     from channels.layers import get_channel_layer
 
-    from runs.live import run_group
+    from runs.live import encoded, run_group
 
     async def to_group(step: int) -> None:
         event = {"kind": "metrics", "step": step, "values": {"reward/mean": step / batches}, "sent_at": time.time()}
-        await get_channel_layer().group_send(run_group(run_id), {"type": "run.events", "events": [event]})
+        await get_channel_layer().group_send(run_group(run_id), encoded({"type": "run.events", "events": [event]}))
 
     publish = publish or to_group
 

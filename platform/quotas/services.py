@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from accounts.models import Role, Team
 from accounts.permissions import PermissionDenied, require_role
+from quotas import live
 from quotas.admission import gpu_hours_exhausted, quotas_of
 from quotas.models import (
     DEFAULT_CPU_POOL_SLOTS,
@@ -130,6 +131,7 @@ def queue(
         requested_at=requested_at,
     )
     dispatch.sweep_on_commit(pool.pk)
+    live.publish_change_on_commit()  # the queue page lists it
     return allocation
 
 
@@ -182,6 +184,7 @@ def save_pool_or_quota(user: User, limits: Pool | Quota) -> Pool | Quota:
     with transaction.atomic():
         limits.save()
         dispatch.sweep_on_commit(limits.pk if isinstance(limits, Pool) else limits.pool_id)
+        live.publish_change_on_commit()  # the waiting runs' reasons may read otherwise now
     return limits
 
 
@@ -198,3 +201,4 @@ def delete_pool_or_quota(user: User, limits: Pool | Quota) -> None:
             raise PoolInUse(f"pool {limits} has runs on record; deactivate it instead (active: false)") from None
         if isinstance(limits, Quota):
             dispatch.sweep_on_commit(pool_id)
+        live.publish_change_on_commit()

@@ -10,7 +10,8 @@ Server → client messages:
   {"type": "events", "events": [engine event as JSON, ...]}      one stored batch
   {"type": "status", "status": ..., "reason": ..., "cancel_requested": bool,
    "started_at": iso|null, "finished_at": iso|null}
-Control (cancel) goes through the REST API; the socket only listens.
+Control (cancel) goes through the REST API; the socket only listens. Published messages
+arrive encoded already (`runs.live.encoded`): a socket forwards their text untouched.
 """
 
 from typing import Any
@@ -52,10 +53,7 @@ class RunConsumer(AuthenticatedJsonWebsocketConsumer):
             return None
         return dict(RunSerializer(run).data)
 
-    # Channel-layer handlers: "run.events" → run_events, "run.status" → run_status.
-
-    async def run_events(self, message: dict[str, Any]) -> None:
-        await self.send_json({"type": "events", "events": message["events"]})
-
-    async def run_status(self, message: dict[str, Any]) -> None:
-        await self.send_json({"type": "status", **{k: v for k, v in message.items() if k != "type"}})
+    async def run_frame(self, message: dict[str, Any]) -> None:
+        """A published message ("run.frame", `runs.live.encoded`): sent as encoded once
+        by its publisher, the same text to every socket of the run."""
+        await self.send(text_data=message["text"])

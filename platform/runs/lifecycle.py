@@ -82,8 +82,8 @@ def transition(run_id: int, to_status: RunStatus | str, reason: str = "") -> Run
             outcome = AttemptOutcome.LOST if target == RunStatus.QUEUED else AttemptOutcome(target)
             run.attempts.filter(ended_at__isnull=True).update(ended_at=now, outcome=outcome, reason=reason)
         _publish_status_on_commit(run)
-        # The quota page: a run started, finished or went back to the queue.
-        transaction.on_commit(quota_live.publish_change, robust=True)
+        # The queue and quota pages: a run was admitted, started, finished or went back to the queue.
+        quota_live.publish_change_on_commit()
     return run
 
 

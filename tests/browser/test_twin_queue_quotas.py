@@ -1,7 +1,7 @@
 """In a real browser (Debian's chromium, headless, Playwright), against the live stack:
 the one-click GRPO twin from a run's page landing on the comparison of the two; the
-queue page showing why a run waits, and the reason changing as the pool does; the quota
-page following a run's finish over its websocket."""
+queue page showing why a run waits, and the reason changing as the pool does, pushed over
+its websocket; the quota page following a run's finish over its own."""
 
 import tempfile
 import threading
@@ -15,6 +15,7 @@ from playwright.sync_api import expect, sync_playwright
 from accounts.services import default_team
 from engine.spec import RunSpec
 from quotas.models import Accelerator, Allocation, Pool, Quota
+from quotas.services import save_pool_or_quota
 from runs.launch import create_run
 from runs.lifecycle import request_cancel
 from runs.models import Run, RunStatus
@@ -95,6 +96,7 @@ def test_the_grpo_twin_button_launches_it_and_lands_on_the_comparison(live_stack
 
 def test_the_queue_page_shows_why_a_run_waits_and_the_quota_page_follows_a_finish(live_stack, chromium_path):
     user = get_user_model().objects.create_user("quinn", password="correct horse")
+    staff = get_user_model().objects.create_user("sam", password="correct horse", is_staff=True)
     team = default_team(user)
     pool = Pool.objects.create(name="h100", accelerator=Accelerator.GPU, gpu_type="H100", capacity=1)
     Quota.objects.create(pool=pool, team=team, max_concurrent_gpus=1, gpu_hours_per_period=10, period_days=7)
@@ -111,10 +113,22 @@ def test_the_queue_page_shows_why_a_run_waits_and_the_quota_page_follows_a_finis
         row = page.locator(f"#queue-table tr[data-run-id='{waiting.pk}']")
         # Behind the team's quota: one GPU at once, which the blocker holds.
         expect(row.locator(".reason")).to_contain_text("quota on h100: 1/1 GPUs in use (this run needs 1)", timeout=15_000)
+        expect(page.locator("#queue-live")).to_have_attribute("data-state", "live", timeout=15_000)
         shoot(page, "queue")
-        # A site admin closes the pool: the page, refreshing live, says so without a reload.
-        Pool.objects.filter(pk=pool.pk).update(active=False)
-        expect(row.locator(".reason")).to_contain_text("pool h100 is inactive", timeout=20_000)
+        # A site admin closes the pool: its socket pushes the page the new reason, without a
+        # reload and with no polling (the page fetches nothing more after it loaded).
+        fetched = []
+
+        def note(request) -> None:
+            if request.resource_type in ("fetch", "xhr", "document"):
+                fetched.append(request.url)
+
+        page.on("request", note)
+        pool.active = False
+        in_thread(save_pool_or_quota, staff, pool)
+        expect(row.locator(".reason")).to_contain_text("pool h100 is inactive", timeout=5_000)
+        expect(page.locator("#pools-table tr[data-pool='h100']")).to_contain_text("inactive")
+        assert fetched == []
 
         page.goto(f"{live_stack.base_url}/queue/quotas/")
         expect(page.locator("#quotas-live")).to_have_attribute("data-state", "live", timeout=15_000)

@@ -112,3 +112,103 @@ async def test_the_socket_pushes_a_fresh_board_when_a_run_starts_and_finishes(gp
     finally:
         await communicator.disconnect()
 
+
+
+# --- the queue page: /queue/ and /ws/queue/ ----------------------------------------------------
+
+
+def blocked_run(teams, pool) -> Run:
+    """Team ml holds its 2 GPUs at once (a running run, stored directly); a run of its
+    member then queues for 1 more and waits behind the quota."""
+    now = timezone.now()
+    holder = Run.objects.create(owner=teams.member, team=teams.team, name="holds-two", spec={}, status=RunStatus.RUNNING)
+    Allocation.objects.create(run=holder, pool=pool, team=teams.team, user=teams.member, gpus=2, slots=2,
+                              requested_at=now, admitted_at=now)
+    return queued_run(teams, pool), holder
+
+
+async def queue_of(communicator: WebsocketCommunicator) -> dict:
+    message = await communicator.receive_json_from(timeout=10)
+    assert message["type"] == "queue", message
+    return message
+
+
+def waiting_ids(board: dict) -> list[int]:
+    return [entry["run_id"] for entry in board["queue"]]
+
+
+async def test_the_queue_socket_sends_the_waiting_runs_and_pushes_each_change_of_reason(gpu_world, teams, staff):
+    waiting, holder = await database_sync_to_async(blocked_run)(teams, gpu_world)
+    tokens = {who: (await database_sync_to_async(create_token)(user, "queue"))[1]
+              for who, user in {"member": teams.member, "outsider": teams.outsider}.items()}
+    member = WebsocketCommunicator(application, f"/ws/queue/?token={tokens['member']}")
+    outsider = WebsocketCommunicator(application, f"/ws/queue/?token={tokens['outsider']}&pool=h100")
+    assert (await member.connect(timeout=10))[0] and (await outsider.connect(timeout=10))[0]
+    try:
+        # The snapshot on connect: the run's place and why it waits; the outsider's page
+        # (filtered to h100) lists nothing of team ml's.
+        board = await queue_of(member)
+        [entry] = board["queue"]
+        assert (entry["run_id"], entry["position"], entry["ahead"], entry["pool"]) == (waiting.pk, 1, 0, "h100")
+        assert entry["reason"] == "team ml quota on h100: 2/2 GPUs in use (this run needs 1)"
+        assert board["waiting_total"] == 1 and [q["holder"] for q in board["quotas"]] == ["team ml"]
+        hidden = await queue_of(outsider)
+        assert (hidden["queue"], hidden["pool_name"]) == ([], "h100")
+
+        # A site admin closes the pool: the reason changes for every page, pushed.
+        gpu_world.active = False
+        await database_sync_to_async(quota_services.save_pool_or_quota)(staff, gpu_world)
+        closed = await queue_of(member)
+        assert closed["queue"][0]["reason"].startswith("pool h100 is inactive")
+        assert not next(p for p in closed["pools"] if p["name"] == "h100")["active"]
+        assert (await queue_of(outsider))["queue"] == []
+
+        # Reopened, and the holder finishes: the sweep admits the run, which leaves the queue.
+        gpu_world.active = True
+        await database_sync_to_async(quota_services.save_pool_or_quota)(staff, gpu_world)
+        await database_sync_to_async(lifecycle.transition)(holder.pk, RunStatus.SUCCEEDED, "done")
+        board = await queue_of(member)
+        while waiting_ids(board):
+            board = await queue_of(member)
+        assert await database_sync_to_async(lambda: Run.objects.get(pk=waiting.pk).status)() == RunStatus.ADMITTED
+    finally:
+        await member.disconnect()
+        await outsider.disconnect()
+
+
+async def test_a_reconnect_starts_with_a_fresh_snapshot_and_the_anonymous_are_refused(gpu_world, teams, settings):
+    settings.ROLLYARD_WS_AUTH_TIMEOUT_S = 0.2
+    anonymous = WebsocketCommunicator(application, "/ws/queue/")
+    assert (await anonymous.connect(timeout=10))[0]
+    assert await anonymous.receive_output(timeout=10) == {"type": "websocket.close", "code": 4401}
+    await anonymous.disconnect()
+
+    token = (await database_sync_to_async(create_token)(teams.member, "queue"))[1]
+    first = WebsocketCommunicator(application, f"/ws/queue/?token={token}")
+    assert (await first.connect(timeout=10))[0]
+    assert (await queue_of(first))["queue"] == []
+    await first.disconnect()
+    # Queued while no socket listened: the next connection's first frame has it.
+    waiting, _ = await database_sync_to_async(blocked_run)(teams, gpu_world)
+    again = WebsocketCommunicator(application, f"/ws/queue/?token={token}")
+    assert (await again.connect(timeout=10))[0]
+    try:
+        assert waiting_ids(await queue_of(again)) == [waiting.pk]
+    finally:
+        await again.disconnect()
+
+
+def test_the_queue_page_is_drawn_from_the_sockets_snapshot_and_lists_a_bounded_number(gpu_world, teams, client, monkeypatch):
+    from quotas import live
+
+    monkeypatch.setattr(live, "QUEUE_ROWS", 1)
+    first, _ = blocked_run(teams, gpu_world)
+    second = queued_run(teams, gpu_world)
+    client.force_login(teams.member)
+    page = client.get("/queue/", {"pool": "h100"})
+    board = page.context["board"]
+    assert waiting_ids(board) == [first.pk] and board["waiting_total"] == 2
+    html = page.content.decode()
+    assert f'data-run-id="{first.pk}"' in html and f'data-run-id="{second.pk}"' not in html
+    assert "2 waiting in all; the first 1 are listed" in html
+    assert '"/ws/queue/?pool=h100"' in html  # the page's socket asks for the same pool

@@ -541,18 +541,33 @@ async def check_socket_matrix(path: str, expect: dict[str, Outcome | str], teams
         await communicator.disconnect()
 
 
+# Each websocket route's rule: the first frame per role, a message type or a close code.
+# The board sockets are for anyone signed in, who hears only what the page shows them.
+SOCKET_RULES = {
+    "ws/runs/<int:run_id>/": roles(4401, "hello", "hello", "hello", 4403, "hello"),
+    "ws/queue/": roles(4401, "queue", "queue", "queue", "queue", "queue"),
+    "ws/quotas/": roles(4401, "quotas", "quotas", "quotas", "quotas", "quotas"),
+}
+
+
+def test_every_websocket_route_has_a_rule():
+    from runs.routing import websocket_urlpatterns
+
+    assert {str(route.pattern) for route in websocket_urlpatterns} == set(SOCKET_RULES)
+
+
 @pytest.mark.django_db(transaction=True)
 async def test_the_run_websocket_follows_the_matrix(teams, staff, make_run, settings):
     settings.ROLLYARD_WS_AUTH_TIMEOUT_S = 0.2
     run = await sync_to_async(make_run)(teams.member, "watched", team=teams.team)
-    await check_socket_matrix(f"/ws/runs/{run.pk}/", roles(4401, "hello", "hello", "hello", 4403, "hello"), teams, staff)
+    await check_socket_matrix(f"/ws/runs/{run.pk}/", SOCKET_RULES["ws/runs/<int:run_id>/"], teams, staff)
 
 
+@pytest.mark.parametrize("route", ["ws/queue/", "ws/quotas/"])
 @pytest.mark.django_db(transaction=True)
-async def test_the_quota_websocket_follows_the_matrix(teams, staff, settings):
-    """Anyone signed in gets their board (only what they may see: the page's rule)."""
+async def test_the_board_websockets_follow_the_matrix(route, teams, staff, settings):
     settings.ROLLYARD_WS_AUTH_TIMEOUT_S = 0.2
-    await check_socket_matrix("/ws/quotas/", roles(4401, "quotas", "quotas", "quotas", "quotas", "quotas"), teams, staff)
+    await check_socket_matrix(f"/{route}", SOCKET_RULES[route], teams, staff)
 
 
 def test_roles_are_what_the_matrix_assumes(world):

@@ -1,25 +1,71 @@
-/* The queue page, live: every few seconds the page is fetched again and its tables
- * (pools, waiting runs with their reasons, quotas, usage) replaced, so positions and
- * reasons follow admission without a reload. A page hidden in a background tab is not
- * refreshed; a failed fetch keeps what is shown and says so. */
+/* The queue page, live (rollyard/live_board.js): each snapshot from /ws/queue/ (the
+ * page's ?pool= with it) redraws the pools, the waiting runs with their places and
+ * reasons, the quotas and the GPU-hours, so the page follows admission, finishes and
+ * changed pools or quotas without a reload. */
 (function () {
   "use strict";
 
-  const live = document.getElementById("queue-live");
-  const every = Number(live.dataset.refreshMs);
+  const { cell, row, follow } = window.RollyardLiveBoard;
+  const dash = (value) => (value === null || value === undefined ? "—" : String(value));
 
-  async function refresh() {
-    if (document.hidden) return;
-    try {
-      const response = await fetch(window.location.href, { credentials: "same-origin" });
-      if (!response.ok) throw new Error(String(response.status));
-      const fresh = new DOMParser().parseFromString(await response.text(), "text/html").getElementById("queue-live");
-      live.innerHTML = fresh.innerHTML;
-      document.getElementById("queue-updated").textContent = `live: refreshed at ${new Date().toLocaleTimeString()}`;
-    } catch (error) {
-      document.getElementById("queue-updated").textContent = `could not refresh (${error.message}); retrying`;
-    }
+  function link(href, text) {
+    const a = document.createElement("a");
+    a.href = href;
+    a.textContent = text;
+    return a;
   }
 
-  window.setInterval(refresh, every);
+  function withChildren(td, ...children) {
+    td.replaceChildren(...children);
+    return td;
+  }
+
+  function fill(tableId, emptyId, rows) {
+    document.querySelector(`#${tableId} tbody`).replaceChildren(...rows);
+    document.getElementById(tableId).hidden = rows.length === 0;
+    document.getElementById(emptyId).hidden = rows.length > 0;
+  }
+
+  function draw(board) {
+    document.getElementById("queue-at").textContent = board.at;
+    document.querySelector("#pools-table tbody").replaceChildren(...board.pools.map((pool) => row([
+      withChildren(cell(""), link(`?pool=${encodeURIComponent(pool.name)}`, pool.name)), cell(pool.accelerator),
+      cell(`${pool.in_use} / ${pool.capacity} ${pool.unit}`, "num"), cell(String(pool.queued), "num"),
+      cell(pool.active ? "" : "inactive", "muted"),
+    ], { pool: pool.name })));
+
+    fill("queue-table", "queue-empty", board.queue.map((entry) => {
+      const ahead = document.createElement("span");
+      ahead.className = "muted";
+      ahead.textContent = `(${entry.ahead} ahead)`;
+      const waiting = cell(entry.waiting);
+      waiting.title = entry.requested_at;
+      return row([
+        cell(entry.pool), withChildren(cell("", "num"), `${entry.position} `, ahead),
+        withChildren(cell(""), link(`/runs/${entry.run_id}/`, `#${entry.run_id} ${entry.run_name}`)),
+        cell(entry.team), cell(entry.owner), cell(String(entry.gpus), "num"), cell(String(entry.priority), "num"),
+        waiting, cell(entry.reason, "reason"),
+      ], { runId: String(entry.run_id) });
+    }));
+    const more = document.getElementById("queue-more");
+    more.hidden = board.waiting_total <= board.queue.length;
+    more.textContent = `${board.waiting_total} waiting in all; the first ${board.queue.length} are listed`;
+
+    fill("quotas-table", "quotas-empty", board.quotas.map((quota) => row([
+      cell(quota.pool), cell(quota.holder), cell(dash(quota.max_concurrent_gpus), "num"),
+      cell(dash(quota.max_gpus_per_run), "num"),
+      cell(quota.gpu_hours_per_period === null ? "—" : `${quota.gpu_hours_per_period} per ${quota.period_days} days`, "num"),
+    ])));
+
+    const usage = (team) => (entry) => {
+      const tr = row([cell(entry.pool), cell(entry.team), cell(team ? "all" : entry.user, team ? "muted" : ""),
+        cell(entry.gpu_hours.toFixed(2), "num"), cell(String(entry.runs), "num")]);
+      if (team) tr.className = "team-row";
+      return tr;
+    };
+    fill("usage-table", "usage-empty", [...board.usage.teams.map(usage(true)), ...board.usage.users.map(usage(false))]);
+  }
+
+  follow(JSON.parse(document.getElementById("queue-ws-path").textContent), "queue",
+    document.getElementById("queue-live"), draw);
 })();

@@ -1,0 +1,48 @@
+/* What the live pages (queue, quotas) share: their websocket sends a snapshot of the page
+ * on connect and again whenever it may have changed (throttled by the server); each one
+ * is drawn whole. A dropped socket reconnects with backoff and its first snapshot
+ * catches up; a 4401 (signed out) stops. `state` shows where the socket stands
+ * (data-state: connecting, live, reconnecting, closed). */
+window.RollyardLiveBoard = (function () {
+  "use strict";
+
+  function cell(text, className) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    if (className) td.className = className;
+    return td;
+  }
+
+  function row(cells, data) {
+    const tr = document.createElement("tr");
+    Object.assign(tr.dataset, data || {});
+    tr.append(...cells);
+    return tr;
+  }
+
+  function follow(wsPath, type, state, draw) {
+    let attempt = 0;
+    function connect() {
+      const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
+      const socket = new WebSocket(scheme + window.location.host + wsPath);
+      socket.onmessage = (message) => {
+        const data = JSON.parse(message.data);
+        if (data.type !== type) return;
+        attempt = 0;
+        state.dataset.state = "live";
+        state.textContent = `live: updated ${new Date().toLocaleTimeString()}`;
+        draw(data);
+      };
+      socket.onclose = (event) => {
+        if (event.code === 4401) { state.dataset.state = "closed"; state.textContent = "signed out: reload to log in"; return; }
+        const delay = Math.min(10000, 500 * 2 ** attempt++);
+        state.dataset.state = "reconnecting";
+        state.textContent = `reconnecting in ${Math.round(delay / 1000)} s…`;
+        window.setTimeout(connect, delay);
+      };
+    }
+    connect();
+  }
+
+  return { cell, row, follow };
+})();
