@@ -40,7 +40,10 @@ recipe = SyncRecipe(spec)
 held_out = {split: recipe.task.problems(split, spec.dataset.eval_size, seed=EVAL_SEED) for split in sys.argv[2:]}
 before = psutil.Process().memory_info().rss
 def accuracies(step):
-    return {split: evaluate(spec, recipe.collector, problems, step)[0].values["val/acc/mean@1"] for split, problems in held_out.items()}
+    return {
+        split: evaluate(spec, recipe.collector, problems, step)[0].values["val/acc/mean@1"]
+        for split, problems in held_out.items()
+    }
 start = accuracies(0)
 steps = [recipe.step()[0].values for _ in range(spec.training.steps)]
 end = accuracies(spec.training.steps)
