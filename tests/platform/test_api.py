@@ -8,6 +8,7 @@ from rest_framework import exceptions
 from rest_framework.test import APIClient
 
 from engine.events import LengthHistogram, Log, Metrics
+from quotas.live import publish_change
 from rollyard.errors import api_exception_handler
 from runs import launch, lifecycle
 from runs.models import MetricPoint, Run, RunStatus, RunStatusChange
@@ -35,8 +36,9 @@ def test_a_valid_spec_creates_a_queued_run_with_its_resolved_spec(api_alice, dja
     assert body["spec"]["rollout"]["prompts_per_step"] == 16
     assert body["spec"]["algorithm"]["clip_eps_low"] == 0.2
     assert body["spec"]["name"] == "mine"
-    # Exactly one side effect waits for the commit: enqueueing the driver.
-    assert len(callbacks) == 1
+    # Two side effects wait for the commit: an admission sweep of the run's pool, and the
+    # queue and quota pages' push (quotas.live: a run joined a queue).
+    assert len(callbacks) == 2 and publish_change in callbacks
     run = Run.objects.get()
     assert list(run.status_changes.values_list("from_status", "to_status")) == [("", "queued")]
 
