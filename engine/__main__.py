@@ -56,8 +56,10 @@ class PrintSink:
     def flush(self) -> None:
         self.out.flush()
 
-    def while_current(self, action):
-        return action()  # no platform: this process is the only driver
+    def publish(self, action, event):
+        result = action()  # no platform: this process is the only driver
+        self.emit(event)
+        return result
 
     def _print(self, line: str) -> None:
         print(line, file=self.out, flush=True)

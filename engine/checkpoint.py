@@ -13,10 +13,10 @@ A run directory keeps its checkpoints under `checkpoints/`, one folder per step:
 A checkpoint is written into a hidden `.partial-…` folder beside the others and renamed
 into place when complete (`write_checkpoint`, then `publish_checkpoint`), so a save cut
 short (a lost worker, a full disk) never shows up as a step folder and is never taken as
-the latest. The driver renames only while its attempt is current (the sink's
-`while_current`), so a superseded driver never publishes into a run folder another
-worker owns. `latest_checkpoint` therefore only
-has to read the names.
+the latest, and `latest_checkpoint` only has to read the names. The driver renames only
+while its attempt is current, with its Checkpoint event stored in the same transaction
+(the sink's `publish`), so a superseded driver never publishes into a run folder another
+worker owns.
 
 A part's state is the part's business (engine.recipes.sync.SyncRecipe.parts): renaming
 an attribute never breaks a checkpoint. Checkpoints written before the engine was cut
@@ -112,7 +112,11 @@ def publish_checkpoint(partial: Path) -> Path:
     """Rename a written checkpoint into its step's folder and return that. Publishing a
     step again (a requeued run redoing it) replaces the older one."""
     partial = Path(partial)
-    final = checkpoint_folder(partial.parent.parent, read_info(partial).step)
+    final = partial.parent / partial.name.removeprefix(".partial-").rsplit("-", 1)[0]
+    if not partial.exists() and final.exists():
+        # Renamed by an earlier try whose transaction never committed (the sink retries
+        # its publish after a lost database connection): the unique partial name is ours.
+        return final
     if final.exists():
         shutil.rmtree(final)
     os.replace(partial, final)

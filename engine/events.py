@@ -193,14 +193,15 @@ class Superseded(RuntimeError):
 class EventSink(Protocol):
     """Where a run's events go. `emit` must be cheap; `flush` makes them durable (and
     raises `Superseded` when the platform refuses this driver's writes);
-    `while_current(action)` returns `action()` run while the platform holds this driver's
-    writes accepted (the driver publishes checkpoints so), or raises `Superseded`."""
+    `publish(action, event)` runs `action()` (renaming a checkpoint into place) and stores
+    `event` (its Checkpoint) together, only while the platform holds this driver's writes
+    accepted, or raises `Superseded`: the run folder and the platform's record of it agree."""
 
     def emit(self, event: Event) -> None: ...
 
     def flush(self) -> None: ...
 
-    def while_current(self, action: Callable[[], T]) -> T: ...
+    def publish(self, action: Callable[[], T], event: Event) -> T: ...
 
 
 class ListSink:
@@ -215,8 +216,10 @@ class ListSink:
     def flush(self) -> None:
         pass
 
-    def while_current(self, action: Callable[[], T]) -> T:
-        return action()
+    def publish(self, action: Callable[[], T], event: Event) -> T:
+        result = action()
+        self.emit(event)
+        return result
 
     def of_kind(self, kind: str) -> list[Event]:
         return [event for event in self.events if event.kind == kind]

@@ -23,7 +23,14 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Literal
 
-from engine.checkpoint import CheckpointInfo, discard_checkpoint, latest_checkpoint, publish_checkpoint, read_info
+from engine.checkpoint import (
+    CheckpointInfo,
+    checkpoint_folder,
+    discard_checkpoint,
+    latest_checkpoint,
+    publish_checkpoint,
+    read_info,
+)
 from engine.events import Checkpoint, Event, EventSink, Heartbeat, Log, Metrics, Status, Superseded
 from engine.recipes import RECIPES
 from engine.spec import RunSpec
@@ -175,16 +182,17 @@ def run(
         def checkpoint(step: int) -> None:
             # Flush first: a driver whose attempt was superseded mostly learns it here (the
             # sink raises Superseded), before it spends the time to write. The rename into
-            # place runs inside the sink's fence, so one superseded while it wrote publishes
-            # nothing into the run folder another worker owns.
+            # place and the Checkpoint event go through the sink's publish, inside its fence
+            # and together: one superseded while it wrote publishes nothing into the run
+            # folder another worker owns, and a folder published is one the platform knows.
             sink.flush()
             partial = recipe.write_checkpoint(run_dir, step, latest_val)
+            saved = Checkpoint(step=step, path=str(checkpoint_folder(run_dir, step)), metrics=dict(latest_val))
             try:
-                folder = sink.while_current(lambda: publish_checkpoint(partial))
+                sink.publish(lambda: publish_checkpoint(partial), saved)
             except BaseException:
                 discard_checkpoint(partial)
                 raise
-            sink.emit(Checkpoint(step=step, path=str(folder), metrics=dict(latest_val)))
 
         for step in range(first_step + 1, spec.training.steps + 1):
             if should_stop():

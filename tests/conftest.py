@@ -7,11 +7,13 @@ started here) let the suite run on a machine with nothing installed but Python.
 
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.db import connection
 
 from devstack.processes import free_port, start_web, start_worker, stack_env, stop, wait_for_http
 from devstack.services import ensure_redis, redis_url
@@ -67,6 +69,32 @@ class LiveStack:
         """The tail of both processes' logs, for a failing test's message."""
         tails = (f"--- {log.name}\n{log.read_text(errors='replace')[-6000:]}" for log in (self.web_log, self.worker_log))
         return "\n".join(tails)
+
+
+@pytest.fixture(autouse=True)
+def stack_settles_before_the_database_is_flushed(request):
+    """After a test with the live stack, wait until the stack's processes hold no open
+    transaction on the test database for a second (up to 20 s) before pytest-django
+    truncates its tables. A sweep the test's last write set off (an admission after a
+    cancel) could otherwise hold locks the TRUNCATE needs while waiting for ones it holds:
+    PostgreSQL then reports a deadlock and aborts the teardown."""
+    yield
+    if "live_stack" not in request.fixturenames or connection.vendor != "postgresql":
+        return
+    quiet_since, deadline = time.monotonic(), time.monotonic() + 20
+    with request.getfixturevalue("django_db_blocker").unblock():
+        while time.monotonic() < deadline:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid() AND state <> 'idle'"
+                )
+                busy = cursor.fetchone()[0]
+            if busy:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= 1.0:
+                return
+            time.sleep(0.05)
 
 
 def database_url_of_test_db() -> str:

@@ -56,10 +56,24 @@ class DatabaseSink:
             self._buffer, self._batches = [], self._batches + 1
         self._last_write = time.monotonic()
 
-    def while_current(self, action: Callable[[], T]) -> T:
-        """`action()` run under the run's row lock while this attempt is current (the
-        reconciler gives attempts up under the same lock), or Superseded."""
+    def publish(self, action: Callable[[], T], event: Event) -> T:
+        """`action()` (a checkpoint renamed into place), then the buffer with `event` (its
+        Checkpoint) stored, in one transaction under the run's row lock while this attempt
+        is current (the reconciler gives attempts up under the same lock), or Superseded.
+        One transaction: a worker that dies right after leaves a folder the platform knows
+        of, so the requeue's "resumes from step N" is the step it does resume from."""
         from runs.attempts import while_current
+        from runs.telemetry import record_events
 
-        self.flush()
-        return self.fence.call(while_current, self.fence.run_id, self.fence.attempt_id, action)
+        self.fence.check()
+        batch, number = [*self._buffer, event], self._batches + 1
+
+        def act_then_store() -> T:
+            result = action()
+            record_events(self.fence.run_id, self.fence.attempt_id, batch, number)
+            return result
+
+        result = self.fence.call(while_current, self.fence.run_id, self.fence.attempt_id, act_then_store)
+        self._buffer, self._batches = [], number
+        self._last_write = time.monotonic()
+        return result
