@@ -65,7 +65,6 @@ class DatabaseSink:
         from runs.attempts import while_current
         from runs.telemetry import record_events
 
-        self.fence.check()
         batch, number = [*self._buffer, event], self._batches + 1
 
         def act_then_store() -> T:

@@ -101,20 +101,13 @@ class AsyncRecipe(SyncRecipe):
         if not capacity:
             return
         plan = self.sampler.next(step, capacity)
-        load = [0] * len(self.workers)
-        for worker in self.placed.values():
-            load[worker] += 1
-        per_worker: list[list[PartialGroup]] = [[] for _ in load]
-        for item in plan:
-            worker = min(range(len(load)), key=lambda index: load[index])
-            # `begun` is the policy version the group was admitted under.
-            per_worker[worker].append(PartialGroup(key=self.next_key, problem=item.problem, n=item.n, begun=version))
-            self.placed[self.next_key] = worker
-            load[worker] += 1
-            self.next_key += 1
-        for worker, groups in enumerate(per_worker):
-            if groups:
-                self.workers.submit(worker, groups)
+        # `begun` is the policy version the group was admitted under.
+        groups = [
+            PartialGroup(key=self.next_key + index, problem=item.problem, n=item.n, begun=version)
+            for index, item in enumerate(plan)
+        ]
+        self.next_key += len(groups)
+        self.workers.submit_least_loaded(groups, self.placed)
         self.staleness.submitted(len(plan))
 
     def _drop_stale(self, version: int) -> None:

@@ -224,6 +224,23 @@ class WorkerPool:
         else:
             self._ray.get(self._workers[worker].submit.remote(list(groups)))
 
+    def submit_least_loaded(self, groups: Sequence[PartialGroup], placed: dict[int, int]) -> None:
+        """Submit each group to the worker with the fewest in flight (by `placed`, key →
+        worker, for every group started and not returned; updated here), the lowest index
+        on a tie, in one call per worker."""
+        load = [0] * len(self)
+        for worker in placed.values():
+            load[worker] += 1
+        shares: list[list[PartialGroup]] = [[] for _ in load]
+        for group in groups:
+            worker = min(range(len(load)), key=lambda index: load[index])
+            shares[worker].append(group)
+            placed[group.key] = worker
+            load[worker] += 1
+        for worker, share in enumerate(shares):
+            if share:
+                self.submit(worker, share)
+
     def take_finished(self, timeout: float) -> list[PartialGroup]:
         """Every worker's complete groups, waiting up to `timeout` seconds for some."""
         if self._ray is None:
@@ -298,18 +315,7 @@ class PooledCollector:
         return [returned[index].as_group(first_group + index) for index in range(len(plan))]
 
     def start(self, groups: Sequence[PartialGroup]) -> None:
-        load = [0] * len(self.pool)
-        for worker in self._placed.values():
-            load[worker] += 1
-        shares: list[list[PartialGroup]] = [[] for _ in load]
-        for group in groups:
-            worker = min(range(len(load)), key=lambda index: load[index])
-            shares[worker].append(group)
-            self._placed[group.key] = worker
-            load[worker] += 1
-        for worker, share in enumerate(shares):
-            if share:
-                self.pool.submit(worker, share)
+        self.pool.submit_least_loaded(groups, self._placed)
 
     def advance(self, timeline: Timeline) -> list[PartialGroup]:
         with timeline.phase(self.worker, "wait", "gen"):
