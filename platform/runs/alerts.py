@@ -42,9 +42,11 @@ from runs.models import Alert, AlertComparison, AlertKind, AlertRule, MetricPoin
 logger = logging.getLogger(__name__)
 
 WEBHOOK_TIMEOUT_S = 5.0
-# The list of metric names a rule may watch: the tables of its "Emitted today" section,
-# which tests/test_metrics_doc.py holds to exactly what the engine reports.
+# The metric names a rule may watch: the tables of these sections of the metrics page.
+# tests/test_metrics_doc.py holds "Emitted today" to exactly what the engine reports on
+# the CPU, tests/engine/test_nvml.py the GPU section to what it reports on a GPU.
 METRICS_DOC = REPO_ROOT / "docs" / "metrics.md"
+METRIC_SECTIONS = ("Emitted today", "On GPU nodes (NVML)")
 RULE_FIELDS = ("metric", "comparison", "threshold", "consecutive", "emails")
 MAX_CONSECUTIVE = 100_000
 MAX_RULE_EMAILS = 10
@@ -142,10 +144,11 @@ def resolve_alerts_of_finished_runs() -> int:
 
 @functools.cache
 def documented_metric_names() -> tuple[re.Pattern[str], ...]:
-    """The metric names of docs/metrics.md under "Emitted today", as patterns: a
+    """The metric names in the tables of docs/metrics.md's METRIC_SECTIONS, as patterns: a
     placeholder (`val/pass@{k}`, `gpu/{i}/utilization`) stands for one path segment."""
-    section = METRICS_DOC.read_text().split("## Emitted today", 1)[1].split("\n## ", 1)[0]
-    names = re.findall(r"^\| `([^`]+)` \|", section, re.MULTILINE)
+    sections = METRICS_DOC.read_text().split("\n## ")
+    tables = "\n".join(section for section in sections if section.split("\n", 1)[0].strip() in METRIC_SECTIONS)
+    names = re.findall(r"^\| `([^`]+)` \|", tables, re.MULTILINE)
     return tuple(re.compile("[^/]+".join(re.escape(part) for part in re.split(r"\{[^}]*\}", name))) for name in names)
 
 
