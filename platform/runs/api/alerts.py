@@ -41,7 +41,7 @@ class RunAlertActions:
         return Response(AlertRuleSerializer(run.alert_rules.select_related("created_by"), many=True).data)
 
     @extend_schema(request=None, responses={204: None})
-    @action(detail=True, methods=["delete"], url_path=r"alert-rules/(?P<rule_id>\d+)")
+    @action(detail=True, methods=["delete"], url_path=r"alert-rules/(?P<rule_id>\d+)", url_name="alert-rule")
     def delete_alert_rule(self, request: Request, pk: str, rule_id: str) -> Response:
         """Delete a rule: its open alert is resolved; its alerts stay in the run's list."""
         run = self.get_object()
