@@ -58,7 +58,8 @@ class InvalidRule(SpecError):
 
     def __init__(self, problems: list[tuple[str, str]]):
         self.problems = problems
-        ValueError.__init__(self, "invalid alert rule: " + "; ".join(f"{field}: {reason}" for field, reason in problems))
+        listed = "; ".join(f"{field}: {reason}" for field, reason in problems)
+        ValueError.__init__(self, f"invalid alert rule: {listed}")
 
 
 def open_alert(run: Run, kind: AlertKind, message: str) -> Alert | None:
@@ -173,9 +174,8 @@ def check_rule(data: Any, field_prefix: str = "") -> dict[str, Any]:
         problems.append((f"{field_prefix}metric", f"{metric!r} is not a metric the engine reports (docs/metrics.md)"))
     comparison = data.get("comparison")
     if comparison not in AlertComparison.values:
-        problems.append(
-            (f"{field_prefix}comparison", f"unknown comparison {comparison!r}; one of {', '.join(AlertComparison.values)}")
-        )
+        known = ", ".join(AlertComparison.values)
+        problems.append((f"{field_prefix}comparison", f"unknown comparison {comparison!r}; one of {known}"))
     threshold = data.get("threshold")
     if isinstance(threshold, bool) or not isinstance(threshold, int | float):
         problems.append((f"{field_prefix}threshold", f"required: a number, got {threshold!r}"))
@@ -235,6 +235,11 @@ def create_rules(run: Run, rules: Sequence[Mapping[str, Any]], created_by: User)
         checked_step = newest[-1] - 1 if len(newest) == fields["consecutive"] else 0
         created.append(AlertRule.objects.create(run=run, created_by=created_by, checked_step=checked_step, **fields))
     return created
+
+
+def rule_fields(rule: AlertRule) -> dict[str, Any]:
+    """What a launch's `alert_rules` holds for `rule` (a clone launches with it)."""
+    return {field: getattr(rule, field) for field in RULE_FIELDS}
 
 
 def add_rule(user: User, run: Run, data: Any) -> AlertRule:
@@ -360,11 +365,13 @@ def deliver_by_email() -> int:
     delivered = 0
     pending = Alert.objects.filter(email_delivered_at__isnull=True).exclude(email_to=[])
     for alert in pending.select_related("run").order_by("id"):
-        subject = f"[Rollyard] {alert.get_kind_display()}: run #{alert.run_id} {alert.run.name}"
+        # One line: a header may not hold a line break, and a run's name may.
+        subject = " ".join(f"[Rollyard] {alert.get_kind_display()}: run #{alert.run_id} {alert.run.name}".split())
         body = f"{alert.message}\n\nOpened at {alert.opened_at:%Y-%m-%d %H:%M} UTC.\nThe run: {run_url(alert.run_id)}\n"
         try:
             send_mail(subject, body, None, alert.email_to)
-        except (smtplib.SMTPException, OSError) as exc:  # refused, unreachable, timed out
+        # Refused, unreachable, timed out; ValueError: an address Django cannot encode.
+        except (smtplib.SMTPException, OSError, ValueError) as exc:
             logger.warning("alert %s not mailed to %s: %s", alert.pk, alert.email_to, exc)
             Alert.objects.filter(pk=alert.pk).update(email_error=f"{type(exc).__name__}: {exc}"[:2000])
             continue

@@ -43,6 +43,16 @@ def report(record):
     return report_values
 
 
+@pytest.fixture
+def alerting(alice, make_run, report, sweep) -> tuple:
+    """(run, rule, alert): alice's running run whose rule (ACC below 0.5) alerts at step 1."""
+    run = make_run(alice, status=RunStatus.RUNNING)
+    rule = rule_on(run, alice)
+    report(run, {1: 0.2})
+    sweep()
+    return run, rule, Alert.objects.get(rule=rule)
+
+
 def rule_on(run, user, **fields) -> AlertRule:
     return alerts.add_rule(user, run, {"metric": ACC, "comparison": "below", "threshold": 0.5, **fields})
 
@@ -156,8 +166,23 @@ def test_rules_set_at_launch_are_stored_with_the_run(api_alice, alice):
     assert all(rule.created_by == alice for rule in stored)
 
 
+def test_a_clone_launches_with_the_runs_rules(api_alice):
+    rules = [{"metric": "actor/entropy", "comparison": "below", "threshold": 0.05, "consecutive": 4, "emails": []}]
+    first = api_alice.post("/api/runs/", {"spec": {}, "alert_rules": rules}, format="json").json()
+
+    clone = api_alice.get(f"/api/runs/{first['id']}/clone/").json()
+    assert clone["alert_rules"] == rules
+    again = api_alice.post("/api/runs/", clone, format="json")
+
+    assert again.status_code == 201, again.json()
+    assert [alerts.rule_fields(rule) for rule in AlertRule.objects.filter(run_id=again.json()["id"])] == rules
+
+
 def test_a_launch_with_a_bad_rule_stores_nothing(api_alice, error_of):
-    rules = [{"metric": ACC, "comparison": "below", "threshold": 0.5}, {"metric": ACC, "comparison": "under", "threshold": 1}]
+    rules = [
+        {"metric": ACC, "comparison": "below", "threshold": 0.5},
+        {"metric": ACC, "comparison": "under", "threshold": 1},
+    ]
     response = api_alice.post("/api/runs/", {"spec": {}, "alert_rules": rules}, format="json")
 
     assert response.status_code == 400
@@ -165,12 +190,8 @@ def test_a_launch_with_a_bad_rule_stores_nothing(api_alice, error_of):
     assert not AlertRule.objects.exists()
 
 
-def test_deleting_a_rule_resolves_its_open_alert_and_keeps_its_history(api_alice, alice, make_run, report, sweep):
-    run = make_run(alice, status=RunStatus.RUNNING)
-    rule = rule_on(run, alice)
-    report(run, {1: 0.2})
-    sweep()
-    alert = Alert.objects.get(rule=rule)
+def test_deleting_a_rule_resolves_its_open_alert_and_keeps_its_history(api_alice, alerting):
+    run, rule, alert = alerting
 
     assert api_alice.delete(f"/api/runs/{run.pk}/alert-rules/{rule.pk}/").status_code == 204
 
@@ -307,7 +328,8 @@ class SmtpServer:
                         lines = []
                         while (data := self.rfile.readline()) not in (b".\r\n", b""):
                             lines.append(data[1:] if data.startswith(b"..") else data)  # dot-stuffing
-                        received.append((sender, recipients, email.message_from_bytes(b"".join(lines), policy=email.policy.default)))
+                        message = email.message_from_bytes(b"".join(lines), policy=email.policy.default)
+                        received.append((sender, recipients, message))
                         self.reply("250 OK")
                     elif verb == "RSET":
                         sender, recipients = None, []
@@ -418,6 +440,15 @@ def test_without_email_host_nothing_is_mailed(alice_with_mail, make_run, report,
     assert alert.email_to == ["alice@example.com"] and alert.email_delivered_at is None and alert.email_error == ""
 
 
+def test_a_run_name_with_a_line_break_still_makes_a_one_line_subject(alice_with_mail, make_run, report, sweep, smtp):
+    run = make_run(alice_with_mail, name="two\nlines", status=RunStatus.RUNNING)
+    rule_on(run, alice_with_mail)
+    report(run, {1: 0.2})
+
+    assert sweep().alerts_delivered == 1
+    assert smtp.received[0][2]["Subject"] == f"[Rollyard] Metric threshold: run #{run.pk} two lines"
+
+
 def test_an_owner_without_an_address_and_a_rule_without_any_mails_nobody(alice, make_run, report, sweep, smtp):
     run = make_run(alice, status=RunStatus.RUNNING)
     rule_on(run, alice)
@@ -430,12 +461,8 @@ def test_an_owner_without_an_address_and_a_rule_without_any_mails_nobody(alice, 
 # --- what users see -------------------------------------------------------------------------------
 
 
-def test_the_api_lists_the_runs_alerts_and_the_rules_open_alert(api_alice, alice, make_run, report, sweep):
-    run = make_run(alice, status=RunStatus.RUNNING)
-    rule = rule_on(run, alice)
-    report(run, {1: 0.2})
-    sweep()
-    alert = Alert.objects.get(rule=rule)
+def test_the_api_lists_the_runs_alerts_and_the_rules_open_alert(api_alice, alerting):
+    run, rule, alert = alerting
 
     listed = api_alice.get(f"/api/runs/{run.pk}/alerts/").json()
     rules = api_alice.get(f"/api/runs/{run.pk}/alert-rules/").json()
@@ -465,8 +492,9 @@ def test_the_run_page_shows_the_rules_and_the_open_alert(client, alice, make_run
 def test_the_schema_documents_the_alert_endpoints_and_the_launchs_rules(api_alice):
     schema = api_alice.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
     paths = schema["paths"]
-    assert {"/api/runs/{id}/alerts/", "/api/runs/{id}/alert-rules/", "/api/runs/{id}/alert-rules/{rule_id}/"} <= set(paths)
-    assert set(paths["/api/runs/{id}/alert-rules/"]) >= {"get", "post"} and "delete" in paths["/api/runs/{id}/alert-rules/{rule_id}/"]
+    rules, rule = "/api/runs/{id}/alert-rules/", "/api/runs/{id}/alert-rules/{rule_id}/"
+    assert {"/api/runs/{id}/alerts/", rules, rule} <= set(paths)
+    assert {"get", "post"} <= set(paths[rules]) and "delete" in paths[rule]
     components = schema["components"]["schemas"]
     assert components["RunCreate"]["properties"]["alert_rules"]["items"] == {"$ref": "#/components/schemas/AlertRule"}
     assert {"metric", "comparison", "threshold", "consecutive", "emails"} <= set(components["AlertRule"]["properties"])

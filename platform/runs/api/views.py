@@ -28,7 +28,9 @@ from runs.api.serializers import (
 from runs.models import Run
 
 
-class RunViewSet(RunLifecycleActions, RunAlertActions, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class RunViewSet(
+    RunLifecycleActions, RunAlertActions, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
     """Runs of the user's teams, newest first. Another team's run answers 404."""
 
     serializer_class = RunDetailSerializer
