@@ -12,7 +12,9 @@ import threading
 
 import pytest
 
-from engine.events import Metrics
+from engine.events import ListSink, Metrics
+from engine.orchestration import run as engine_run
+from engine.spec import parse_spec
 from runs import alerts
 from runs.models import Alert, AlertRule, RunStatus
 from runs.reconciler import reconcile_runs
@@ -292,6 +294,30 @@ def test_two_rules_of_a_run_alert_independently(alice, make_run, report, sweep):
     sweep()
 
     assert len(open_alerts(low)) == 1 and len(open_alerts(lower)) == 1
+
+
+def test_rules_alert_on_what_a_real_engine_run_reports(alice, make_run, record, sweep):
+    # Two steps of the built-in model, in process, with evaluations before and after.
+    sink = ListSink()
+    spec = {
+        "dataset": {"eval_size": 4},
+        "rollout": {"prompts_per_step": 2, "n": 2, "max_new_tokens": 16},
+        "training": {"steps": 2, "eval_samples": 1},
+        "resources": {"executor": "inprocess", "cpus": 1},
+    }
+    assert engine_run(parse_spec(spec), sink) == "succeeded"
+    run = make_run(alice, status=RunStatus.RUNNING)
+    # Every response has at least one token, and no accuracy exceeds 1.
+    always = rule_on(run, alice, metric="rollout/response_length/max", comparison="above", threshold=0, consecutive=2)
+    never = rule_on(run, alice, metric=ACC, comparison="above", threshold=1)
+
+    record(run.pk, [event for event in sink.events if event.kind != "checkpoint"])
+    sweep()
+
+    assert len(open_alerts(always)) == 1 and "for 2 reported steps in a row" in open_alerts(always)[0].message
+    assert open_alerts(never) == []
+    # The held-out metric is reported by the evaluation before step 1 and after step 2.
+    assert AlertRule.objects.get(pk=never.pk).checked_step == 2
 
 
 # --- email: a real SMTP server ---------------------------------------------------------------------
