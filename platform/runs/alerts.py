@@ -282,7 +282,9 @@ def evaluate_rule(rule_id: int) -> list[Alert]:
     resumed attempt reports again at or before the checked step are not walked twice."""
     opened: list[Alert] = []
     with transaction.atomic():
-        rule = AlertRule.objects.select_for_update().select_related("run__owner").filter(pk=rule_id).first()
+        # Only the rule's row: the run's is the ingest's lock (runs.telemetry), left alone.
+        locked = AlertRule.objects.select_for_update(of=("self",)).select_related("run__owner")
+        rule = locked.filter(pk=rule_id).first()
         if rule is None:  # deleted meanwhile
             return opened
         points = MetricPoint.objects.filter(
@@ -311,11 +313,9 @@ def open_metric_alert(rule: AlertRule, step: int, value: float) -> Alert | None:
     if rule.alerts.filter(resolved_at__isnull=True).exists():
         return None
     run = rule.run
-    steps = "step" if rule.consecutive == 1 else f"{rule.consecutive} reported steps in a row"
-    message = (
-        f"run #{run.pk} {run.name}: {rule.metric} {rule.comparison} {rule.threshold:g} for {steps}"
-        f" ({value:.4g} at step {step})"
-    )
+    held = f" for {rule.consecutive} reported steps in a row" if rule.consecutive > 1 else ""
+    crossing = f"{rule.metric} {rule.comparison} {rule.threshold:g}{held}"
+    message = f"run #{run.pk} {run.name}: {crossing} ({value:.4g} at step {step})"
     try:
         with transaction.atomic():
             return Alert.objects.create(

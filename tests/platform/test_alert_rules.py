@@ -412,7 +412,7 @@ def test_a_metric_alert_is_mailed_to_the_owner_and_the_rules_addresses(alice_wit
     assert recipients == ["alice@example.com", "lead@example.com"]  # the owner first, each once
     assert message["Subject"] == f"[Rollyard] Metric threshold: run #{run.pk} gsm8k-grpo"
     body = message.get_content()
-    assert f"{ACC} below 0.5 for step (0.2 at step 1)" in body
+    assert f"run #{run.pk} gsm8k-grpo: {ACC} below 0.5 (0.2 at step 1)" in body
     assert f"https://rollyard.example.com/runs/{run.pk}/" in body
     alert = Alert.objects.get(rule=rule)
     assert alert.email_delivered_at is not None and alert.email_error == ""
