@@ -199,10 +199,12 @@ SPECTACULAR_SETTINGS = {
     # before they have a token.
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     # Choice sets that share a field name ("status") each get a name of their own; a run's
-    # keeps the one it had before samples came.
+    # keeps the one it had before samples came. Presets and alerts both have a "kind".
     "ENUM_NAME_OVERRIDES": {
         "StatusEnum": "runs.models.RunStatus.choices",
         "SampleStatusEnum": "runs.models.SampleStatus.choices",
+        "AlertKindEnum": "runs.models.AlertKind.choices",
+        "PresetKindEnum": "catalog.models.PresetKind.choices",
     },
 }
 
@@ -274,6 +276,19 @@ ROLLYARD_RETENTION = {"keep_last": 3, "keep_best": 1, "metric": "val/acc/mean@1"
 ROLLYARD_SAMPLE_STEPS_KEPT = int(os.environ.get("ROLLYARD_SAMPLE_STEPS_KEPT", 1000))
 # Alerts: POSTed as JSON to this URL (unset: recorded, not sent).
 ROLLYARD_ALERT_WEBHOOK_URL = os.environ.get("ROLLYARD_ALERT_WEBHOOK_URL", "")
+# ... and mailed (runs.alerts) through this SMTP server, Django's own settings; no
+# EMAIL_HOST: no mail (Django's default, localhost, would mail a server nobody set up).
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "")
+EMAIL_PORT = int(os.environ.get("EMAIL_PORT", 25))
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = _env_bool("EMAIL_USE_TLS", False)  # STARTTLS (port 587)
+EMAIL_USE_SSL = _env_bool("EMAIL_USE_SSL", False)  # implicit TLS (port 465)
+EMAIL_TIMEOUT = float(os.environ.get("EMAIL_TIMEOUT", 10))
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "rollyard@localhost")
+# The address users open the platform at (https://rollyard.example.com), for the links in
+# alert mails and webhook bodies; unset: those links are paths.
+ROLLYARD_PUBLIC_URL = os.environ.get("ROLLYARD_PUBLIC_URL", "").rstrip("/")
 ROLLYARD_STUCK_AFTER_S = float(os.environ.get("ROLLYARD_STUCK_AFTER_S", 900))
 # Idle: the mean of the last IDLE_WINDOW_STEPS values of IDLE_METRIC above the threshold.
 ROLLYARD_IDLE_METRIC = "trainer/idle_ratio"

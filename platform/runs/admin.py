@@ -9,7 +9,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 
 from runs import lifecycle
-from runs.models import Alert, Checkpoint, MetricPoint, Run, RunAttempt, RunEvent, RunStatusChange
+from runs.models import Alert, AlertRule, Checkpoint, MetricPoint, Run, RunAttempt, RunEvent, RunStatusChange
 
 
 class RunStatusChangeInline(admin.TabularInline):
@@ -105,7 +105,16 @@ class CheckpointAdmin(_ReadOnlyAdmin):
 
 @admin.register(Alert)
 class AlertAdmin(_ReadOnlyAdmin):
-    list_display = ["run", "kind", "opened_at", "resolved_at", "delivered_at", "message"]
+    list_display = ["run", "kind", "opened_at", "resolved_at", "webhook_delivered_at", "email_delivered_at", "message"]
     list_filter = ["kind"]
     search_fields = ["=run__id"]
     list_select_related = ["run"]
+
+
+@admin.register(AlertRule)
+class AlertRuleAdmin(_ReadOnlyAdmin):
+    """Rules are added and deleted through the API (runs.alerts checks who may)."""
+
+    list_display = ["run", "metric", "comparison", "threshold", "consecutive", "checked_step", "created_by"]
+    search_fields = ["=run__id", "metric"]
+    list_select_related = ["run", "created_by"]

@@ -4,7 +4,7 @@ admission (runs.admission) enqueues its driver when it fits.
 """
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from django.conf import settings
@@ -22,7 +22,7 @@ from quotas import selectors as quota_selectors
 from quotas import services as quotas
 from quotas.models import DEFAULT_POOL, DEFAULT_PRIORITY
 from rollyard.params import NUL_REASON, nul_fields
-from runs import rollups
+from runs import alerts, rollups
 from runs.lifecycle import RunPermissionDenied, User
 from runs.models import Checkpoint, MetricPoint, Run, RunStatus, RunStatusChange
 from runs.spec_paths import check_spec_paths, parse_server_spec
@@ -46,6 +46,7 @@ def create_run(
     forked_from: Checkpoint | None = None,
     pool: str = DEFAULT_POOL,
     priority: int = DEFAULT_PRIORITY,
+    alert_rules: Sequence[Mapping[str, Any]] | None = None,
 ) -> Run:
     """Validate a spec, store the queued run with its fully resolved spec, and put it in
     `pool`'s queue at `priority`; admission (quotas) enqueues its driver when it fits.
@@ -56,7 +57,9 @@ def create_run(
     overrides the spec's. `team` defaults to accounts.services.default_team(user).
     `parent` records where a clone came from; fork_run also passes `forked_from`.
     Raises quotas.services.RequestRefused, creating nothing, for a run the pool or the
-    quotas can never admit.
+    quotas can never admit. `alert_rules` are the run's metric-threshold rules
+    (runs.alerts.check_rules; a bad one raises InvalidRule, a SpecError, on
+    `alert_rules.<i>.<field>`).
     """
     team = team or default_team(user)
     check_can_launch(user, team)
@@ -71,6 +74,7 @@ def create_run(
     if not spec.name:
         spec = spec.model_copy(update={"name": f"{spec.algorithm.name} on {spec.dataset.name}"})
     policy = resolve_retention(retention)
+    rules = alerts.check_rules(alert_rules or [])
     pool_row = quotas.check_request_fits(user, team, pool, spec.resources.gpus, priority)
 
     with transaction.atomic():
@@ -93,6 +97,7 @@ def create_run(
         )
         RunStatusChange.objects.create(run=run, from_status="", to_status=RunStatus.QUEUED, reason=run.status_reason)
         catalog.record_run_inputs(run, catalog_inputs)
+        alerts.create_rules(run, rules, user)
         quotas.queue(run.pk, team, user, pool_row, spec.resources.gpus, priority, requested_at=now)
     return run
 

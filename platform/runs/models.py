@@ -221,27 +221,78 @@ class AlertKind(models.TextChoices):
     DEAD = "dead", "Dead (heartbeat lost)"
     STUCK = "stuck", "Stuck (no step progress)"
     IDLE = "idle", "Idle above threshold"
+    # Opened by an AlertRule; one open alert per rule rather than per kind.
+    METRIC = "metric", "Metric threshold"
+
+
+class AlertComparison(models.TextChoices):
+    ABOVE = "above", "above"
+    BELOW = "below", "below"
+
+
+class AlertRule(models.Model):
+    """A metric threshold on one run (W&B's and MLflow's alert rules): an alert opens once
+    `consecutive` reported steps in a row have `metric` strictly above (or below)
+    `threshold`, and resolves at the first reported step that does not. Set at launch or
+    added later (runs.alerts.add_rule); the housekeeper's sweep evaluates it
+    (runs.alerts.check_rules) from the points reported since its last look."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="alert_rules")
+    metric = models.CharField(max_length=200, help_text="a metric name (docs/metrics.md)")
+    comparison = models.CharField(max_length=8, choices=AlertComparison.choices)
+    threshold = models.FloatField()
+    consecutive = models.PositiveIntegerField(default=1, help_text="reported steps in a row that must cross")
+    # Mailed besides the run's owner.
+    emails = models.JSONField(default=list, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(default=timezone.now)
+    # The sweep's place: the last step it evaluated, and how many reported steps in a row
+    # up to it crossed the threshold.
+    checked_step = models.IntegerField(default=0)
+    streak = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["run", "id"]
+
+    def __str__(self) -> str:
+        return f"#{self.run_id} {self.metric} {self.comparison} {self.threshold:g}"
+
+    @property
+    def open_alert(self) -> "Alert | None":
+        return self.alerts.filter(resolved_at__isnull=True).first()
 
 
 class Alert(models.Model):
-    """One problem of one run, open until the reconciler sees it gone. At most one open
-    alert per (run, kind), so a problem that lasts many sweeps notifies once."""
+    """One problem of one run, open until the sweep sees it gone. At most one open alert
+    per (run, kind) for dead, stuck and idle, and per rule for metric alerts, so a problem
+    that lasts many sweeps notifies once."""
 
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="alerts")
     kind = models.CharField(max_length=16, choices=AlertKind.choices)
+    # The rule of a metric alert; null for the other kinds and once the rule is deleted.
+    rule = models.ForeignKey(AlertRule, null=True, blank=True, on_delete=models.SET_NULL, related_name="alerts")
     message = models.TextField()
     opened_at = models.DateTimeField(default=timezone.now)
     resolved_at = models.DateTimeField(null=True, blank=True)
-    # Webhook delivery of the opening notice; retried by later sweeps until it succeeds.
-    delivered_at = models.DateTimeField(null=True, blank=True)
-    delivery_error = models.TextField(blank=True, default="")
+    # Delivery of the opening notice, by channel; each retried by later sweeps until it succeeds.
+    webhook_delivered_at = models.DateTimeField(null=True, blank=True)
+    webhook_error = models.TextField(blank=True, default="")
+    # Who is mailed, fixed when the alert opens: the run's owner and the rule's addresses.
+    email_to = models.JSONField(default=list, blank=True)
+    email_delivered_at = models.DateTimeField(null=True, blank=True)
+    email_error = models.TextField(blank=True, default="")
 
     class Meta:
         ordering = ["-opened_at", "-id"]
         constraints = [
             models.UniqueConstraint(
-                fields=["run", "kind"], condition=models.Q(resolved_at__isnull=True), name="alert_one_open_per_run_kind"
-            )
+                fields=["run", "kind"],
+                condition=models.Q(resolved_at__isnull=True) & ~models.Q(kind="metric"),
+                name="alert_one_open_per_run_kind",
+            ),
+            models.UniqueConstraint(
+                fields=["run", "rule"], condition=models.Q(resolved_at__isnull=True), name="alert_one_open_per_run_rule"
+            ),
         ]
 
     def __str__(self) -> str:

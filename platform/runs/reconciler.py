@@ -7,7 +7,8 @@
    ROLLYARD_ENQUEUE_TIMEOUT_S ago and that no worker claimed is enqueued again (the broker
    was down at commit, or the message was lost). Duplicates are harmless: claim_run lets
    one driver through.
-3. Alerts: stuck and idle runs, alerts of finished runs closed, undelivered ones sent.
+3. Alerts: stuck and idle runs, metric-threshold rules, alerts of finished runs closed,
+   undelivered ones sent.
 
 Every step re-checks its condition under the run's row lock, so a sweep racing a
 heartbeat or a second sweep does nothing twice.
@@ -62,6 +63,7 @@ def reconcile_runs(now: datetime | None = None) -> SweepReport:
             report.enqueued_again.append(run.pk)
 
     report.alerts_opened += [f"{alert.run_id}:{alert.kind}" for alert in alerts.check_running_runs(now)]
+    report.alerts_opened += [f"{alert.run_id}:{alert.kind}" for alert in alerts.check_metric_rules()]
     alerts.resolve_alerts_of_finished_runs()
     report.alerts_delivered = alerts.deliver_pending()
     return report

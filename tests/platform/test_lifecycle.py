@@ -417,7 +417,7 @@ def test_a_dead_run_is_posted_to_the_webhook_once(alice, admissions, webhook, sw
     assert [body["kind"] for body in webhook.received] == ["dead"]
     body = webhook.received[0]
     assert body["run"]["id"] == run.pk and "no heartbeat" in body["message"]
-    assert Alert.objects.get(run=run).delivered_at is not None
+    assert Alert.objects.get(run=run).webhook_delivered_at is not None
 
 
 def test_a_run_with_heartbeats_but_no_progress_is_stuck_until_it_moves(alice, webhook, lifecycle_settings, sweep):
@@ -463,7 +463,7 @@ def test_a_failing_webhook_never_breaks_the_sweep_and_is_retried(alice, admissio
 
     assert report.requeued == [run.pk] and report.alerts_delivered == 0
     alert = Alert.objects.get(run=run)
-    assert alert.delivered_at is None and "ConnectError" in alert.delivery_error
+    assert alert.webhook_delivered_at is None and "ConnectError" in alert.webhook_error
 
     hook = Webhook()
     lifecycle_settings.ROLLYARD_ALERT_WEBHOOK_URL = hook.url

@@ -31,7 +31,7 @@ from accounts.models import ApiToken, Membership, Role
 from accounts.services import create_token
 from catalog.models import Dataset, Preset, PromptRecord
 from quotas.models import Accelerator, Pool, Quota
-from runs.models import Checkpoint, Run, RunStatus
+from runs.models import AlertRule, Checkpoint, Run, RunStatus
 
 pytestmark = pytest.mark.django_db
 
@@ -127,6 +127,12 @@ def twinnable(world: World) -> int:
 
 def twinned(world: World) -> bool:
     return Run.objects.filter(twin_of__name="matrix-april").exists()
+
+
+def matrix_rule(world: World) -> AlertRule:
+    """A rule on the world's run (made inside the role's rolled-back savepoint)."""
+    rule, _ = AlertRule.objects.get_or_create(run=world.run, metric="actor/entropy", comparison="below", threshold=0.1)
+    return rule
 
 
 def page_read(methods: tuple[str, ...] = ("GET", "POST"), **case: Any) -> dict[str, Case]:
@@ -248,6 +254,18 @@ RULES: dict[str, dict[str, Case]] = {
     # Forking launches in the run's team: members and above.
     "api:run-fork": {"POST": Case(roles(401, 403, 201, 201, 404, 201), body=lambda w: {"step": 1})},
     "api:run-twin": {"POST": Case(roles(401, 403, 201, 201, 404, 201), kwargs=lambda w: {"pk": twinnable(w)})},
+    "api:run-alerts": {"GET": Case(API_TEAM_READ)},
+    # Alert rules are read by the team, changed by whoever may change the run (as cancel).
+    "api:run-alert-rules": {
+        "GET": Case(API_TEAM_READ),
+        "POST": Case(
+            roles(401, 403, 201, 201, 404, 201),
+            body=lambda w: {"metric": "val/acc/mean@1", "comparison": "below", "threshold": 0.5},
+        ),
+    },
+    "api:run-alert-rule": {
+        "DELETE": Case(roles(401, 403, 204, 204, 404, 204), kwargs=lambda w: {"pk": w.run.pk, "rule_id": matrix_rule(w).pk}),
+    },
     "accounts-api:me": {"GET": Case(API_SIGNED_IN)},
     "accounts-api:team-list": {"GET": Case(API_SIGNED_IN), "POST": Case(API_STAFF_WRITE, body=lambda w: {"name": "new-team"})},
     "accounts-api:team-detail": {"GET": Case(API_TEAM_READ, kwargs=lambda w: {"pk": w.team_id})},

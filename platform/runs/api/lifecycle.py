@@ -12,7 +12,7 @@ from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from runs import launch, selectors, twins
+from runs import alerts, launch, selectors, twins
 from runs.api.serializers import (
     CheckpointSerializer,
     DiffQuerySerializer,
@@ -41,13 +41,17 @@ class RunLifecycleActions:
         """The run's checkpoints by step, those deleted by retention included (deleted=true)."""
         return Response(CheckpointSerializer(self.get_object().checkpoints.order_by("step"), many=True).data)
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT}, description='{"name": ..., "spec": {...}, "retention": {...}}')
+    @extend_schema(
+        responses={200: OpenApiTypes.OBJECT},
+        description='{"name": ..., "spec": {...}, "retention": {...}, "alert_rules": [{...}]}',
+    )
     @action(detail=True, methods=["get"])
     def clone(self, request: Request, pk: str) -> Response:
         """What to edit and POST to /api/runs/ to launch the run again."""
         run = self.get_object()
         spec = {key: value for key, value in run.spec.items() if key != "name"}
-        return Response({"name": f"{run.name} (clone)", "spec": spec, "retention": run.retention})
+        rules = [alerts.rule_fields(rule) for rule in run.alert_rules.all()]
+        return Response({"name": f"{run.name} (clone)", "spec": spec, "retention": run.retention, "alert_rules": rules})
 
     @extend_schema(request=ForkSerializer, responses={201: RunDetailSerializer})
     @action(detail=True, methods=["post"])

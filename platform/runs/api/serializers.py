@@ -3,10 +3,11 @@
 from typing import Any
 
 from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from quotas.models import DEFAULT_POOL, DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
-from runs.models import Checkpoint, Run, RunAttempt, RunEvent, RunPromptDifficulty, RunSample
+from runs.models import Alert, AlertRule, Checkpoint, Run, RunAttempt, RunEvent, RunPromptDifficulty, RunSample
 from runs.selectors import HEATMAP_BY
 
 
@@ -39,6 +40,42 @@ class RunDetailSerializer(RunSerializer):
         read_only_fields = fields
 
 
+class AlertRuleSerializer(serializers.ModelSerializer):
+    """A metric-threshold rule. Written through runs.alerts.check_rule, which names each
+    bad field: this serializer documents the shape and writes the answer."""
+
+    created_by = serializers.CharField(source="created_by.get_username", read_only=True, default=None)
+    open_alert = serializers.SerializerMethodField(help_text="the id of the rule's open alert, null when none")
+
+    class Meta:
+        model = AlertRule
+        fields = ["id", "metric", "comparison", "threshold", "consecutive", "emails", "created_by", "created_at",
+                  "checked_step", "open_alert"]  # fmt: skip
+        read_only_fields = ["id", "created_by", "created_at", "checked_step", "open_alert"]
+        extra_kwargs = {
+            "comparison": {"help_text": "alert while the metric is above (or below) the threshold, strictly"},
+            "emails": {"help_text": "addresses mailed besides the run's owner (at most 10)"},
+            "checked_step": {"help_text": "the last step the housekeeper's sweep evaluated"},
+        }
+
+    def get_open_alert(self, rule: AlertRule) -> int | None:
+        alert = rule.open_alert
+        return alert.pk if alert else None
+
+
+@extend_schema_field(AlertRuleSerializer(many=True))
+class AlertRulesField(serializers.JSONField):
+    """A launch's rules, passed on as given: runs.alerts.check_rules names each bad field."""
+
+
+class AlertSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Alert
+        fields = ["id", "kind", "rule", "message", "opened_at", "resolved_at", "webhook_delivered_at",
+                  "email_delivered_at"]  # fmt: skip
+        read_only_fields = fields
+
+
 class RunCreateSerializer(serializers.Serializer):
     spec = serializers.JSONField(help_text="a run spec (see /api/spec/schema/); omitted settings take defaults")
     name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
@@ -53,6 +90,7 @@ class RunCreateSerializer(serializers.Serializer):
         min_value=MIN_PRIORITY, max_value=MAX_PRIORITY, default=DEFAULT_PRIORITY,
         help_text="higher goes first in the pool's queue; above 0 needs the team's admin role",
     )  # fmt: skip
+    alert_rules = AlertRulesField(required=False, help_text="metric-threshold alert rules of the run")
 
 
 class MetricsQuerySerializer(serializers.Serializer):

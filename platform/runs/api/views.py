@@ -14,6 +14,7 @@ from rest_framework.views import APIView
 from accounts.models import Team
 from accounts.permissions import find_team
 from runs import launch, lifecycle, selectors
+from runs.api.alerts import RunAlertActions
 from runs.api.filters import RunFilter
 from runs.api.lifecycle import RunLifecycleActions
 from runs.api.serializers import (
@@ -27,7 +28,9 @@ from runs.api.serializers import (
 from runs.models import Run
 
 
-class RunViewSet(RunLifecycleActions, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class RunViewSet(
+    RunLifecycleActions, RunAlertActions, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
     """Runs of the user's teams, newest first. Another team's run answers 404."""
 
     serializer_class = RunDetailSerializer
@@ -59,6 +62,7 @@ class RunViewSet(RunLifecycleActions, mixins.ListModelMixin, mixins.RetrieveMode
             pool=body.validated_data["pool"],
             priority=body.validated_data["priority"],
             retention=body.validated_data.get("retention"),
+            alert_rules=body.validated_data.get("alert_rules"),
         )
         return Response(RunDetailSerializer(run).data, status=status.HTTP_201_CREATED)
 
