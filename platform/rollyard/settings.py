@@ -276,6 +276,9 @@ ROLLYARD_RETENTION = {"keep_last": 3, "keep_best": 1, "metric": "val/acc/mean@1"
 ROLLYARD_SAMPLE_STEPS_KEPT = int(os.environ.get("ROLLYARD_SAMPLE_STEPS_KEPT", 1000))
 # Alerts: POSTed as JSON to this URL (unset: recorded, not sent).
 ROLLYARD_ALERT_WEBHOOK_URL = os.environ.get("ROLLYARD_ALERT_WEBHOOK_URL", "")
+# An alert not delivered within this long of opening is no longer sent (runs.alerts):
+# an endpoint set up or mended later gets no backlog of stale notices.
+ROLLYARD_ALERT_DELIVERY_WINDOW_S = float(os.environ.get("ROLLYARD_ALERT_DELIVERY_WINDOW_S", 24 * 3600))
 # ... and mailed (runs.alerts) through this SMTP server, Django's own settings; no
 # EMAIL_HOST: no mail (Django's default, localhost, would mail a server nobody set up).
 EMAIL_HOST = os.environ.get("EMAIL_HOST", "")

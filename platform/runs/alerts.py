@@ -328,56 +328,58 @@ def open_metric_alert(rule: AlertRule, step: int, value: float) -> Alert | None:
 # --- delivery ----------------------------------------------------------------------------------
 
 
-def deliver_pending() -> int:
-    """Send every undelivered alert, resolved ones too (a run failed for a lost worker
-    closes its dead alert in the same sweep, and the notice still matters), to the webhook
-    and by email. Returns how many deliveries succeeded (one per alert and channel)."""
-    return deliver_to_webhook() + deliver_by_email()
+def deliver_pending(now: datetime | None = None) -> int:
+    """Send every undelivered alert opened within ROLLYARD_ALERT_DELIVERY_WINDOW_S, resolved
+    ones too (a run failed for a lost worker closes its dead alert in the same sweep, and
+    the notice still matters), to the webhook and by email. Returns how many deliveries
+    succeeded (one per alert and channel).
 
-
-def deliver_to_webhook() -> int:
-    """POST each alert not yet delivered there; failures are stored on the row
-    (webhook_error) and retried next time. Nothing without ROLLYARD_ALERT_WEBHOOK_URL."""
-    url = settings.ROLLYARD_ALERT_WEBHOOK_URL
-    if not url:
-        return 0
+    An older undelivered alert is no longer sent: a webhook or mail server configured (or
+    mended) days later must not receive a backlog of stale notices at once; the alert stays
+    on the run page."""
+    now = now or timezone.now()
+    pending = Alert.objects.filter(opened_at__gte=now - timedelta(seconds=settings.ROLLYARD_ALERT_DELIVERY_WINDOW_S))
     delivered = 0
-    pending = Alert.objects.filter(webhook_delivered_at__isnull=True).select_related("run").order_by("id")
-    for alert in pending:
-        try:
-            response = httpx.post(url, json=alert_json(alert), timeout=WEBHOOK_TIMEOUT_S)
-            response.raise_for_status()
-        except httpx.HTTPError as exc:
-            logger.warning("alert %s not delivered to %s: %s", alert.pk, url, exc)
-            Alert.objects.filter(pk=alert.pk).update(webhook_error=f"{type(exc).__name__}: {exc}"[:2000])
-            continue
-        Alert.objects.filter(pk=alert.pk).update(webhook_delivered_at=timezone.now(), webhook_error="")
-        delivered += 1
-    return delivered
-
-
-def deliver_by_email() -> int:
-    """Mail each alert not yet mailed to its email_to (settings.EMAIL_HOST and the other
-    EMAIL_* settings); failures are stored on the row (email_error) and retried next time.
-    Nothing without EMAIL_HOST."""
-    if not settings.EMAIL_HOST:
-        return 0
-    delivered = 0
-    pending = Alert.objects.filter(email_delivered_at__isnull=True).exclude(email_to=[])
-    for alert in pending.select_related("run").order_by("id"):
-        # One line: a header may not hold a line break, and a run's name may.
-        subject = " ".join(f"[Rollyard] {alert.get_kind_display()}: run #{alert.run_id} {alert.run.name}".split())
-        body = f"{alert.message}\n\nOpened at {alert.opened_at:%Y-%m-%d %H:%M} UTC.\nThe run: {run_url(alert.run_id)}\n"
-        try:
-            send_mail(subject, body, None, alert.email_to)
+    if settings.ROLLYARD_ALERT_WEBHOOK_URL:
+        delivered += deliver(pending.filter(webhook_delivered_at__isnull=True), "webhook", post_to_webhook,
+                             failed=httpx.HTTPError, unreachable=httpx.TransportError)
+    if settings.EMAIL_HOST:
         # Refused, unreachable, timed out; ValueError: an address Django cannot encode.
-        except (smtplib.SMTPException, OSError, ValueError) as exc:
-            logger.warning("alert %s not mailed to %s: %s", alert.pk, alert.email_to, exc)
-            Alert.objects.filter(pk=alert.pk).update(email_error=f"{type(exc).__name__}: {exc}"[:2000])
+        delivered += deliver(pending.filter(email_delivered_at__isnull=True).exclude(email_to=[]), "email", mail,
+                             failed=(smtplib.SMTPException, OSError, ValueError), unreachable=(ConnectionError, TimeoutError))
+    return delivered
+
+
+def deliver(pending, channel: str, send, failed, unreachable) -> int:
+    """Send each of `pending`, oldest first, through `send(alert)`; a failure (`failed`) is
+    stored on the row (`<channel>_error`) and retried by a later sweep. When the endpoint
+    itself is `unreachable` the rest of this sweep's alerts are left for the next one: each
+    would wait out the same timeout, and the sweep also reconciles runs."""
+    delivered = 0
+    for alert in pending.select_related("run").order_by("id"):
+        try:
+            send(alert)
+        except failed as exc:
+            logger.warning("alert %s not delivered by %s: %s", alert.pk, channel, exc)
+            Alert.objects.filter(pk=alert.pk).update(**{f"{channel}_error": f"{type(exc).__name__}: {exc}"[:2000]})
+            if isinstance(exc, unreachable):
+                break
             continue
-        Alert.objects.filter(pk=alert.pk).update(email_delivered_at=timezone.now(), email_error="")
+        Alert.objects.filter(pk=alert.pk).update(**{f"{channel}_delivered_at": timezone.now(), f"{channel}_error": ""})
         delivered += 1
     return delivered
+
+
+def post_to_webhook(alert: Alert) -> None:
+    response = httpx.post(settings.ROLLYARD_ALERT_WEBHOOK_URL, json=alert_json(alert), timeout=WEBHOOK_TIMEOUT_S)
+    response.raise_for_status()
+
+
+def mail(alert: Alert) -> None:
+    # One line: a header may not hold a line break, and a run's name may.
+    subject = " ".join(f"[Rollyard] {alert.get_kind_display()}: run #{alert.run_id} {alert.run.name}".split())
+    body = f"{alert.message}\n\nOpened at {alert.opened_at:%Y-%m-%d %H:%M} UTC.\nThe run: {run_url(alert.run_id)}\n"
+    send_mail(subject, body, None, alert.email_to)
 
 
 def run_url(run_id: int) -> str:

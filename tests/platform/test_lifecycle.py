@@ -5,6 +5,7 @@ Time moves by passing the reconciler a `now` in the future instead of sleeping."
 
 import json
 import threading
+from contextlib import contextmanager
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -400,12 +401,27 @@ class Webhook:
         self.server.server_close()
 
 
+@contextmanager
+def webhook_in(settings):
+    """A Webhook that settings send alerts to while the block runs."""
+    hook = Webhook()
+    settings.ROLLYARD_ALERT_WEBHOOK_URL = hook.url
+    try:
+        yield hook
+    finally:
+        hook.close()
+
+
+def point_at_a_closed_port(settings) -> None:
+    closed = Webhook()
+    closed.close()  # a port nothing listens on any more
+    settings.ROLLYARD_ALERT_WEBHOOK_URL = closed.url
+
+
 @pytest.fixture
 def webhook(lifecycle_settings):
-    hook = Webhook()
-    lifecycle_settings.ROLLYARD_ALERT_WEBHOOK_URL = hook.url
-    yield hook
-    hook.close()
+    with webhook_in(lifecycle_settings) as hook:
+        yield hook
 
 
 def test_a_dead_run_is_posted_to_the_webhook_once(alice, admissions, webhook, sweep):
@@ -454,9 +470,7 @@ def test_a_run_idle_above_the_threshold_over_the_window_alerts(alice, webhook, l
 
 
 def test_a_failing_webhook_never_breaks_the_sweep_and_is_retried(alice, admissions, lifecycle_settings, sweep):
-    closed = Webhook()
-    closed.close()  # a port nothing listens on any more
-    lifecycle_settings.ROLLYARD_ALERT_WEBHOOK_URL = closed.url
+    point_at_a_closed_port(lifecycle_settings)
     run, _ = running_run(alice)
 
     report = sweep(now=later())
@@ -465,13 +479,34 @@ def test_a_failing_webhook_never_breaks_the_sweep_and_is_retried(alice, admissio
     alert = Alert.objects.get(run=run)
     assert alert.webhook_delivered_at is None and "ConnectError" in alert.webhook_error
 
-    hook = Webhook()
-    lifecycle_settings.ROLLYARD_ALERT_WEBHOOK_URL = hook.url
-    try:
+    with webhook_in(lifecycle_settings) as hook:
         assert alerts.deliver_pending() == 1
-    finally:
-        hook.close()
     assert [body["kind"] for body in hook.received] == ["dead"]
+
+
+def test_an_unreachable_webhook_is_tried_once_a_sweep_not_once_an_alert(alice, lifecycle_settings):
+    point_at_a_closed_port(lifecycle_settings)
+    for _ in range(3):
+        run, _ = running_run(alice)
+        alerts.open_alert(run, "dead", f"run #{run.pk}: no heartbeat")
+
+    assert alerts.deliver_pending() == 0
+
+    tried = Alert.objects.exclude(webhook_error="").values_list("pk", flat=True)
+    assert list(tried) == [min(Alert.objects.values_list("pk", flat=True))]  # the oldest, then it stopped
+
+
+def test_an_alert_older_than_the_delivery_window_is_not_sent_to_a_webhook_set_up_later(alice, lifecycle_settings):
+    lifecycle_settings.ROLLYARD_ALERT_DELIVERY_WINDOW_S = 3600
+    old_run, _ = running_run(alice)
+    stale = alerts.open_alert(old_run, "dead", "days ago")
+    Alert.objects.filter(pk=stale.pk).update(opened_at=timezone.now() - timedelta(hours=2))
+    new_run, _ = running_run(alice)
+    alerts.open_alert(new_run, "dead", "just now")
+
+    with webhook_in(lifecycle_settings) as hook:
+        assert alerts.deliver_pending() == 1
+    assert [body["message"] for body in hook.received] == ["just now"]
 
 
 # --- the REST API and the pages -------------------------------------------------------------------
