@@ -46,10 +46,11 @@ and telemetry (and any evaluation and checkpoint between the two): the sampler p
 step s + 1 from everything step s taught it and reports step s's plan at step s, as in
 the sync recipe, and a checkpoint never holds a probe or plan half done, so a resume
 probes and plans what the straight run does. The workers meanwhile go on with the groups
-already in flight; only the newly opened slots wait those milliseconds.
+already in flight; only the newly opened slots wait (milliseconds of telemetry, longer
+when an evaluation or a checkpoint falls between the steps).
 
-The workers never wait for the trainer except when the bound leaves no capacity (and
-during a probe, whose groups they decode). With η = 0 every step admits exactly B slots
+The workers never wait for the trainer except when the bound leaves no capacity. With
+η = 0 every step admits exactly B slots
 after the previous update and waits for all of them: the synchronous algorithm, split
 across actors, which reports the same metrics as the sync recipe on the same seed (one
 worker, in process: exactly, CurES's probe included; tested). Held-out evaluation runs on

@@ -12,11 +12,15 @@ against: η = 0 is the synchronous algorithm, η = 1 one step of overlap.
 
 The unit is a prompt group (AReaL's is a trajectory: its consumer batch counts
 trajectories; here a step trains B groups of n samples, so the group is what one admits
-and consumes). A group rejected by a filter (DAPO's) leaves running without counting as
+and consumes), or more exactly an admission slot, one per prompt asked of the sampler:
+the async recipe counts a prompt a CurES plan pruned as a slot of the plan's last group,
+which carries its rollout budget (engine.recipes.asynchronous). A group rejected by a filter (DAPO's) leaves running without counting as
 accepted. An accepted group found too stale when the trainer takes its batch (a fork
 under a smaller η) is dropped: it leaves accepted, so the bound admits a fresh one. After a resume, accepted = v·B + the groups restored to the buffer and
 running = those restored in flight: with both empty (AReaL discards them), exactly the
-paper's accepted = v·B, so capacity does not burst.
+paper's accepted = v·B, so capacity does not burst. (A step that took a group carrying
+pruned slots beyond its B consumed a few more than B; after a resume they count as B,
+and the bound admits that many slots once more.)
 """
 
 from dataclasses import dataclass
