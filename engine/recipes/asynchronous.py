@@ -179,6 +179,7 @@ class AsyncRecipe(SyncRecipe):
         taken, self.buffer = self.buffer[:count], self.buffer[count:]
         for group in taken:
             self.pruned_slots.pop(group.key, None)
+        self.staleness.trained(slots)
         return taken
 
     def _drop_stale(self, version: int) -> None:
@@ -224,8 +225,9 @@ class AsyncRecipe(SyncRecipe):
     def state_dict(self) -> dict[str, Any]:
         """The sync recipe's state and the asynchronous one: the accepted groups not yet
         trained, every worker's in-flight groups (as partials) and finished ones, the
-        pruned slots they carry, the key counter and the staleness counters (for the
-        record: a resume recomputes them, engine.rollout.staleness). No probe is ever
+        pruned slots they carry, the key counter and the staleness counters (a resume
+        recomputes them from the step, the restored groups and the surplus,
+        engine.rollout.staleness). No probe is ever
         in flight between two steps (module docstring)."""
         return {
             **super().state_dict(),
@@ -258,7 +260,9 @@ class AsyncRecipe(SyncRecipe):
         )
         self.buffer = [partial_group_from_state(item) for item in saved["buffer"]]
         self.placed = {item["key"]: index for index, (mine, done) in enumerate(each) for item in mine + done}
-        # Checkpoints written before a sampler could prune under async carry none.
+        # (Checkpoints written before a sampler could prune under async carry none.)
         self.pruned_slots = {int(key): slots for key, slots in saved.get("pruned_slots", {}).items()}
         pending = sum(self._slots_of(item["key"]) for item in in_flight + finished)
-        self.staleness.restore(self.step_count, buffered=self._slots(self.buffer), in_flight=pending)
+        # (Checkpoints written before a step could take more than B slots have no surplus.)
+        surplus = saved["staleness"].get("surplus", 0)
+        self.staleness.restore(self.step_count, buffered=self._slots(self.buffer), in_flight=pending, surplus=surplus)

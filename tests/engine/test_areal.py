@@ -77,8 +77,23 @@ def test_rejected_groups_free_capacity_and_a_resume_restores_the_counts():
     assert (manager.accepted, manager.running, manager.rejected, manager.capacity(0)) == (0, 3, 1, 1)
     # Resumed at v = 3 with 1 accepted group not trained yet and 2 resubmitted in flight:
     # accepted = 3·2 + 1 = 7, running = 2, capacity = (1+3+1)·2 − 9 = 1.
-    manager.restore(3, buffered=1, in_flight=2)
+    manager.restore(3, buffered=1, in_flight=2, surplus=0)
     assert (manager.accepted, manager.running, manager.capacity(3)) == (7, 2, 1)
+
+
+def test_a_step_that_takes_more_than_b_slots_is_remembered_across_a_resume():
+    """B = 2, η = 0. A step takes a group of 1 slot and one carrying 2 (1 + a pruned
+    prompt's): 3 slots, 1 beyond B. At v = 1 the straight run has accepted 3 (nothing
+    buffered), so capacity is (0+1+1)·2 − 3 = 1; a resume at v = 1 recomputes accepted =
+    1·2 + surplus 1 + 0 buffered = 3, the same capacity, not (0+1+1)·2 − 2 = 2."""
+    manager = StalenessManager(batch=2, max_staleness=0)
+    manager.submitted(3)
+    manager.accept(3)
+    manager.trained(3)
+    assert (manager.surplus, manager.capacity(1)) == (1, 1)
+    resumed = StalenessManager(batch=2, max_staleness=0)
+    resumed.restore(1, buffered=0, in_flight=0, surplus=manager.state_dict()["surplus"])
+    assert (resumed.accepted, resumed.capacity(1)) == (3, 1)
 
 
 # ----------------------------------------------------------------- the decoupled loss
