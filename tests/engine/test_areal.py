@@ -1,8 +1,9 @@
 """AReaL (engine.recipes.asynchronous): staleness-bounded admission against a hand-computed
 table, the decoupled PPO loss and its cap on three tokens, interruptible generation on a
 rollout worker (versions stamped across a weight update mid-sequence), η = 0 equal to the
-synchronous recipe, a resume with in-flight rollouts, the spec's refusals, and learning
-end to end."""
+synchronous recipe, a resume with in-flight rollouts, the probe phase (CurES under async:
+η = 0 equal to sync, η = 1 never training its probes, a resume bit for bit), the spec's
+refusals, and learning end to end."""
 
 import importlib.util
 import math
