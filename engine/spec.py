@@ -768,14 +768,6 @@ class RunSpec(_Strict):
                     f"mode async collects continuously, so rollout.strategy {rollout.strategy!r} does not apply: "
                     "use mode sync for it"
                 )
-            curriculum = info.data.get("curriculum")
-            if curriculum is not None and curriculum.strategy == "cures":
-                # The async recipe plans on its rollout workers' free capacity and has no
-                # probe phase: CurES would run without its pre-rollouts.
-                raise ValueError(
-                    "curriculum.strategy cures estimates difficulty with pre-rollouts before each chunk, which only "
-                    "the sync recipe runs: use mode sync for it"
-                )
         return orchestration
 
     @field_validator("curriculum")

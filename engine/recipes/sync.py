@@ -27,7 +27,8 @@ rollouts come from k rollout workers (engine.rollout.workers: Ray actors under e
 ray, each with its own copy of the policy and resources.rollout_cpus/rollout_gpus;
 threads in process), which the strategies reach through a PooledCollector; the trainer
 waits meanwhile (its `wait` spans), pushes the weights to every worker with their
-version (through Ray's object store) and evaluates on its own model. With one worker a
+version (through Ray's object store; `timing_s/worker_sync` is the slowest worker's
+pause-load-resume) and evaluates on its own model. With one worker a
 split run reports what the colocated run does (tests/engine/test_sync_split.py).
 
 The recipe returns events instead of emitting them, so the same object works in process
@@ -207,6 +208,8 @@ class SyncRecipe:
 
         # 7. push weights
         self.push_weights(timeline)
+        if self.workers is not None:
+            metrics["timing_s/worker_sync"] = self.workers.sync_seconds
 
         # 8. observe every verified rollout, trained on or not (the sampler saw its probe's)
         generated = batch.generated_rollouts

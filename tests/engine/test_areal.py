@@ -1,8 +1,9 @@
 """AReaL (engine.recipes.asynchronous): staleness-bounded admission against a hand-computed
 table, the decoupled PPO loss and its cap on three tokens, interruptible generation on a
 rollout worker (versions stamped across a weight update mid-sequence), η = 0 equal to the
-synchronous recipe, a resume with in-flight rollouts, the spec's refusals, and learning
-end to end."""
+synchronous recipe, a resume with in-flight rollouts, the probe phase (CurES under async:
+η = 0 equal to sync, η = 1 never training its probes, a resume bit for bit), the spec's
+refusals, and learning end to end."""
 
 import importlib.util
 import math
@@ -77,8 +78,23 @@ def test_rejected_groups_free_capacity_and_a_resume_restores_the_counts():
     assert (manager.accepted, manager.running, manager.rejected, manager.capacity(0)) == (0, 3, 1, 1)
     # Resumed at v = 3 with 1 accepted group not trained yet and 2 resubmitted in flight:
     # accepted = 3·2 + 1 = 7, running = 2, capacity = (1+3+1)·2 − 9 = 1.
-    manager.restore(3, buffered=1, in_flight=2)
+    manager.restore(3, buffered=1, in_flight=2, surplus=0)
     assert (manager.accepted, manager.running, manager.capacity(3)) == (7, 2, 1)
+
+
+def test_a_step_that_takes_more_than_b_slots_is_remembered_across_a_resume():
+    """B = 2, η = 0. A step takes a group of 1 slot and one carrying 2 (1 + a pruned
+    prompt's): 3 slots, 1 beyond B. At v = 1 the straight run has accepted 3 (nothing
+    buffered), so capacity is (0+1+1)·2 − 3 = 1; a resume at v = 1 recomputes accepted =
+    1·2 + surplus 1 + 0 buffered = 3, the same capacity, not (0+1+1)·2 − 2 = 2."""
+    manager = StalenessManager(batch=2, max_staleness=0)
+    manager.submitted(3)
+    manager.accept(3)
+    manager.trained(3)
+    assert (manager.surplus, manager.capacity(1)) == (1, 1)
+    resumed = StalenessManager(batch=2, max_staleness=0)
+    resumed.restore(1, buffered=0, in_flight=0, surplus=manager.state_dict()["surplus"])
+    assert (resumed.accepted, resumed.capacity(1)) == (3, 1)
 
 
 # ----------------------------------------------------------------- the decoupled loss
@@ -278,10 +294,11 @@ def test_accepted_groups_older_than_eta_are_dropped_and_free_their_place():
 # ----------------------------------------------------------------- resume
 @pytest.mark.timeout(300)
 def test_a_resume_with_in_flight_rollouts_loses_and_repeats_no_group(tmp_path):
-    """η = 2, B = 2: after step 2 the bound has admitted (2 + 2 + 1)·2 = 10 groups, 4 trained,
-    so 6 are in the trainer's buffer or on the worker (finished or in flight) when the
-    checkpoint is written. A fresh recipe restores them and the counters (accepted + running
-    as saved, so the same capacity) and trains on: across the four steps no prompt is
+    """η = 2, B = 2: by step 2 (version 1) the bound has admitted (2 + 1 + 1)·2 = 8 groups, 4
+    trained, so 4 are in the trainer's buffer or on the worker (finished or in flight) when
+    the checkpoint is written; version 2's slots are admitted by step 3. A fresh recipe
+    restores them and the counters (accepted + running as saved, so the same capacity:
+    (2 + 2 + 1)·2 − 8 = 2 for step 3) and trains on: across the four steps no prompt is
     trained twice, and every group saved as pending is trained or still pending at the end."""
     spec = parse_spec(async_spec(2, training=TINY["training"] | {"steps": 4}))
     first = ListSink()
@@ -292,17 +309,17 @@ def test_a_resume_with_in_flight_rollouts_loses_and_repeats_no_group(tmp_path):
     saved_pending = [g["problem"]["id"] for g in state["buffer"]] + [
         g["problem"]["id"] for worker in state["workers"] for g in worker["in_flight"] + worker["finished"]
     ]
-    assert step == 2 and len(saved_pending) == 6
+    assert step == 2 and len(saved_pending) == 4
     assert any(worker["in_flight"] for worker in state["workers"]) or state["buffer"]
     saved = state["staleness"]
-    assert saved["accepted"] + saved["running"] == 10 and saved["accepted"] == 2 * 2 + len(state["buffer"])
+    assert saved["accepted"] + saved["running"] == 8 and saved["accepted"] == 2 * 2 + len(state["buffer"])
 
     recipe = AsyncRecipe(spec)
     try:
         recipe.load_checkpoint(str(folder))
         restored = recipe.staleness
-        assert restored.accepted + restored.running == 10
-        assert restored.capacity(2) == 0  # as saved: the bound was full
+        assert restored.accepted + restored.running == 8
+        assert (restored.capacity(1), restored.capacity(2)) == (0, 2)  # as saved: full until version 2
         events = [event for _ in range(2) for event in recipe.step()]
         end = recipe.workers.call("snapshot")
         still_pending = [g.problem.id for g in recipe.buffer] + [
@@ -321,6 +338,80 @@ def test_a_resume_with_in_flight_rollouts_loses_and_repeats_no_group(tmp_path):
     assert set(saved_pending) <= set(after) | set(still_pending)  # none lost
 
 
+# ----------------------------------------------------------------- the probe phase (CurES)
+# Chunks of 4 prompts, 2 steps each: steps 1 and 3 pre-roll a chunk.
+CURES = {"strategy": "cures", "chunk_prompts": 4, "chunk_steps": 2}
+
+
+def with_cures(curriculum: dict) -> dict:
+    """What the CurES runs change in TINY: 4 samples a prompt (one allocation unit), 3 steps."""
+    return {"rollout": TINY["rollout"] | {"n": 4}, "training": TINY["training"] | {"steps": 3}, "curriculum": curriculum}
+
+
+@pytest.mark.timeout(300)
+def test_cures_with_eta_zero_reports_what_the_sync_recipe_does():
+    """Tolerance: none, as for GRPO above. By construction: each step's probe is the sync
+    recipe's (the same plan, submitted at once to the one worker while nothing else is in
+    flight, so its stream decodes what the colocated collector does), handed to the
+    sampler in plan order, then the step admits exactly its B = 2 slots in one plan after
+    the previous step's observe, as the sync recipe plans after it. A pruned prompt's slot
+    rides on its plan's last group, so the step trains that plan and asks for no more.
+    The seed prunes: step 1 plans one prompt of the two drawn (pruned share 1/2)."""
+    sync, asynchronous = ListSink(), ListSink()
+    assert run(parse_spec(TINY | with_cures(CURES)), sync) == "succeeded"
+    assert run(parse_spec(async_spec(0, **with_cures(CURES))), asynchronous) == "succeeded"
+
+    assert [untimed(m.values) for m in asynchronous.of_kind("metrics")] == [untimed(m.values) for m in sync.of_kind("metrics")]
+    assert [h.counts for h in asynchronous.of_kind("length_histogram")] == [h.counts for h in sync.of_kind("length_histogram")]
+    # The difficulty store saw the same probes and batches: the per-prompt events agree.
+    assert [e.model_dump(exclude={"wall_time"}) for e in asynchronous.of_kind("difficulty")] == [
+        e.model_dump(exclude={"wall_time"}) for e in sync.of_kind("difficulty")
+    ]
+    steps = {m.step: m.values for m in asynchronous.of_kind("metrics") if "reward/mean" in m.values}
+    assert [steps[step]["cures/pre_rollout_tokens"] > 0 for step in (1, 2, 3)] == [True, False, True]
+    assert steps[1]["cures/pruned_share"] == 0.5
+
+
+@pytest.mark.timeout(300)
+def test_cures_with_eta_one_trains_and_never_trains_its_probe_groups():
+    """η = 1, B = 2, 2 pre-rollouts a chunk prompt, training rollouts in units of 4: a
+    trained prompt shows a multiple of 4 attempts, and a probe group trained by mistake
+    would add 2. The probes are observed: the difficulty store's attempts add up to the
+    trained ones plus 2 × 4 chunk prompts × 2 chunks. They are outside the staleness
+    counters: at step s (version s − 1) accepted + running ≤ (η + s)·B = 2s + 2 slots,
+    which the 4 probe groups of step 1 alone would break."""
+    cures = CURES | {"pre_rollouts": 2}
+    sink = ListSink()
+    assert run(parse_spec(async_spec(1, **with_cures(cures))), sink) == "succeeded"
+
+    steps = {m.step: m.values for m in sink.of_kind("metrics") if "reward/mean" in m.values}
+    assert sorted(steps) == [1, 2, 3]
+    assert [steps[step]["cures/pre_rollout_tokens"] > 0 for step in (1, 2, 3)] == [True, False, True]
+    trained = [r for e in sink.of_kind("prompt_results") if e.split == "train" for r in e.results]
+    assert trained and all(r.attempts % 4 == 0 for r in trained)
+    last_row = {row.prompt_id: row for e in sink.of_kind("difficulty") for row in e.prompts}
+    assert sum(row.attempts for row in last_row.values()) == sum(r.attempts for r in trained) + 2 * 4 * 2
+    for step, values in steps.items():
+        assert values["async/accepted"] + values["async/running"] <= (1 + step) * 2
+        assert values["perf/trained_tokens"] > 0
+
+
+@pytest.mark.timeout(300)
+def test_a_cures_async_run_resumes_bit_for_bit_mid_chunk(tmp_path):
+    """η = 0, one worker in process (deterministic, as above): chunks of 3 steps, so the
+    resume at step 2 is inside the first chunk and step 4, after the resume, pre-rolls
+    the next one on the worker. The checkpoint holds no probe: step 2's was done and
+    observed, step 3's runs after the resume."""
+    overrides = {
+        "curriculum": CURES | {"chunk_steps": 3},
+        "orchestration": {"mode": "async", "max_staleness": 0},
+        "resources": techniques.checkpoints.BASE["resources"] | {"rollout_workers": 1},
+    }
+    sink = techniques.resumed_equals_straight(overrides, tmp_path)
+    tokens = {m.step: m.values["cures/pre_rollout_tokens"] for m in sink.of_kind("metrics") if "cures/pruned_share" in m.values}
+    assert tokens[3] == 0 and tokens[4] > 0
+
+
 # ----------------------------------------------------------------- the spec
 @pytest.mark.parametrize(
     "spec, field",
@@ -329,8 +420,7 @@ def test_a_resume_with_in_flight_rollouts_loses_and_repeats_no_group(tmp_path):
         ({"orchestration": {"max_staleness": 2}}, "orchestration.max_staleness"),
         ({"orchestration": {"mode": "async", "max_concurrent_groups": 0}, "resources": {"rollout_workers": 1}}, "orchestration.max_concurrent_groups"),
         ({"orchestration": {"mode": "async"}}, "orchestration"),
-        # CurES's pre-rollouts run only in the sync recipe.
-        ({"orchestration": {"mode": "async"}, "resources": {"rollout_workers": 1}, "curriculum": {"strategy": "cures"}}, "orchestration"),
+        ({"orchestration": {"mode": "async"}, "resources": {"rollout_workers": 1}, "rollout": {"strategy": "april"}}, "orchestration"),
         ({"algorithm": {"behav_weight_cap": 3.0}}, "algorithm.behav_weight_cap"),
         ({"algorithm": {"policy_loss": "decoupled_ppo", "behav_weight_cap": 0.5}}, "algorithm.behav_weight_cap"),
     ],
@@ -344,6 +434,9 @@ def test_bad_async_settings_are_refused_naming_the_field(spec, field):
 def test_async_defaults():
     spec = parse_spec({"orchestration": {"mode": "async"}, "resources": {"rollout_workers": 1}})
     assert spec.orchestration.max_staleness == 2
+    # CurES's pre-rollouts run in the async recipe's probe phase, so the pair is accepted.
+    cures = parse_spec({"orchestration": {"mode": "async"}, "resources": {"rollout_workers": 1}, "curriculum": {"strategy": "cures"}})
+    assert cures.curriculum.strategy == "cures"
     algorithm = parse_spec({"algorithm": {"policy_loss": "decoupled_ppo"}}).algorithm
     assert (algorithm.behav_weight_cap, algorithm.behav_weight_action) == (5.0, "mask")
 

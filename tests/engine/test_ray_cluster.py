@@ -1,7 +1,8 @@
 """A real two-node Ray cluster on this machine: a head started with `ray start --head` on
 a port of its own (not Redis's 6379) and a second node joining it, each with one CPU. A
 run reaches it through RAY_ADDRESS and, with `resources.placement: split`, its trainer
-and its rollout worker (the async recipe's) land on different nodes."""
+and its rollout worker land on different nodes, under the async recipe and under the
+sync recipe with `rollout_workers: 1` alike (both runs share the module's cluster)."""
 
 import json
 import subprocess
@@ -62,9 +63,12 @@ def test_split_placement_is_refused_where_it_cannot_mean_anything():
 
 
 @pytest.mark.timeout(600)
-def test_a_run_on_a_two_node_cluster_puts_trainer_and_rollout_worker_on_different_nodes(cluster, tmp_path):
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_a_run_on_a_two_node_cluster_puts_trainer_and_rollout_worker_on_different_nodes(cluster, tmp_path, mode):
+    """The async recipe and the sync one split across actors (its PooledCollector) place
+    alike: one placement group, the trainer in bundle 0, rollout-0 in bundle 1."""
     spec = {
-        "orchestration": {"mode": "async"},
+        "orchestration": {"mode": mode},
         "dataset": {"eval_size": 8},
         "rollout": {"prompts_per_step": 4, "n": 4, "max_new_tokens": 40},
         "training": {"steps": 2, "eval_every": 0},

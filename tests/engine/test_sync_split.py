@@ -72,6 +72,11 @@ def test_one_split_rollout_worker_reports_what_the_colocated_run_does(executor):
     trainer = {span.phase for span in apart.of_kind("span") if span.worker == "trainer" and span.step > 0}
     assert {"wait", "train", "sync"} <= trainer
     assert {"sync"} <= {span.phase for span in apart.of_kind("span") if span.worker == "rollout-0"}
+    # The worker's pause-load-resume is part of the trainer's push (its sync phase), and
+    # only a split run has workers to push to.
+    steps = [m.values for m in apart.of_kind("metrics") if "reward/mean" in m.values]
+    assert len(steps) == 2 and all(0 < v["timing_s/worker_sync"] <= v["timing_s/sync"] for v in steps)
+    assert not any("timing_s/worker_sync" in m.values for m in colocated.of_kind("metrics"))
 
 
 @pytest.mark.timeout(300)
