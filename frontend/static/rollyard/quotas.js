@@ -1,10 +1,20 @@
 /* The quota page, live (rollyard/live_board.js): each snapshot from /ws/quotas/ redraws
- * the pools and quotas tables. */
+ * the pools and quotas tables. GPU-hours used grow while runs run, with no push: between
+ * snapshots the page advances each figure by its rate (gpu_hours_rate, GPU-hours per
+ * hour) on its own clock, every CLOCK_MS (quotas.live). */
 (function () {
   "use strict";
 
   const { cell, row, follow } = window.RollyardLiveBoard;
   const dash = (value) => (value === null || value === undefined ? "—" : String(value));
+  const CLOCK_MS = 5000;
+  let shown = null;
+  let receivedAt = 0;
+
+  function hoursUsed(quota) {
+    const hoursSince = (Date.now() - receivedAt) / 3600000;
+    return Math.max(0, quota.gpu_hours_used + quota.gpu_hours_rate * hoursSince);
+  }
 
   function draw(board) {
     document.getElementById("quotas-at").textContent = board.at;
@@ -14,7 +24,7 @@
     ], { pool: pool.name })));
     document.querySelector("#quota-table tbody").replaceChildren(...board.quotas.map((quota) => {
       const hours = quota.gpu_hours_per_period === null ? "—"
-        : `${quota.gpu_hours_used.toFixed(2)} / ${quota.gpu_hours_per_period} per ${quota.period_days} days`;
+        : `${hoursUsed(quota).toFixed(2)} / ${quota.gpu_hours_per_period} per ${quota.period_days} days`;
       return row([cell(quota.pool), cell(quota.holder),
         cell(`${quota.concurrent_in_use} / ${dash(quota.max_concurrent_gpus)} ${quota.unit}`, "num concurrent"),
         cell(dash(quota.max_gpus_per_run), "num"), cell(hours, "num hours")], { quota: String(quota.id) });
@@ -24,5 +34,6 @@
   }
 
   follow(JSON.parse(document.getElementById("quotas-ws-path").textContent), "quotas",
-    document.getElementById("quotas-live"), draw);
+    document.getElementById("quotas-live"), (board) => { shown = board; receivedAt = Date.now(); draw(board); });
+  window.setInterval(() => { if (shown) draw(shown); }, CLOCK_MS);
 })();
