@@ -25,11 +25,13 @@ swapped atomically (SET ... GET): of two sweeps that notice the same change, one
 A reason that quotes a number that grows (GPU-hours "used: 10.2/10") is pushed when its
 displayed, rounded value changes.
 
-Numbers that grow continuously are not pushed: a quota row carries `gpu_hours_rate`
-(GPU-hours per hour its `gpu_hours_used` changes by now) and the quota page advances the
-figure on its own clock between snapshots (frontend/static/rollyard/quotas.js). The rate
-holds until an allocation's start or end leaves the rolling period; should that change
-why a run waits, the sweep pushes a fresh snapshot.
+Numbers that grow continuously are not pushed: the pages redraw their last snapshot on
+their own clock (frontend/static/rollyard/live_board.js). A quota row carries
+`gpu_hours_rate` (GPU-hours per hour its `gpu_hours_used` changes by now), by which the
+quota page advances the figure; the rate holds until an allocation's start or end leaves
+the rolling period, and should that change why a run waits, the sweep pushes a fresh
+snapshot. The queue page words each wait from the snapshot's `at` and the run's
+`requested_at`, as `waiting` (Django's timesince) does here.
 """
 
 import hashlib
