@@ -122,8 +122,15 @@ def admit_runs(pool_id: int | None = None) -> list[int]:
     """Sweep one pool's queue (every pool's when None) and admit what fits; returns the
     admitted runs' ids. Sent after a launch, a release and a quota change, and on a
     timer. Here, in the worker, admission may read Ray's free GPUs; the web tier never
-    does."""
+    does.
+
+    Then tell the queue and quota pages if why runs wait changed with no event to say so
+    (a team's GPU-hours ran out while its runs ran, or came back as the period rolled
+    on): once, and not at all when nothing changed (quotas.live)."""
+    from quotas.live import publish_if_decisions_changed
     from runs.admission import admit_queued_runs
     from workers.capacity import cluster_free_gpus
 
-    return admit_queued_runs(pool_id, cluster_free_gpus=cluster_free_gpus())
+    admitted = admit_queued_runs(pool_id, cluster_free_gpus=cluster_free_gpus())
+    publish_if_decisions_changed()
+    return admitted

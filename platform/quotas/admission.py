@@ -20,7 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from quotas.models import Allocation, Pool, Quota
@@ -64,15 +64,30 @@ def quotas_of(pool: Pool, team_id: int, user_id: int) -> list[Quota]:
     return sorted(quotas, key=lambda quota: quota.team_id is None)
 
 
+def holder_allocations(quota: Quota, since: datetime) -> QuerySet[Allocation]:
+    """The quota's team's or user's allocations in its pool held at some time from `since` on."""
+    holder = {"team_id": quota.team_id} if quota.team_id else {"user_id": quota.user_id}
+    return Allocation.objects.filter(pool_id=quota.pool_id, admitted_at__isnull=False, **holder).exclude(
+        released_at__lt=since
+    )
+
+
 def gpu_hours_used(quota: Quota, now: datetime) -> float:
     """GPU-hours the quota's team or user spent in its pool over the quota's period
     (a rolling window: the last period_days days), counting runs still going up to now."""
     since = quota.period_start(now)
-    holder = {"team_id": quota.team_id} if quota.team_id else {"user_id": quota.user_id}
-    allocations = Allocation.objects.filter(pool_id=quota.pool_id, admitted_at__isnull=False, **holder).exclude(
-        released_at__lt=since
-    )
-    return sum(allocation.gpu_hours(since, now) for allocation in allocations)
+    return sum(allocation.gpu_hours(since, now) for allocation in holder_allocations(quota, since))
+
+
+def gpu_hours_rate(quota: Quota, now: datetime) -> int:
+    """How fast `gpu_hours_used` changes at `now`, in GPU-hours per hour: the GPUs the
+    holder holds now, less those it held when the period began (the window's start moves
+    past them). Steady until an allocation starts or ends at either edge of the window."""
+    since = quota.period_start(now)
+    allocations = list(holder_allocations(quota, since))
+    held_now = sum(allocation.gpus for allocation in allocations if allocation.held_at(now))
+    held_at_start = sum(allocation.gpus for allocation in allocations if allocation.held_at(since))
+    return held_now - held_at_start
 
 
 def gpu_hours_exhausted(quota: Quota, now: datetime) -> str | None:

@@ -7,16 +7,42 @@ each period's limit, the GPUs, run slots on a CPU pool, the holder holds now of 
 concurrent limit, each pool's capacity in use). Quotas and usage are the user's teams'
 and their own (staff see every team's quotas), as `quotas.selectors` scopes them.
 
-Every socket of either page joins LIVE_GROUP; `publish_change` (from
-transaction.on_commit only: by runs.lifecycle when a run is admitted, starts, finishes or
-goes back to the queue, and by quotas.services when a run joins a queue or a pool or
-quota is changed) asks each socket to send its page a fresh snapshot.
+Every socket of either page joins LIVE_GROUP, and a push asks each socket to send its
+page a fresh snapshot. Pushes come from two places:
+- events: `publish_change` (from transaction.on_commit only: by runs.lifecycle when a run
+  is admitted, starts, finishes or goes back to the queue, and by quotas.services when a
+  run joins a queue or a pool or quota is changed);
+- time alone: a waiting run's reason also changes with no event (a team's GPU-hours run
+  out while its runs run; the rolling period moves past old usage and hours come back).
+  The admission sweep (workers.tasks.admit_runs, on Celery beat every
+  ROLLYARD_ADMIT_EVERY_S) calls `publish_if_decisions_changed`, which pushes once when
+  the queue's decisions differ from the last ones published, and not at all otherwise:
+  a quiet queue wakes no socket.
+Both record what they publish as one fingerprint of the decisions (`decisions_fingerprint`:
+per pool, each waiting run's place, fits-now and reason) in the channel layer's Redis,
+under the layer's prefix, where every web process, worker and beat sees it. The record is
+swapped atomically (SET ... GET): of two sweeps that notice the same change, one pushes.
+A reason that quotes a number that grows (GPU-hours "used: 10.2/10") is pushed when its
+displayed, rounded value changes.
+
+Numbers that grow continuously are not pushed: the pages redraw their last snapshot on
+their own clock (frontend/static/rollyard/live_board.js). A quota row carries
+`gpu_hours_rate` (GPU-hours per hour its `gpu_hours_used` changes by now), by which the
+quota page advances the figure; the rate holds until an allocation's start or end leaves
+the rolling period, and should that change why a run waits, the sweep pushes a fresh
+snapshot. The queue page words each wait from the snapshot's `at` and the run's
+`requested_at`, as `waiting` (Django's timesince) does here.
 """
 
+import hashlib
+import json
 from dataclasses import asdict
 from datetime import timedelta
+from functools import cache
 from typing import Any
 
+import redis
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
@@ -24,13 +50,17 @@ from django.utils.timesince import timesince
 
 from accounts.live import send_to_group
 from quotas import selectors
-from quotas.admission import gpu_hours_used
+from quotas.admission import gpu_hours_rate, gpu_hours_used, plan_pool
 from quotas.models import Allocation
 
 LIVE_GROUP = "queue-and-quotas"
 QUOTAS_CHANGED = "quotas.changed"  # the consumers' handler: quotas_changed
 QUEUE_ROWS = 200  # waiting runs one snapshot lists at most; it counts the rest
 USAGE_DAYS = 30
+# Where the last published decisions' fingerprint lives, under the channel layer's prefix.
+# A day without a push lets it expire; the next sweep then pushes once.
+PUBLISHED_KEY = "queue-and-quotas:published-decisions"
+PUBLISHED_TTL_S = 24 * 3600
 
 
 def pool_rows() -> list[dict[str, Any]]:
@@ -60,6 +90,7 @@ def quota_rows(user) -> list[dict[str, Any]]:
             "max_concurrent_gpus": quota.max_concurrent_gpus,
             "max_gpus_per_run": quota.max_gpus_per_run,
             "gpu_hours_used": round(gpu_hours_used(quota, now), 4) if limited else None,
+            "gpu_hours_rate": gpu_hours_rate(quota, now) if limited else None,
             "gpu_hours_per_period": quota.gpu_hours_per_period,
             "period_days": quota.period_days,
         })
@@ -93,10 +124,50 @@ def queue_board(user, pool_name: str | None = None) -> dict[str, Any]:
     }
 
 
+def decisions_fingerprint() -> str:
+    """A hash of the queue's decisions as the queue pages read them: every pool's waiting
+    runs, each with its place, whether it fits now and why it waits (`plan_pool` without
+    Ray's numbers, as `selectors.queue` plans)."""
+    decisions = [
+        [pool.name, decision.allocation.run_id, decision.position, decision.admit, decision.reason]
+        for pool in selectors.pools()
+        for decision in plan_pool(pool)
+    ]
+    return hashlib.sha256(json.dumps(decisions).encode()).hexdigest()
+
+
+@cache
+def _redis(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=5)
+
+
+def _swap_published(fingerprint: str) -> str | None:
+    """Record `fingerprint` as the last published and return the one it replaces (None
+    when there was none), in one atomic SET ... GET."""
+    config = settings.CHANNEL_LAYERS["default"]["CONFIG"]
+    host = config["hosts"][0]
+    url = host if isinstance(host, str) else host["address"]
+    key = f"{config.get('prefix', 'asgi')}:{PUBLISHED_KEY}"
+    previous = _redis(url).set(key, fingerprint, ex=PUBLISHED_TTL_S, get=True)
+    return None if previous is None else previous.decode()
+
+
 def publish_change() -> None:
     """Tell every queue and quota page that what they show may have changed. From
     on_commit only (see `publish_change_on_commit`)."""
+    _swap_published(decisions_fingerprint())
     send_to_group(LIVE_GROUP, {"type": QUOTAS_CHANGED})
+
+
+def publish_if_decisions_changed() -> bool:
+    """Push to every page when the queue's decisions differ from the last ones published
+    (time alone changed a reason); say whether it pushed. Outside any transaction: the
+    admission sweep's, after its admissions committed."""
+    fingerprint = decisions_fingerprint()
+    if _swap_published(fingerprint) == fingerprint:
+        return False
+    send_to_group(LIVE_GROUP, {"type": QUOTAS_CHANGED})
+    return True
 
 
 def publish_change_on_commit() -> None:

@@ -145,6 +145,12 @@ class Allocation(models.Model):
     def is_pending(self) -> bool:
         return self.admitted_at is None and self.released_at is None
 
+    def held_at(self, moment: datetime) -> bool:
+        """Did this allocation hold its pool's capacity at `moment`?"""
+        return self.admitted_at is not None and self.admitted_at <= moment and (
+            self.released_at is None or moment < self.released_at
+        )
+
     def gpu_hours(self, since: datetime, until: datetime) -> float:
         """GPUs × hours this allocation was held within [since, until]."""
         if self.admitted_at is None or not self.gpus:

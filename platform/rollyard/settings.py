@@ -301,6 +301,7 @@ CELERY_BEAT_SCHEDULE = {
     "reconcile-runs": {"task": RECONCILE_RUNS, "schedule": ROLLYARD_RECONCILE_EVERY_S},
     "apply-checkpoint-retention": {"task": APPLY_CHECKPOINT_RETENTION, "schedule": ROLLYARD_RETENTION_EVERY_S},
     # Launches, finishes and quota edits each request a sweep; this one catches what they
-    # missed (a broker down at commit, Ray's GPUs freed by work outside Rollyard).
+    # missed (a broker down at commit, Ray's GPUs freed by work outside Rollyard) and tells
+    # the queue and quota pages when time alone changed why runs wait (quotas.live).
     "admit-runs": {"task": ADMIT_RUNS, "schedule": ROLLYARD_ADMIT_EVERY_S},
 }

@@ -1,7 +1,8 @@
 """In a real browser (Debian's chromium, headless, Playwright), against the live stack:
 the one-click GRPO twin from a run's page landing on the comparison of the two; the
 queue page showing why a run waits, and the reason changing as the pool does, pushed over
-its websocket; the quota page following a run's finish over its own."""
+its websocket; the quota page following a run's finish over its own; both pages moving
+waits and GPU-hours used on by their own clocks between pushes."""
 
 import tempfile
 import threading
@@ -145,3 +146,45 @@ def test_the_queue_page_shows_why_a_run_waits_and_the_quota_page_follows_a_finis
         browser.close()
     in_thread(request_cancel, user, Run.objects.get(pk=waiting.pk))
     assert Run.objects.get(pk=waiting.pk).status == RunStatus.CANCELLED
+
+
+def test_between_pushes_the_pages_clocks_move_waits_and_gpu_hours_on(live_stack, chromium_path):
+    user = get_user_model().objects.create_user("tim", password="correct horse")
+    team = default_team(user)
+    pool = Pool.objects.create(name="h200", accelerator=Accelerator.GPU, capacity=16)
+    Quota.objects.create(pool=pool, team=team, gpu_hours_per_period=1000, period_days=7)
+    now = timezone.now()
+    # A running run holds all 16 GPUs since an hour ago (16 GPU-hours so far, 16 more an
+    # hour: 0.022 every 5 s, the pages' clock); a run waits behind it, queued 30 s ago.
+    # Both stored directly: no event, so no push, and no worker trains either.
+    holder = Run.objects.create(owner=user, team=team, name="holds-all", status=RunStatus.RUNNING, spec={}, total_steps=2)
+    Allocation.objects.create(run=holder, pool=pool, team=team, user=user, gpus=16, slots=16,
+                              requested_at=now - timedelta(hours=1), admitted_at=now - timedelta(hours=1))
+    waiting = Run.objects.create(owner=user, team=team, name="waits", status=RunStatus.QUEUED, spec={}, total_steps=2)
+    Allocation.objects.create(run=waiting, pool=pool, team=team, user=user, gpus=1, slots=1,
+                              requested_at=now - timedelta(seconds=30))
+
+    with sync_playwright() as playwright, tempfile.TemporaryDirectory() as profile:
+        browser, page = signed_in(playwright, profile, chromium_path, live_stack.base_url, "/queue/?pool=h200", "tim")
+        # The socket state reads "live: updated <time>" as of the last snapshot received:
+        # unchanged below, nothing was pushed while the figures moved.
+        queue_state = page.locator("#queue-live")
+        expect(queue_state).to_have_attribute("data-state", "live", timeout=15_000)
+        updated = queue_state.inner_text()
+        waited = page.locator(f"#queue-table tr[data-run-id='{waiting.pk}'] td").nth(7)
+        # Django's timesince words the wait; the page's clock moves it past the minute.
+        expect(waited).to_have_text("0\u00a0minutes")
+        expect(waited).to_have_text("1\u00a0minute", timeout=45_000)
+        assert queue_state.inner_text() == updated
+
+        page.goto(f"{live_stack.base_url}/queue/quotas/")
+        quota_state = page.locator("#quotas-live")
+        expect(quota_state).to_have_attribute("data-state", "live", timeout=15_000)
+        updated = quota_state.inner_text()
+        hours = page.locator("#quota-table tbody tr .hours")
+        first = float(hours.inner_text().split(" / ")[0])
+        assert 16.0 <= first < 16.2
+        expect(hours).not_to_have_text(hours.inner_text(), timeout=12_000)
+        assert float(hours.inner_text().split(" / ")[0]) > first
+        assert quota_state.inner_text() == updated
+        browser.close()

@@ -1,24 +1,32 @@
 """The live quota page (/queue/quotas/) and its websocket (/ws/quotas/): the user's teams'
 quotas with GPU-hours and GPUs in use, staff seeing every team's, a fresh snapshot pushed
-when a run starts or finishes. Through the whole ASGI stack and the real Redis channel
-layer; transaction=True so the lifecycle's on_commit pushes fire."""
+when a run starts or finishes, and by the admission sweep when time alone changes why a
+run waits. Through the whole ASGI stack and the real Redis channel layer; transaction=True
+so the lifecycle's on_commit pushes fire."""
 
 import copy
 import os
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.db import connection
+from django.db.models import F
 from django.utils import timezone
 
 from accounts.services import create_token
 from quotas import services as quota_services
+from quotas import live
 from quotas.models import Accelerator, Allocation, Pool, Quota
 from rollyard.asgi import application
 from runs import lifecycle
 from runs.models import Run, RunStatus
+from workers.tasks import admit_runs
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 
@@ -199,8 +207,6 @@ async def test_a_reconnect_starts_with_a_fresh_snapshot_and_the_anonymous_are_re
 
 
 def test_the_queue_page_is_drawn_from_the_sockets_snapshot_and_lists_a_bounded_number(gpu_world, teams, client, monkeypatch):
-    from quotas import live
-
     monkeypatch.setattr(live, "QUEUE_ROWS", 1)
     first, _ = blocked_run(teams, gpu_world)
     second = queued_run(teams, gpu_world)
@@ -212,3 +218,122 @@ def test_the_queue_page_is_drawn_from_the_sockets_snapshot_and_lists_a_bounded_n
     assert f'data-run-id="{first.pk}"' in html and f'data-run-id="{second.pk}"' not in html
     assert "2 waiting in all; the first 1 are listed" in html
     assert '"/ws/queue/?pool=h100"' in html  # the page's socket asks for the same pool
+
+
+# --- time alone: the admission sweep pushes when why a run waits changed ------------------
+
+
+@pytest.fixture
+def hours_world(teams):
+    """Pool a100 (3 GPUs), full: team other's run holds 2 GPUs and team ml's run "long" 1,
+    admitted 1.8 h ago. Team ml may use 10 GPU-hours in any 7 days; a finished run of ml
+    held 2 GPUs for 4 hours from 2 hours after the period's start: 8 GPU-hours, all inside
+    it. So ml has used 8 + 1.8 = 9.8 and a run of its member, queued last, waits for 1 GPU
+    behind the full pool."""
+    pool = Pool.objects.create(name="a100", accelerator=Accelerator.GPU, capacity=3)
+    Quota.objects.create(pool=pool, team=teams.team, gpu_hours_per_period=10, period_days=7)
+    now = timezone.now()
+    period_start = now - timedelta(days=7)
+
+    def hold(owner, team, name: str, gpus: int, admitted_at, released_at=None) -> None:
+        status = RunStatus.SUCCEEDED if released_at else RunStatus.RUNNING
+        run = Run.objects.create(owner=owner, team=team, name=name, spec={}, status=status)
+        Allocation.objects.create(run=run, pool=pool, team=team, user=owner, gpus=gpus, slots=gpus,
+                                  requested_at=admitted_at, admitted_at=admitted_at, released_at=released_at)
+
+    hold(teams.outsider, teams.other_team, "big", 2, now - timedelta(hours=1))
+    hold(teams.member, teams.team, "long", 1, now - timedelta(hours=1.8))
+    hold(teams.member, teams.team, "old", 2, period_start + timedelta(hours=2), period_start + timedelta(hours=6))
+    # Through the service, last: its push after commit records the decisions as published.
+    return queued_run(teams, pool)
+
+
+def time_passes(hours: float) -> None:
+    """The clock moves on with no event: every allocation's times move `hours` into the
+    past (a bulk update: no signal, no push), as if the ledger were read `hours` later."""
+    gone = timedelta(hours=hours)
+    Allocation.objects.update(requested_at=F("requested_at") - gone, admitted_at=F("admitted_at") - gone,
+                              released_at=F("released_at") - gone)
+
+
+POOL_FULL = "pool a100 full: 3/3 GPUs in use (this run needs 1)"
+
+
+async def test_the_sweep_pushes_once_when_time_alone_changes_why_a_run_waits(hours_world, teams):
+    sweep = database_sync_to_async(admit_runs)
+    token = (await database_sync_to_async(create_token)(teams.member, "pages"))[1]
+    queue_page = WebsocketCommunicator(application, f"/ws/queue/?token={token}")
+    quota_page = WebsocketCommunicator(application, f"/ws/quotas/?token={token}")
+    assert (await queue_page.connect(timeout=10))[0] and (await quota_page.connect(timeout=10))[0]
+    try:
+        [entry] = (await queue_of(queue_page))["queue"]
+        assert (entry["run_id"], entry["reason"], entry["fits_now"]) == (hours_world.pk, POOL_FULL, False)
+        assert rows_by_holder(await board_of(quota_page))["team ml"]["gpu_hours_used"] == pytest.approx(9.8, abs=0.01)
+        # Nothing changed since the last push: a sweep wakes no page.
+        assert await sweep() == []
+        assert await queue_page.receive_nothing(timeout=1.0) and await quota_page.receive_nothing(timeout=0.1)
+
+        # 0.4 h later "long" has held its GPU 2.2 h: 8 + 2.2 = 10.2 of 10 GPU-hours, used up.
+        await database_sync_to_async(time_passes)(0.4)
+        assert await sweep() == []
+        [entry] = (await queue_of(queue_page))["queue"]
+        assert entry["reason"] == "GPU-hours of team ml on a100 in the last 7 days used: 10.2/10"
+        assert rows_by_holder(await board_of(quota_page))["team ml"]["gpu_hours_used"] == pytest.approx(10.2, abs=0.01)
+        # A second sweep, nothing changed: nothing pushed.
+        assert await sweep() == []
+        assert await queue_page.receive_nothing(timeout=1.0) and await quota_page.receive_nothing(timeout=0.1)
+
+        # 5 h more: the period's start has moved past all but the last 0.6 h of "old"
+        # (2 GPUs: 1.2 GPU-hours left in it) and "long" has 7.2: 8.4 of 10. The hours are
+        # back, and so is the reason the run waits.
+        await database_sync_to_async(time_passes)(5)
+        assert await sweep() == []
+        [entry] = (await queue_of(queue_page))["queue"]
+        assert entry["reason"] == POOL_FULL
+        assert rows_by_holder(await board_of(quota_page))["team ml"]["gpu_hours_used"] == pytest.approx(8.4, abs=0.01)
+        assert await queue_page.receive_nothing(timeout=1.0)
+    finally:
+        await queue_page.disconnect()
+        await quota_page.disconnect()
+
+
+class InLockstep:
+    """A real Redis client whose every command waits for all the sweeps to reach it, so
+    that concurrent sweeps talk to Redis at the same moment: the race at its narrowest."""
+
+    def __init__(self, client, sweeps: int):
+        self.client, self.all_there = client, threading.Barrier(sweeps)
+
+    def __getattr__(self, command: str):
+        def in_step(*args, **kwargs):
+            self.all_there.wait(timeout=10)
+            return getattr(self.client, command)(*args, **kwargs)
+
+        return in_step
+
+
+def test_of_sweeps_that_notice_the_same_change_at_once_exactly_one_pushes(hours_world, monkeypatch):
+    time_passes(0.4)  # team ml's GPU-hours run out (10.2 of 10, as above)
+    sweeps = 8
+    lockstep = InLockstep(live._redis(settings.REDIS_URL), sweeps)
+    monkeypatch.setattr(live, "_redis", lambda url: lockstep)
+
+    def sweep_pushes(_) -> bool:
+        try:
+            return live.publish_if_decisions_changed()
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(sweeps) as pool:
+        pushed = list(pool.map(sweep_pushes, range(sweeps)))
+    assert pushed.count(True) == 1
+
+
+def test_a_quota_row_carries_the_rate_its_gpu_hours_grow_at(hours_world, teams):
+    # "long" holds 1 GPU now and nothing of ml was held when the period began: +1 GPU-hour per hour.
+    [ml] = live.quota_board(teams.member)["quotas"]
+    assert (ml["gpu_hours_used"], ml["gpu_hours_rate"]) == (pytest.approx(9.8, abs=0.01), 1)
+    # 5.4 h later "old" (2 GPUs) straddles the period's start: 1 - 2 = -1 GPU-hour per hour.
+    time_passes(5.4)
+    [ml] = live.quota_board(teams.member)["quotas"]
+    assert (ml["gpu_hours_used"], ml["gpu_hours_rate"]) == (pytest.approx(8.4, abs=0.01), -1)

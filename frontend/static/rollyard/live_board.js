@@ -2,7 +2,9 @@
  * on connect and again whenever it may have changed (throttled by the server); each one
  * is drawn whole. A dropped socket reconnects with backoff and its first snapshot
  * catches up; a 4401 (signed out) stops. `state` shows where the socket stands
- * (data-state: connecting, live, reconnecting, closed). */
+ * (data-state: connecting, live, reconnecting, closed). Between snapshots the page
+ * redraws the last one every CLOCK_MS, so figures that grow with time alone (GPU-hours
+ * used, waits) move on: draw(board, secondsSinceItCame). */
 window.RollyardLiveBoard = (function () {
   "use strict";
 
@@ -20,8 +22,13 @@ window.RollyardLiveBoard = (function () {
     return tr;
   }
 
+  const CLOCK_MS = 5000;
+
   function follow(wsPath, type, state, draw) {
     let attempt = 0;
+    let shown = null;
+    let receivedAt = 0;
+    window.setInterval(() => { if (shown) draw(shown, (Date.now() - receivedAt) / 1000); }, CLOCK_MS);
     function connect() {
       const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
       const socket = new WebSocket(scheme + window.location.host + wsPath);
@@ -31,7 +38,9 @@ window.RollyardLiveBoard = (function () {
         attempt = 0;
         state.dataset.state = "live";
         state.textContent = `live: updated ${new Date().toLocaleTimeString()}`;
-        draw(data);
+        shown = data;
+        receivedAt = Date.now();
+        draw(data, 0);
       };
       socket.onclose = (event) => {
         if (event.code === 4401) { state.dataset.state = "closed"; state.textContent = "signed out: reload to log in"; return; }

@@ -1,7 +1,8 @@
 /* The queue page, live (rollyard/live_board.js): each snapshot from /ws/queue/ (the
  * page's ?pool= with it) redraws the pools, the waiting runs with their places and
  * reasons, the quotas and the GPU-hours, so the page follows admission, finishes and
- * changed pools or quotas without a reload. */
+ * changed pools or quotas without a reload. Waits grow on the page's own clock between
+ * snapshots; the 30-day GPU-hours are as of the snapshot's time. */
 (function () {
   "use strict";
 
@@ -26,7 +27,29 @@
     document.getElementById(emptyId).hidden = rows.length > 0;
   }
 
-  function draw(board) {
+  // A wait as the server's timesince words it ("2 hours, 5 minutes", no-break spaces),
+  // for waits under four weeks: no calendar month fits in those, so their weeks, days,
+  // hours and minutes have fixed lengths. Longer waits keep the server's text.
+  const CHUNKS = [["week", 604800], ["day", 86400], ["hour", 3600], ["minute", 60]];
+  const FOUR_WEEKS_S = 4 * 604800;
+
+  function waited(seconds) {
+    let left = Math.floor(seconds);
+    const counts = CHUNKS.map(([, size]) => {
+      const count = Math.floor(left / size);
+      left -= count * size;
+      return count;
+    });
+    const first = counts.findIndex((count) => count > 0);
+    if (first < 0) return "0\u00a0minutes";
+    const words = [];
+    for (let i = first; i < CHUNKS.length && words.length < 2 && counts[i] > 0; i++) {
+      words.push(`${counts[i]}\u00a0${CHUNKS[i][0]}${counts[i] === 1 ? "" : "s"}`);
+    }
+    return words.join(", ");
+  }
+
+  function draw(board, secondsSince) {
     document.getElementById("queue-at").textContent = board.at;
     document.querySelector("#pools-table tbody").replaceChildren(...board.pools.map((pool) => row([
       withChildren(cell(""), link(`?pool=${encodeURIComponent(pool.name)}`, pool.name)), cell(pool.accelerator),
@@ -38,7 +61,8 @@
       const ahead = document.createElement("span");
       ahead.className = "muted";
       ahead.textContent = `(${entry.ahead} ahead)`;
-      const waiting = cell(entry.waiting);
+      const waitedS = (Date.parse(board.at) - Date.parse(entry.requested_at)) / 1000 + secondsSince;
+      const waiting = cell(waitedS < FOUR_WEEKS_S ? waited(waitedS) : entry.waiting);
       waiting.title = entry.requested_at;
       return row([
         cell(entry.pool), withChildren(cell("", "num"), `${entry.position} `, ahead),

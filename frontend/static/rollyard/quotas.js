@@ -1,12 +1,13 @@
 /* The quota page, live (rollyard/live_board.js): each snapshot from /ws/quotas/ redraws
- * the pools and quotas tables. */
+ * the pools and quotas tables. GPU-hours used grow while runs run, with no push: between
+ * snapshots the page advances each figure by its rate (gpu_hours_rate, GPU-hours per
+ * hour) on its own clock (quotas.live). */
 (function () {
   "use strict";
 
   const { cell, row, follow } = window.RollyardLiveBoard;
   const dash = (value) => (value === null || value === undefined ? "—" : String(value));
-
-  function draw(board) {
+  function draw(board, secondsSince) {
     document.getElementById("quotas-at").textContent = board.at;
     document.querySelector("#quota-pools tbody").replaceChildren(...board.pools.map((pool) => row([
       cell(pool.name), cell(String(pool.in_use), "num in-use"), cell(`${pool.capacity} ${pool.unit}`, "num"),
@@ -14,7 +15,8 @@
     ], { pool: pool.name })));
     document.querySelector("#quota-table tbody").replaceChildren(...board.quotas.map((quota) => {
       const hours = quota.gpu_hours_per_period === null ? "—"
-        : `${quota.gpu_hours_used.toFixed(2)} / ${quota.gpu_hours_per_period} per ${quota.period_days} days`;
+        : `${Math.max(0, quota.gpu_hours_used + quota.gpu_hours_rate * secondsSince / 3600).toFixed(2)} / `
+          + `${quota.gpu_hours_per_period} per ${quota.period_days} days`;
       return row([cell(quota.pool), cell(quota.holder),
         cell(`${quota.concurrent_in_use} / ${dash(quota.max_concurrent_gpus)} ${quota.unit}`, "num concurrent"),
         cell(dash(quota.max_gpus_per_run), "num"), cell(hours, "num hours")], { quota: String(quota.id) });
