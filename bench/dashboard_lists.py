@@ -4,7 +4,7 @@
 spec, a status among the six, a summary of 20 metrics and two status changes). The viewer
 is a member of every team, so every list counts and pages through all 10,000. Over HTTP
 to a live Daphne (a session cookie for the pages, a token for the API), 30 requests each
-after one warm-up: the runs list page (first page, last page, filtered by status, a
+after one warm-up: the runs list page (first page, last page by its cursor, filtered by status, a
 search), the run page of a run with a history (10 attempts, 10 checkpoints, 10 forks),
 and the API's list (first and last page) and run. Queries per request counted in-process
 (Django's test client), and for the API list at page sizes 10, 50 and 200.
@@ -73,6 +73,8 @@ def main() -> None:
     from django.test.utils import CaptureQueriesContext
 
     from accounts.services import create_token
+    from rollyard.pagination import Cursor
+    from runs.models import Run
 
     began = time.perf_counter()
     viewer, busy = seed(prefix)
@@ -85,10 +87,11 @@ def main() -> None:
     browser = Client(HTTP_HOST="127.0.0.1")
     browser.force_login(viewer)
     api = Client(HTTP_HOST="127.0.0.1", HTTP_AUTHORIZATION=f"Bearer {secret}")
-    last_page = (RUNS + 10 + 49) // 50  # the viewer sees the runs and the forks
+    # The last page: the 50 oldest runs, reached by "older" links (a cursor at the 51st oldest).
+    last_page = Cursor.of(Run.objects.filter(name__startswith=prefix).order_by("created_at", "id")[50])
     endpoints = {
         "list page": (browser, "/runs/"),
-        "list page, last": (browser, f"/runs/?page={last_page}"),
+        "list page, last": (browser, f"/runs/?before={last_page}"),
         "list page, status filter": (browser, "/runs/?status=running"),
         "list page, search": (browser, f"/runs/?q={prefix}-run9999"),
         "run page": (browser, f"/runs/{busy.pk}/"),
