@@ -175,8 +175,8 @@ def main() -> None:
         f"{RUNS:,} runs, {USERS} users, viewer in all {TEAMS} teams, {REQUESTS} requests each over HTTP: {parts}; "
         f"API list queries at page size 10/50/200: {'/'.join(str(n) for n in by_page_size.values())}; "
         f"aim p99 < {AIM_MS} ms ({', '.join(AIMED)}) and constant queries: {'met' if metrics['met'] else 'missed'}"
-        f"{'' if not beyond else '; over it: ' + ', '.join(beyond)}; load {load_at_start} → {metrics['load_average_1m']['end']}; "
-        "PostgreSQL, Daphne on loopback"
+        f"{'' if not beyond else '; over it: ' + ', '.join(beyond)}; "
+        f"load {load_at_start} → {metrics['load_average_1m']['end']}; PostgreSQL, Daphne on loopback"
     )
     print(json.dumps(record("bench.dashboard_lists", metrics, summary), indent=2))
 

@@ -145,7 +145,9 @@ def run_list(request: HttpRequest) -> HttpResponse:
     if not errors:
         # The list shows a run's algorithm, not its spec: the spec (kilobytes of JSON a run)
         # stays in the database.
-        rows = filters.qs.select_related("owner").defer("spec", "retention").annotate(algorithm=KT("spec__algorithm__name"))
+        rows = (
+            filters.qs.select_related("owner").defer("spec", "retention").annotate(algorithm=KT("spec__algorithm__name"))
+        )
         try:
             page = keyset_page(rows, RUNS_PER_PAGE, before=before, after=after)
         except BadCursor as exc:
