@@ -11,7 +11,6 @@ from typing import Any
 import yaml
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.paginator import Paginator
 from django.db.models.fields.json import KT
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -27,6 +26,7 @@ from engine.spec import SpecError
 from quotas import selectors as quota_selectors
 from quotas.models import DEFAULT_POOL
 from quotas.services import RequestRefused
+from rollyard.pagination import BadCursor, KeysetPage, keyset_page
 from rollyard.params import whole_number
 from runs import launch, lifecycle, selectors, twins
 from runs.api.lifecycle import compare_url
@@ -117,6 +117,7 @@ EVENT_CHARTS: dict[str, tuple[list[str], int]] = {
 TABS = [("overview", "Overview"), ("learning", "Learning"), ("rollout", "Rollout tail"),
         ("accelerators", "Accelerators"), ("difficulty", "Difficulty"), ("off-policy", "Off-policy"),
         ("techniques", "Techniques")]
+RUNS_PER_PAGE = 50
 METRICS_MAX_POINTS = 1000
 COMPARE_MAX = 10
 
@@ -135,26 +136,39 @@ def _to_yaml(spec: dict[str, Any]) -> str:
 @login_required
 def run_list(request: HttpRequest) -> HttpResponse:
     """The runs of the user's teams, newest first, filtered (status, team, owner, algorithm,
-    technique, search: the list API's filters and a few more); pick 2 to 10 to compare."""
+    technique, search: the list API's filters and a few more), 50 a page with "newer" /
+    "older" links keyed by (created_at, id) (rollyard.pagination); pick 2 to 10 to compare."""
     filters = RunListFilter(request.GET, queryset=selectors.visible_runs(request.user), request=request)
-    runs = filters.qs if filters.is_valid() else Run.objects.none()
-    # The list shows a run's algorithm, not its spec: the spec (kilobytes of JSON a run)
-    # stays in the database.
-    rows = runs.select_related("owner").defer("spec", "retention").annotate(algorithm=KT("spec__algorithm__name"))
-    page = Paginator(rows.order_by("-created_at", "-id"), 50).get_page(request.GET.get("page"))
+    errors = dict(filters.errors)
+    before, after = request.GET.get("before"), request.GET.get("after")  # empty: the first page
+    page = KeysetPage([], None, None)
+    if not errors:
+        # The list shows a run's algorithm, not its spec: the spec (kilobytes of JSON a run)
+        # stays in the database.
+        rows = (
+            filters.qs.select_related("owner").defer("spec", "retention").annotate(algorithm=KT("spec__algorithm__name"))
+        )
+        try:
+            page = keyset_page(rows, RUNS_PER_PAGE, before=before, after=after)
+        except BadCursor as exc:
+            errors[exc.field] = [exc.reason]
+    # The filters without the cursor: what the newer / older links carry on.
     query = request.GET.copy()
-    query.pop("page", None)
+    for cursor in ("before", "after"):
+        query.pop(cursor, None)
     context = {
         "page": page,
+        "errors": errors,
         "filters": filters,
         "query": query.urlencode(),
+        "at_cursor": bool(before or after),
         "statuses": RunStatus.choices,
         "teams": teams_of(request.user),
         "algorithms": [choice["name"] for choice in selectors.spec_choices()["algorithm"]],
         "techniques": list(TECHNIQUES),
         "compare_max": COMPARE_MAX,
     }
-    return render(request, "runs/list.html", context, status=200 if filters.is_valid() else 400)
+    return render(request, "runs/list.html", context, status=400 if errors else 200)
 
 
 @login_required

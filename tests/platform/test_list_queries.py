@@ -2,6 +2,8 @@
 shows or how much a run has (attempts, checkpoints, forks, status changes): no query per
 row. bench.dashboard_lists times them with 10,000 runs and 100 users."""
 
+import re
+
 import pytest
 from django.db import connection
 from django.test import Client
@@ -60,6 +62,18 @@ def test_the_runs_list_page_costs_the_same_queries_for_2_or_50_runs(browser_alic
     assert few == many, (few, many)
     # The list reads each run's algorithm out of its spec in the query.
     assert "<td>grpo</td>" in browser_alice.get("/runs/").content.decode()
+
+
+def test_an_older_page_costs_what_the_first_does_and_nothing_counts_the_runs(browser_alice, alice):
+    many_runs([(alice, default_team(alice))], 120)
+    older = re.search(r'href="\?(before=[0-9_]+)" rel="next"', browser_alice.get("/runs/").content.decode())[1]
+
+    first = queries_of(browser_alice, "/runs/")
+    with CaptureQueriesContext(connection) as queries:
+        assert browser_alice.get(f"/runs/?{older}").status_code == 200
+
+    assert len(queries) == first
+    assert not any("COUNT(" in query["sql"] for query in queries.captured_queries)
 
 
 def test_the_run_page_costs_the_same_queries_however_much_the_run_has(browser_alice, alice):

@@ -7,6 +7,7 @@ from typing import Any
 
 import django_filters
 import yaml
+from django.contrib.auth import get_user_model
 from django.db.models import Q, QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
@@ -121,7 +122,11 @@ class RunListFilter(RunFilter):
 
     def search(self, runs: QuerySet[Run], name: str, value: str) -> QuerySet[Run]:
         text = value.strip().lstrip("#")
-        match = Q(name__icontains=text) | Q(owner__username__iexact=text)
+        # The owner is looked up first, so every alternative is a column of the run with
+        # an index (on PostgreSQL the name's is a trigram index, migration 0010) and the
+        # database ORs the index scans; a join to the users in the OR scans every run.
+        owners = list(get_user_model().objects.filter(username__iexact=text).values_list("pk", flat=True))
+        match = Q(name__icontains=text) | Q(owner_id__in=owners)
         return runs.filter(match | Q(pk=int(text)) if text.isascii() and text.isdigit() and len(text) < 10 else match)
 
 
