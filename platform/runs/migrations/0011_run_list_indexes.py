@@ -32,7 +32,7 @@ def drop_trigram_index(apps, schema_editor):
 class Migration(migrations.Migration):
     dependencies = [
         ("accounts", "0002_drop_drf_authtoken_table"),
-        ("runs", "0009_metric_rollups"),
+        ("runs", "0010_alert_rules_and_email"),
     ]
 
     operations = [
