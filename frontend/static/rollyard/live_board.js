@@ -20,6 +20,11 @@ window.RollyardLiveBoard = (function () {
     return tr;
   }
 
+  // A snapshot's time ("at", ISO 8601) as the other pages show times: HH:MM:SS UTC.
+  function utcTime(iso) {
+    return `${new Date(iso).toISOString().slice(11, 19)} UTC`;
+  }
+
   function follow(wsPath, type, state, draw) {
     let attempt = 0;
     function connect() {
@@ -30,7 +35,7 @@ window.RollyardLiveBoard = (function () {
         if (data.type !== type) return;
         attempt = 0;
         state.dataset.state = "live";
-        state.textContent = `live: updated ${new Date().toLocaleTimeString()}`;
+        state.textContent = "live";
         draw(data);
       };
       socket.onclose = (event) => {
@@ -44,5 +49,5 @@ window.RollyardLiveBoard = (function () {
     connect();
   }
 
-  return { cell, row, follow };
+  return { cell, row, follow, utcTime };
 })();
