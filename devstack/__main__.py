@@ -7,6 +7,7 @@ run on the built-in task and prints where to watch it. Ctrl-C (or SIGTERM) stops
 """
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -18,6 +19,8 @@ from rollyard.defaults import VAR_DIR
 
 DEMO_USER = "demo"
 DEMO_PASSWORD = "demo"
+# The demo starts one run worker, which drives one run at a time.
+DEMO_RUN_WORKERS = 1
 
 
 def prepare_database():
@@ -44,6 +47,20 @@ def prepare_database():
     return secret, user
 
 
+def match_cpu_pool_to_workers(user) -> None:
+    """Give the default CPU pool as many run slots as the demo has run workers. Admission
+    counts the pool's slots, not live workers: with more slots than workers, a second run
+    is admitted and then sits with no worker and no reason given, where with one slot it
+    waits in the queue (/queue/) with its position and why."""
+    from quotas.models import DEFAULT_POOL, Pool
+    from quotas.services import save_pool_or_quota
+
+    pool = Pool.objects.filter(name=DEFAULT_POOL).first()
+    if pool is not None and pool.capacity != DEMO_RUN_WORKERS:
+        pool.capacity = DEMO_RUN_WORKERS
+        save_pool_or_quota(user, pool)
+
+
 def launch_demo_run(user) -> int:
     from runs.launch import create_run
 
@@ -66,6 +83,10 @@ def demo(port: int) -> int:
         env = stack_env(REDIS_URL=redis_url())
         os.environ.update(REDIS_URL=env["REDIS_URL"])
         token, user = prepare_database()
+        match_cpu_pool_to_workers(user)
+        # httpx logs every request at INFO (Django's root level): the readiness polls
+        # below would print between the launcher's own lines.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         web = start_web(port, env, VAR_DIR / "web.log")
         worker = start_worker(env, VAR_DIR / "worker.log")
         housekeeper = start_housekeeper(env, VAR_DIR / "housekeeper.log")
@@ -105,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rollyard", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     demo_parser = commands.add_parser("demo", help="run the platform with a demo run learning live")
-    demo_parser.add_argument("--port", type=int, default=int(os.environ.get("ROLLYARD_PORT", 8000)))
+    demo_parser.add_argument(
+        "--port", type=int, default=int(os.environ.get("ROLLYARD_PORT", 8000)),
+        help="the web server's port on 127.0.0.1 (default: $ROLLYARD_PORT, else 8000)",
+    )
     args = parser.parse_args(argv)
     return demo(args.port)
 

@@ -74,6 +74,10 @@ def test_launch_through_the_form_watch_drill_down_cancel_and_compare(live_stack,
         assert page.locator("#validation-state").get_attribute("data-state") == "valid", page.inner_text("#live-errors")
         page.fill("#field-rollout-n", "1")
         expect(page.locator("#field-rollout-n-error")).to_contain_text("greater than or equal to 2", timeout=15_000)
+        # Launching anyway reaches the server (not a browser bubble), which lists the problem.
+        page.click("#launch-button")
+        expect(page.locator("#spec-errors li[data-field='rollout.n']")).to_be_visible(timeout=30_000)
+        assert not Run.objects.exists()
         for field, value in FORM_FIELDS.items():
             page.fill(f"#{field}", value)
         page.select_option("#field-algorithm-name", "dr_grpo")
@@ -121,6 +125,11 @@ def test_launch_through_the_form_watch_drill_down_cancel_and_compare(live_stack,
         page.click("#tab-overview")
         shoot(page, "run-overview")
         wait_until_terminal(run.id, timeout_s=300)
+        # The overview follows without a reload: the end in its status history, the final
+        # checkpoint, and the fork form, which only a run with a checkpoint has.
+        expect(page.locator("#run-status-history tbody")).to_contain_text("succeeded", timeout=30_000)
+        expect(page.locator("#run-checkpoints tr[data-step='5']")).to_be_visible(timeout=30_000)
+        expect(page.locator("#run-fork option[value='5']")).to_be_attached()
 
         # A second run, cancelled from its page once it has a step to compare. Long enough
         # that it cannot finish first: 5 such steps took under the time the chart needs to

@@ -43,7 +43,8 @@
       {
         margin: { l: 60, r: 16, t: 8, b: 44 },
         xaxis: { title: { text: xTitle }, automargin: true },
-        yaxis: { title: { text: yTitle }, automargin: true },
+        // 5e-8 rather than plotly's SI "50n", which reads as fifty of the unit (nats, tokens).
+        yaxis: { title: { text: yTitle }, automargin: true, exponentformat: "e" },
         legend: { orientation: "h", y: -0.25 },
         uirevision: "keep", // keep the user's zoom across redraws
       },

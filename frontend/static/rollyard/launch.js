@@ -302,6 +302,18 @@
   function showProblems(problems) {
     for (const el of document.querySelectorAll(".field-error")) { el.hidden = true; el.textContent = ""; }
     for (const input of Object.values(inputs)) input.removeAttribute("aria-invalid");
+    // YAML that does not parse: the validate endpoint names it "text" (its body's key), the
+    // launch "spec" (the editor's name); shown as "spec", at the editor, opened.
+    if (problems.text) {
+      problems = Object.assign({ spec: problems.text }, problems);
+      delete problems.text;
+    }
+    if (problems.spec) {
+      textarea.setAttribute("aria-invalid", "true");
+      $("yaml-advanced").open = true;
+    } else {
+      textarea.removeAttribute("aria-invalid");
+    }
     const unplaced = [];
     for (const [field, reasons] of Object.entries(problems)) {
       // The field itself, else its nearest parent shown in the form (dataset.catalog → dataset).

@@ -24,6 +24,11 @@ window.RollyardLiveBoard = (function () {
 
   const CLOCK_MS = 5000;
 
+  // A snapshot's time ("at", ISO 8601) as the other pages show times: HH:MM:SS UTC.
+  function utcTime(iso) {
+    return `${new Date(iso).toISOString().slice(11, 19)} UTC`;
+  }
+
   function follow(wsPath, type, state, draw) {
     let attempt = 0;
     let shown = null;
@@ -37,7 +42,7 @@ window.RollyardLiveBoard = (function () {
         if (data.type !== type) return;
         attempt = 0;
         state.dataset.state = "live";
-        state.textContent = `live: updated ${new Date().toLocaleTimeString()}`;
+        state.textContent = `live: updated ${utcTime(new Date().toISOString())}`;
         shown = data;
         receivedAt = Date.now();
         draw(data, 0);
@@ -53,5 +58,5 @@ window.RollyardLiveBoard = (function () {
     connect();
   }
 
-  return { cell, row, follow };
+  return { cell, row, follow, utcTime };
 })();

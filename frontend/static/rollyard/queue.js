@@ -6,7 +6,7 @@
 (function () {
   "use strict";
 
-  const { cell, row, follow } = window.RollyardLiveBoard;
+  const { cell, row, follow, utcTime } = window.RollyardLiveBoard;
   const dash = (value) => (value === null || value === undefined ? "—" : String(value));
 
   function link(href, text) {
@@ -50,7 +50,7 @@
   }
 
   function draw(board, secondsSince) {
-    document.getElementById("queue-at").textContent = board.at;
+    document.getElementById("queue-at").textContent = utcTime(board.at);
     document.querySelector("#pools-table tbody").replaceChildren(...board.pools.map((pool) => row([
       withChildren(cell(""), link(`?pool=${encodeURIComponent(pool.name)}`, pool.name)), cell(pool.accelerator),
       cell(`${pool.in_use} / ${pool.capacity} ${pool.unit}`, "num"), cell(String(pool.queued), "num"),

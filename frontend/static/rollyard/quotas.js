@@ -5,10 +5,11 @@
 (function () {
   "use strict";
 
-  const { cell, row, follow } = window.RollyardLiveBoard;
+  const { cell, row, follow, utcTime } = window.RollyardLiveBoard;
   const dash = (value) => (value === null || value === undefined ? "—" : String(value));
+
   function draw(board, secondsSince) {
-    document.getElementById("quotas-at").textContent = board.at;
+    document.getElementById("quotas-at").textContent = utcTime(board.at);
     document.querySelector("#quota-pools tbody").replaceChildren(...board.pools.map((pool) => row([
       cell(pool.name), cell(String(pool.in_use), "num in-use"), cell(`${pool.capacity} ${pool.unit}`, "num"),
       cell(String(pool.queued), "num"), cell(pool.active ? "" : "inactive", "muted"),

@@ -19,8 +19,13 @@
   const R = window.Rollyard;
   const REDRAW_MS = 500;
   const REFRESH_MS = 3000;
+  // A status change or checkpoint often comes with another (admitted, then running): one fetch.
+  const OVERVIEW_REFRESH_MS = 300;
   const PROMPTS_PAGE = 20;
   const TERMINAL = ["succeeded", "failed", "cancelled"];
+  // Pass rate 0 red, 0.5 amber, 1 green, spelled out: plotly.js has no red-yellow-green
+  // scale by name, and an unknown name silently draws its default (white to red).
+  const PASS_RATE_COLORS = [[0, "#c2372f"], [0.5, "#f2c94c"], [1, "#1f8a4c"]];
   const PHASE_COLORS = {
     generate: "#2f6fde", verify: "#8e6bd8", train: "#1f8a4c", sync: "#d9822b", wait: "#e0b23a", eval: "#17a2b8",
     idle: "#c9ccd3",
@@ -93,14 +98,34 @@
     if (entry) el.textContent = `Waiting in pool ${entry.pool}: position ${entry.position} (${entry.ahead} ahead) — ${entry.reason}`;
   }
 
-  function addStatusRow(data) {
-    const row = document.createElement("tr");
-    for (const text of [new Date().toISOString().slice(11, 19), run.status, data.status, data.reason || ""]) {
-      const td = document.createElement("td");
-      td.textContent = text;
-      row.appendChild(td);
+  // The overview's tables (status history, attempts, checkpoints) and the fork form are
+  // rendered by the server; the page fetches itself again for them when the run's status
+  // changes or it writes a checkpoint. Pushes alone cannot rebuild them: a status push
+  // carries no attempt, and a page opened between two changes would miss the first.
+  // The fork form is swapped only where the page has none yet (the first checkpoint);
+  // otherwise only its step list is, so what the user types there stays.
+  const SERVER_RENDERED = ["run-status-history", "run-attempts", "run-checkpoints", "run-checkpoint-bytes"];
+  let overviewTimer = null;
+
+  function refreshOverviewSoon() {
+    window.clearTimeout(overviewTimer);
+    overviewTimer = window.setTimeout(() => refreshOverview().catch(console.error), OVERVIEW_REFRESH_MS);
+  }
+
+  async function refreshOverview() {
+    const response = await fetch(window.location.pathname, { credentials: "same-origin" });
+    if (!response.ok) throw new Error(`${window.location.pathname} answered ${response.status}`);
+    const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+    for (const id of SERVER_RENDERED) {
+      const el = fresh.getElementById(id);
+      if (el && $(id)) $(id).replaceWith(document.adoptNode(el));
     }
-    $("run-status-history").tBodies[0].appendChild(row);
+    const freshFork = fresh.getElementById("run-fork");
+    if (!freshFork) return;
+    if (!$("run-fork")) { $("run-checkpoints").after(document.adoptNode(freshFork)); return; }
+    const chosen = $("fork-step").value;
+    $("fork-step").replaceWith(document.adoptNode(fresh.getElementById("fork-step")));
+    if ([...$("fork-step").options].some((o) => o.value === chosen)) $("fork-step").value = chosen;
   }
 
   function setLive(state, text) {
@@ -167,7 +192,8 @@
           name, type: "scatter", mode: "lines+markers", marker: { size: 4 },
           x: lines[i].x.slice(), y: lines[i].y.slice(), connectgaps: false,
         }));
-        Plotly.react(c.el, traces, R.baseLayout("step", spec.unit), R.PLOT_CONFIG);
+        // The legend even for one line: it names the metric (which pass@k, which norm).
+        Plotly.react(c.el, traces, R.baseLayout("step", spec.unit, { showlegend: true }), R.PLOT_CONFIG);
         c.drawnCounts = lines.map((s) => s.x.length);
         c.drawnNames = names.join("|");
         if (!c.clickable) { c.clickable = true; c.el.on("plotly_click", (e) => e.points[0] && samples.ofStep(e.points[0].x)); }
@@ -345,7 +371,7 @@
       const labels = h.edges.slice(0, -1).map((lo, i) => `${lo.toFixed(1)}–${h.edges[i + 1].toFixed(1)}`);
       const traces = h.steps.length ? [{
         type: "heatmap", name: "pass rate", x: h.steps, y: labels, z: h.pass_rate, zmin: 0, zmax: 1,
-        colorscale: "RdYlGn", colorbar: { title: { text: "pass rate" } },
+        colorscale: PASS_RATE_COLORS, colorbar: { title: { text: "pass rate" } },
         customdata: h.attempts, hovertemplate: "step %{x}<br>difficulty %{y}<br>pass rate %{z:.2f} of %{customdata} attempts<extra></extra>",
       }] : [];
       Plotly.react(el, traces, R.baseLayout("step", "difficulty bucket (the dataset's)"), R.PLOT_CONFIG);
@@ -356,6 +382,9 @@
       R.setPoints(el, h.steps.length * labels.length);
     },
   };
+  // The table's starting order, marked like a clicked one.
+  $("prompt-table").querySelector(`th[data-order="${difficulty.ordering.replace(/^-/, "")}"]`)
+    .setAttribute("aria-sort", difficulty.ordering.startsWith("-") ? "descending" : "ascending");
   for (const th of document.querySelectorAll("#prompt-table th[data-order]")) {
     th.classList.add("sortable");
     th.addEventListener("click", () => {
@@ -469,6 +498,9 @@
         if (state.spans.length > MAX_SPANS) state.spans.shift();
         markDirty("chart-timeline");
         break;
+      case "checkpoint":
+        if (!fromHistory) refreshOverviewSoon();
+        break;
       case "log":
       case "status":
         appendLog(event);
@@ -533,6 +565,7 @@
       const data = JSON.parse(message.data);
       if (data.type === "hello") {
         attempt = 0;
+        if (data.run.status !== run.status) refreshOverviewSoon(); // it changed before we joined
         Object.assign(run, data.run);
         runDirty = true;
         setLive("live");
@@ -541,7 +574,7 @@
       } else if (data.type === "events") {
         onPush(data.events);
       } else if (data.type === "status") {
-        if (data.status !== run.status) addStatusRow(data);
+        if (data.status !== run.status) refreshOverviewSoon();
         Object.assign(run, {
           status: data.status, status_reason: data.reason, cancel_requested: data.cancel_requested,
           started_at: data.started_at, finished_at: data.finished_at,
