@@ -98,7 +98,7 @@ def demo(port: int) -> int:
             f"  watch the demo run:  {base}/runs/{run_id}/\n"
             f"  log in as:           {DEMO_USER} / {DEMO_PASSWORD}\n"
             f"  API token:           {token}\n"
-            f"  REST API schema:     {base}/api/schema/\n"
+            f"  REST API docs:       {base}/api/docs/ (OpenAPI schema: {base}/api/schema/)\n"
             f"  logs:                {VAR_DIR}/web.log, {VAR_DIR}/worker.log, {VAR_DIR}/housekeeper.log\n"
             f"Ctrl-C stops everything.\n",
             flush=True,

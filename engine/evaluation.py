@@ -60,7 +60,7 @@ def evaluate(spec: "RunSpec", collector: "Collector", problems: "list[Problem]",
 
     from engine.events import Metrics, PromptResults, SampleRecords
     from engine.sampling.base import PlanItem
-    from engine.telemetry import Timeline, prompt_results, sample_records
+    from engine.telemetry import Timeline, prompt_results, sample_records, sampled_prompts
 
     training = spec.training
     timeline = Timeline(step)
@@ -79,6 +79,11 @@ def evaluate(spec: "RunSpec", collector: "Collector", problems: "list[Problem]",
     return [
         Metrics(step=step, values=values),
         PromptResults(step=step, split="test", results=prompt_results(rollouts)),
-        SampleRecords(step=step, split="test", samples=sample_records(rollouts, spec.telemetry.samples_per_prompt)),
+        SampleRecords(
+            step=step,
+            split="test",
+            samples=sample_records(rollouts, spec.telemetry.samples_per_prompt),
+            prompts=sampled_prompts(rollouts),
+        ),
         *timeline.spans,
     ]

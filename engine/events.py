@@ -103,14 +103,22 @@ class SampleRecord(BaseModel):
     last_version: int
 
 
+class PromptText(BaseModel):
+    prompt_id: str
+    prompt: str  # the text the model was given (a dataset's template applied)
+    answer: str  # the reference answer the verifier compares responses with
+
+
 class SampleRecords(_Event):
     """A bounded set of one step's samples for drill-down: at most
-    `telemetry.samples_per_prompt` per prompt, one right and one wrong where both exist."""
+    `telemetry.samples_per_prompt` per prompt, one right and one wrong where both exist,
+    and each of their prompts once, with its text and reference answer."""
 
     kind: Literal["samples"] = "samples"
     step: int
     split: Literal["train", "test"] = "train"
     samples: list[SampleRecord]
+    prompts: list[PromptText] = []
 
 
 # generate: a rollout worker decodes; verify: the verifier scores responses (and reward

@@ -19,7 +19,7 @@ try:  # nvidia-ml-py, the `gpu` extra; absent on CPU machines, where runs report
 except ImportError:  # pragma: no cover - depends on the machine
     pynvml = None
 
-from engine.events import LengthHistogram, Phase, PromptResult, SampleRecord, Span, monotonic_now
+from engine.events import LengthHistogram, Phase, PromptResult, PromptText, SampleRecord, Span, monotonic_now
 from engine.rollout.types import Group, Rollout
 
 LENGTH_BINS = 32
@@ -187,6 +187,17 @@ def sample_records(rollouts: Sequence[Rollout], per_prompt: int) -> list[SampleR
             for item in (items[i] for i in sorted(chosen))
         ]
     return records
+
+
+def sampled_prompts(rollouts: Sequence[Rollout]) -> list[PromptText]:
+    """Each prompt of `rollouts` once, in first-seen order: the text the model was given
+    and the reference answer, capped like a response (sample_records keeps at least one
+    sample of every prompt, so these are exactly the prompts of its records)."""
+    problems = {item.problem.id: item.problem for item in rollouts}
+    return [
+        PromptText(prompt_id=problem.id, prompt=problem.prompt[:SAMPLE_TEXT_CHARS], answer=problem.answer[:SAMPLE_TEXT_CHARS])
+        for problem in problems.values()
+    ]
 
 
 def step_metrics(

@@ -66,6 +66,7 @@ from engine.telemetry import (
     length_histogram,
     prompt_results,
     sample_records,
+    sampled_prompts,
     step_metrics,
 )
 from engine.training import TRAINING_BACKENDS
@@ -243,7 +244,11 @@ class SyncRecipe:
             length_histogram(step, generated, self.bin_edges),
             PromptResults(step=step, split="train", results=prompt_results(generated)),
             DifficultyUpdates(step=step, prompts=self.difficulty.changes()),
-            SampleRecords(step=step, samples=sample_records(generated, spec.telemetry.samples_per_prompt)),
+            SampleRecords(
+                step=step,
+                samples=sample_records(generated, spec.telemetry.samples_per_prompt),
+                prompts=sampled_prompts(generated),
+            ),
             *spans,
         ]
 

@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files for /api/docs/, served by us (no CDN)
     "accounts",
     "runs",
     "catalog",
@@ -198,6 +199,12 @@ SPECTACULAR_SETTINGS = {
     # The schema documents the API and holds no data: clients and the fuzz tests read it
     # before they have a token.
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    # The docs page (/api/docs/) loads Swagger UI from our static files, never a CDN:
+    # machines may be offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # No online validator badge: Swagger UI would send the schema to validator.swagger.io.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     # Choice sets that share a field name ("status") each get a name of their own; a run's
     # keeps the one it had before samples came. Presets and alerts both have a "kind".
     "ENUM_NAME_OVERRIDES": {

@@ -390,6 +390,26 @@ class RunSample(models.Model):
         return f"#{self.run_id}@{self.step} {self.prompt_id} ({self.status}, reward {self.reward})"
 
 
+class RunPrompt(models.Model):
+    """A prompt the run sampled, as the model was given it, and its reference answer: the
+    drill-down's heading (a `samples` event's `prompts`, each prompt once). Only the engine
+    knows the text faithfully (a built-in task's id is a hash of it, a dataset's template
+    wraps it), so it is stored at ingest; the first report of a prompt is kept. One row per
+    prompt the run ever sampled, like its difficulty store: a prompt whose samples fell out
+    of the retention window keeps its text for the difficulty table."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="prompts")
+    prompt_id = models.TextField()
+    prompt = models.TextField(help_text="the text the model was given (a dataset's template applied)")
+    answer = models.TextField(help_text="the reference answer the verifier compares responses with")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "prompt_id"], name="runprompt_run_prompt")]
+
+    def __str__(self) -> str:
+        return f"#{self.run_id} {self.prompt_id}"
+
+
 class MetricRollup(models.Model):
     """One bucket of `width` consecutive steps of one metric (steps width·bucket …
     width·(bucket+1) − 1): its point count and its first, last, lowest and highest finite

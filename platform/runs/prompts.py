@@ -1,5 +1,6 @@
 """A run's per-prompt telemetry: its difficulty store (the latest record of each prompt)
-and the sampled responses kept for drill-down (step → prompt → samples).
+the sampled responses kept for drill-down (step → prompt → samples) and the text and
+reference answer of each prompt sampled.
 
 Written only by runs.telemetry.record_events, inside its transaction and under its fence: a
 superseded attempt's batch and a re-sent batch never get here, so what is stored here
@@ -14,7 +15,7 @@ from django.conf import settings
 
 from catalog import services as catalog
 from engine.events import DifficultyUpdates, Event, PromptDifficulty, SampleRecords
-from runs.models import Run, RunPromptDifficulty, RunSample
+from runs.models import Run, RunPrompt, RunPromptDifficulty, RunSample
 
 # Event kinds stored in their own tables here instead of as RunEvent rows.
 STORED_APART = frozenset({"difficulty", "samples"})
@@ -54,9 +55,21 @@ def _record_difficulty(run: Run, updates: Sequence[DifficultyUpdates]) -> None:
 
 
 def _record_samples(run: Run, events: Sequence[SampleRecords]) -> None:
-    """Replace the sample set of each (step, split) the batch reports, then drop the steps
-    that fell out of the retention window (settings.ROLLYARD_SAMPLE_STEPS_KEPT)."""
+    """Replace the sample set of each (step, split) the batch reports, store the prompts
+    not seen before, then drop the steps that fell out of the retention window
+    (settings.ROLLYARD_SAMPLE_STEPS_KEPT)."""
     sets = {(event.step, event.split): event for event in events}  # a step reported twice: the last wins
+    # One row per prompt, not per sample; a prompt already stored keeps its row (its id
+    # names its text: a hash of it, or the dataset's id column), so a repeat is an index probe.
+    prompts = {prompt.prompt_id: prompt for event in events for prompt in event.prompts}
+    RunPrompt.objects.bulk_create(
+        (
+            RunPrompt(run=run, prompt_id=storable(prompt.prompt_id), prompt=storable(prompt.prompt), answer=storable(prompt.answer))
+            for prompt in prompts.values()
+        ),
+        batch_size=500,
+        ignore_conflicts=True,
+    )
     for step, split in sets:
         RunSample.objects.filter(run=run, step=step, split=split).delete()
     RunSample.objects.bulk_create(

@@ -5,7 +5,7 @@ from collections.abc import Iterable, Sequence
 from typing import TypedDict
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import Max, Min, QuerySet
+from django.db.models import Max, Min, OuterRef, QuerySet, Subquery
 
 from accounts.permissions import visible_to
 from engine.algorithms import ALGORITHMS
@@ -18,7 +18,7 @@ from engine.spec import RunSpec, parse_spec
 from engine.tasks import BUILTIN_TASKS
 from engine.training import TRAINING_BACKENDS
 from runs import rollups
-from runs.models import MetricPoint, Run, RunEvent, RunPromptDifficulty, RunSample, RunStatus
+from runs.models import MetricPoint, Run, RunEvent, RunPrompt, RunPromptDifficulty, RunSample, RunStatus
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -158,18 +158,27 @@ def spec_choices() -> dict[str, list[dict[str, str]]]:
 # --- per-prompt telemetry (runs.prompts) -----------------------------------------------------
 
 
+def with_prompt_text(rows: QuerySet) -> QuerySet:
+    """`rows` (of a run's prompts: difficulty records or samples) with the prompt's text and
+    reference answer as `prompt` and `answer`, None when the run reported none (a run
+    recorded before prompts were). One unique-index probe per row returned."""
+    texts = RunPrompt.objects.filter(run=OuterRef("run"), prompt_id=OuterRef("prompt_id"))
+    return rows.annotate(prompt=Subquery(texts.values("prompt")[:1]), answer=Subquery(texts.values("answer")[:1]))
+
+
 def prompt_difficulties(run: Run) -> QuerySet[RunPromptDifficulty]:
-    """The run's difficulty store, one row per prompt, in prompt id order."""
-    return RunPromptDifficulty.objects.filter(run=run).order_by("prompt_id")
+    """The run's difficulty store, one row per prompt, in prompt id order, with each
+    prompt's text and answer (with_prompt_text)."""
+    return with_prompt_text(RunPromptDifficulty.objects.filter(run=run).order_by("prompt_id"))
 
 
 def run_samples(run: Run, prompt_id: str | None = None) -> QuerySet[RunSample]:
     """The run's kept samples (of one prompt when given), newest step first, then in the
-    order each step reported them."""
+    order each step reported them, with their prompt's text and answer (with_prompt_text)."""
     samples = RunSample.objects.filter(run=run)
     if prompt_id is not None:
         samples = samples.filter(prompt_id=prompt_id)
-    return samples.order_by("-step", "split", "position")
+    return with_prompt_text(samples.order_by("-step", "split", "position"))
 
 
 HEATMAP_BY = ("difficulty", "mean")

@@ -178,8 +178,8 @@ def _record_step(run_id: int, attempt_id: int, step: int, extra: dict[str, float
     from django.db import connection
 
     from engine.events import (
-        DifficultyUpdates, LengthHistogram, Metrics, PromptDifficulty, PromptResult, PromptResults, SampleRecord,
-        SampleRecords, Span,
+        DifficultyUpdates, LengthHistogram, Metrics, PromptDifficulty, PromptResult, PromptResults, PromptText,
+        SampleRecord, SampleRecords, Span,
     )
     from runs.telemetry import record_events
 
@@ -211,7 +211,7 @@ def _record_step(run_id: int, attempt_id: int, step: int, extra: dict[str, float
         SampleRecords(step=step, samples=[
             SampleRecord(prompt_id="p-hard", response=f"7 +5 = 12\n#### 12 (step {step})", reward=0.0, length=9,
                          status="completed", first_version=step - 1, last_version=step - 1),
-        ]),
+        ], prompts=[PromptText(prompt_id="p-hard", prompt=". . 7 +5 -3", answer="9")]),
     ])
     connection.close()
 
@@ -292,7 +292,10 @@ def test_the_run_page_tabs_live_from_recorded_events(live_stack, chromium_path, 
         expect(page.locator("#prompt-table tbody tr").first.locator("td").nth(1)).to_have_text("0.900")
         page.locator("#prompt-table tbody tr[data-prompt-id='p-hard']").click()
         expect(page.locator("#samples .sample-meta").first).to_contain_text("p-hard · step 2", timeout=10_000)
-        expect(page.locator("#samples .sample-meta").first).to_contain_text("reward 0")
+        # The prompt as the model saw it and its reference answer, above its samples' verdicts.
+        expect(page.locator("#samples .prompt-meta").first).to_contain_text("reference answer: 9")
+        expect(page.locator("#samples .prompt-text").first).to_have_text(". . 7 +5 -3")
+        expect(page.locator("#samples .sample-meta").first).to_contain_text("✗ wrong, reward 0")
         expect(page.locator("#samples .sample-text").first).to_contain_text("#### 12 (step 2)")
         page.wait_for_function("() => Number(document.querySelector('#chart-pass-heatmap').dataset.points) > 0", timeout=10_000)
         shoot(page, "run-difficulty")

@@ -13,7 +13,7 @@ from engine.problems import Problem
 from engine.recipes.sync import SyncRecipe
 from engine.rollout.types import Rollout
 from engine.spec import parse_spec
-from engine.telemetry import MERGE_GAP_S, SAMPLE_TEXT_CHARS, Timeline, sample_records
+from engine.telemetry import MERGE_GAP_S, SAMPLE_TEXT_CHARS, Timeline, sample_records, sampled_prompts
 
 PHASES = set(get_args(Phase))  # generate, verify, train, sync, wait, eval, idle
 
@@ -63,6 +63,19 @@ def test_sample_records_keep_at_most_the_bound_per_prompt_with_a_right_and_a_wro
         ("late", "l0", 0.0), ("late", "l6", 1.0),
         ("solved", "s0", 1.0), ("solved", "s1", 1.0),
     ]  # fmt: skip
+
+
+def test_sampled_prompts_name_each_prompt_once_with_its_text_and_answer_capped():
+    # Two prompts, eight rollouts of "a" and one of "b": two prompt texts, not nine.
+    rollouts = [rollout("a", 0.0)] * 4 + [rollout("b", 1.0)] + [rollout("a", 1.0)] * 4
+    long_prompt = Problem(id="c", prompt="9 +9 " * 1000, answer="7" * 5000, difficulty=1.0, solution="")  # 5000 each
+    rollouts.append(Rollout(**{**rollouts[0].__dict__, "problem": long_prompt}))
+
+    prompts = sampled_prompts(rollouts)
+
+    assert [(p.prompt_id, p.prompt, p.answer) for p in prompts[:2]] == [("a", "a?", "1"), ("b", "b?", "1")]
+    assert prompts[2].prompt == long_prompt.prompt[:4096] and prompts[2].answer == "7" * 4096
+    assert {p.prompt_id for p in prompts} == {r.prompt_id for r in sample_records(rollouts, per_prompt=2)}
 
 
 def test_sample_records_cap_the_text_and_carry_reward_length_status_and_versions():

@@ -4,10 +4,12 @@ record_events as a driver sends them, read from GET /api/runs/<id>/samples/ (?st
 is stored once, a step reported again by a resumed attempt replaces its set, only the
 newest ROLLYARD_SAMPLE_STEPS_KEPT steps stay. Last, a real engine run's events end to end."""
 
+import re
+
 import pytest
 from django.utils import timezone
 
-from engine.events import Heartbeat, ListSink, SampleRecord, SampleRecords
+from engine.events import Heartbeat, ListSink, PromptText, SampleRecord, SampleRecords
 from engine.orchestration import run as run_engine
 from engine.spec import parse_spec
 from runs import telemetry
@@ -138,20 +140,31 @@ TINY = {
 }
 
 
-def test_a_real_runs_difficulty_and_samples_are_stored_as_the_engine_reported_them(teams, run):
+@pytest.fixture(scope="module")
+def tiny_run() -> ListSink:
+    """The events of one real engine run of TINY (run once for the module's tests)."""
     sink = ListSink()
     assert run_engine(parse_spec(TINY), sink) == "succeeded"
-    # Sent as the worker's sink sends them: one numbered batch per heartbeat.
+    return sink
+
+
+def record_as_a_worker(run, events) -> None:
+    """Send `events` as the worker's sink sends them: one numbered batch per heartbeat."""
     attempt = RunAttempt.objects.create(run=run, number=1, worker_host="test", worker_pid=1)
     batch: list = []
     number = 0
-    for event in sink.events:
+    for event in events:
         batch.append(event)
         if isinstance(event, Heartbeat):
             number += 1
             telemetry.record_events(run.pk, attempt.pk, batch, batch=number)
             batch = []
     telemetry.record_events(run.pk, attempt.pk, batch, batch=number + 1)
+
+
+def test_a_real_runs_difficulty_and_samples_are_stored_as_the_engine_reported_them(teams, run, tiny_run):
+    sink = tiny_run
+    record_as_a_worker(run, sink.events)
     api = teams.client(teams.viewer)
 
     prompts = {row["prompt_id"]: row for row in results(api.get(f"/api/runs/{run.pk}/prompts/", {"limit": 500}))}
@@ -195,3 +208,46 @@ def test_a_nul_in_a_prompt_id_is_a_400_not_a_database_error(teams, run, error_of
 
     assert in_path.status_code == in_query.status_code == 400
     assert list(error_of(in_path)["fields"]) == list(error_of(in_query)["fields"]) == ["prompt_id"]
+
+
+def test_a_real_runs_prompt_text_and_answer_come_with_its_samples(teams, run, tiny_run):
+    record_as_a_worker(run, tiny_run.events)
+    api = teams.client(teams.viewer)
+    # Train and held-out prompts (the run evaluates once at its end).
+    prompt_ids = {sample.prompt_id for event in tiny_run.of_kind("samples") for sample in event.samples}
+
+    for prompt_id in prompt_ids:
+        stored = results(api.get(f"/api/runs/{run.pk}/prompts/{prompt_id}/samples/"))
+        (row,) = results(api.get(f"/api/runs/{run.pk}/samples/", {"prompt_id": prompt_id, "limit": 1}))
+        assert stored and {(s["prompt"], s["answer"]) for s in stored} == {(row["prompt"], row["answer"])}
+        # An arith prompt is its chain right-aligned with "." words ("… . 7 +5 -3 +8"): the
+        # chain read as Python is the reference answer (7 + 5 − 3 + 8 = 17).
+        chain = " ".join(word for word in row["prompt"].split() if word != ".")
+        assert row["answer"] == str(eval(chain)), row  # noqa: S307 - a chain of digits and signs
+        # The arith verifier gives 1.0 exactly to a response whose last "#### n" is the answer.
+        for sample in stored:
+            marked = re.findall(r"#### *(-?\d+)", sample["response"])
+            assert (sample["reward"] == 1.0) == (marked[-1:] == [row["answer"]]), sample
+    # The difficulty table (train prompts) carries them too.
+    table = results(api.get(f"/api/runs/{run.pk}/prompts/", {"limit": 500}))
+    train_ids = {sample.prompt_id for event in tiny_run.of_kind("samples") if event.split == "train" for sample in event.samples}
+    assert {row["prompt_id"] for row in table if row["prompt"] is not None} == train_ids
+    # Each prompt is stored once, however many steps and samples it had.
+    assert run.prompts.count() == len(prompt_ids)
+    stranger = teams.client(teams.outsider)
+    some_prompt = next(iter(prompt_ids))
+    for url in (f"/api/runs/{run.pk}/prompts/{some_prompt}/samples/", f"/api/runs/{run.pk}/samples/", f"/api/runs/{run.pk}/prompts/"):
+        assert stranger.get(url).status_code == 404, url
+
+
+def test_a_prompt_is_stored_once_and_a_run_that_reported_no_text_answers_null(teams, run, record):
+    first = PromptText(prompt_id="a", prompt="2 +3", answer="5")
+    record(run.pk, [SampleRecords(step=1, samples=[sample("a", 1.0), sample("b", 0.0)], prompts=[first])])
+    # A later step reports prompt "a" again: its first text stays (an id names its text).
+    record(run.pk, [SampleRecords(step=2, samples=[sample("a", 0.0)], prompts=[first.model_copy(update={"prompt": "x"})])])
+
+    stored = results(teams.client(teams.viewer).get(f"/api/runs/{run.pk}/samples/"))
+
+    assert [(s["step"], s["prompt_id"], s["prompt"], s["answer"]) for s in stored] == [
+        (2, "a", "2 +3", "5"), (1, "a", "2 +3", "5"), (1, "b", None, None),
+    ]  # fmt: skip

@@ -203,6 +203,17 @@ RULES: dict[str, dict[str, Case]] = {
             effect=lambda w: Preset.objects.filter(name=w.preset.name, version=2).exists(),
         ),
     },
+    # A user's tokens page: anyone signed in makes their own; a token is revoked by its
+    # user alone (the member's token is a 404 to everyone else, staff too, as in the API).
+    "accounts:tokens": page_signed_in(body=lambda w: {"name": "page-token"}),
+    "accounts:token-revoke": {
+        "GET": Case(roles(LOGIN, 405, 405, 405, 405, 405), kwargs=lambda w: {"token_id": w.members_token.pk}),
+        "POST": Case(
+            roles(LOGIN, 404, DONE, 404, 404, 404),
+            kwargs=lambda w: {"token_id": w.members_token.pk},
+            effect=lambda w: ApiToken.objects.get(pk=w.members_token.pk).revoked_at is not None,
+        ),
+    },
     # Django's sign-in and password pages.
     # Form views answer PUT as POST (Django's ProcessFormView).
     "login": {method: Case(PUBLIC, body=lambda w: {"username": "nobody", "password": "wrong"}) for method in ("GET", "POST", "PUT")},
@@ -229,6 +240,7 @@ RULES: dict[str, dict[str, Case]] = {
     # --- the API ----------------------------------------------------------------------------
     "api:api-root": {"GET": Case(API_SIGNED_IN)},
     "api:schema": {"GET": Case(PUBLIC)},  # documents the API, holds no data
+    "api-docs": {"GET": Case(PUBLIC)},  # the schema drawn by Swagger UI
     "api:spec-defaults": {"GET": Case(API_SIGNED_IN)},
     "api:spec-schema": {"GET": Case(API_SIGNED_IN)},
     # Validating a launch in team "ml" is checked like the launch, and stores nothing.

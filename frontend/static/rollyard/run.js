@@ -399,7 +399,8 @@
   $("prompt-prev").addEventListener("click", () => { difficulty.offset = Math.max(0, difficulty.offset - PROMPTS_PAGE); difficulty.loadTable(); });
   $("prompt-next").addEventListener("click", () => { difficulty.offset += PROMPTS_PAGE; difficulty.loadTable(); });
 
-  // Drill-down: a prompt's latest samples, or one step's, with text, reward, length, status.
+  // Drill-down: a prompt's latest samples, or one step's: each prompt's text and reference
+  // answer, then its samples side by side with text, verdict, reward, length, status.
   const samples = {
     asked: 0,
     async show(url, title) {
@@ -411,21 +412,50 @@
       const list = $("samples");
       list.textContent = "";
       const newest = answer.results.length ? answer.results[0].step : null;
-      for (const s of answer.results.filter((r) => r.step === newest)) {
-        const li = document.createElement("li");
-        li.className = `sample status-${s.status}`;
+      const shown = answer.results.filter((r) => r.step === newest);
+      const byPrompt = new Map(); // in the order the engine sent them
+      for (const s of shown) {
+        if (!byPrompt.has(s.prompt_id)) byPrompt.set(s.prompt_id, []);
+        byPrompt.get(s.prompt_id).push(s);
+      }
+      for (const [promptId, group] of byPrompt) list.appendChild(this.promptGroup(promptId, group));
+      list.dataset.samples = String(shown.length);
+      $("samples-empty").hidden = shown.length > 0;
+      $("samples-empty").textContent = "No samples kept for it (only the newest steps keep theirs).";
+    },
+    promptGroup(promptId, group) {
+      const li = document.createElement("li");
+      li.className = "prompt-group";
+      li.dataset.promptId = promptId;
+      const head = document.createElement("div");
+      head.className = "prompt-meta";
+      const { prompt, answer } = group[0]; // the same on every sample of a prompt
+      head.textContent = answer === null ? `prompt ${promptId} · text not recorded (the run reported none)`
+        : `prompt ${promptId} · reference answer: ${answer}`;
+      li.appendChild(head);
+      if (prompt !== null) {
+        const text = document.createElement("pre");
+        text.className = "prompt-text";
+        text.textContent = prompt;
+        li.appendChild(text);
+      }
+      const row = document.createElement("ol");
+      row.className = "prompt-samples";
+      for (const s of group) {
+        const item = document.createElement("li");
+        item.className = `sample status-${s.status} ${s.reward > 0 ? "verdict-right" : "verdict-wrong"}`;
         const meta = document.createElement("div");
         meta.className = "sample-meta";
-        meta.textContent = `${s.prompt_id} · step ${s.step} (${s.split}) · reward ${s.reward} · ${s.length} tokens · ${s.status} · policy v${s.first_version}–v${s.last_version}`;
+        // The verifiers score 1 (right) or 0 (wrong), before shaping.
+        meta.textContent = `${s.prompt_id} · step ${s.step} (${s.split}) · ${s.reward > 0 ? "✓ right" : "✗ wrong"}, reward ${s.reward} · ${s.length} tokens · ${s.status} · policy v${s.first_version}–v${s.last_version}`;
         const text = document.createElement("pre");
         text.className = "sample-text";
         text.textContent = s.response;
-        li.append(meta, text);
-        list.appendChild(li);
+        item.append(meta, text);
+        row.appendChild(item);
       }
-      list.dataset.samples = String(list.children.length);
-      $("samples-empty").hidden = list.children.length > 0;
-      $("samples-empty").textContent = "No samples kept for it (only the newest steps keep theirs).";
+      li.appendChild(row);
+      return li;
     },
     ofPrompt(promptId) {
       return this.show(R.urlWith(`${config.prompts_url}${encodeURIComponent(promptId)}/samples/`, { limit: 32 }), `prompt ${promptId}, latest step`);

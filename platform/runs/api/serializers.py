@@ -155,13 +155,26 @@ class DiffQuerySerializer(serializers.Serializer):
     b = serializers.IntegerField(help_text="another run id")
 
 
-class PromptDifficultySerializer(serializers.ModelSerializer):
+class PromptTextFields(serializers.Serializer):
+    """The prompt's text and reference answer (runs.selectors.with_prompt_text)."""
+
+    prompt = serializers.CharField(
+        read_only=True, allow_null=True,
+        help_text="the text the model was given (a dataset's template applied), at most 4,096 characters; "
+        "null when the run reported none",
+    )  # fmt: skip
+    answer = serializers.CharField(
+        read_only=True, allow_null=True, help_text="the reference answer the verifier compares responses with"
+    )
+
+
+class PromptDifficultySerializer(PromptTextFields, serializers.ModelSerializer):
     samples_url = serializers.SerializerMethodField(help_text="this prompt's kept samples, newest step first")
 
     class Meta:
         model = RunPromptDifficulty
         fields = [
-            "prompt_id", "attempts", "successes", "alpha", "beta", "mean", "low", "high",
+            "prompt_id", "prompt", "answer", "attempts", "successes", "alpha", "beta", "mean", "low", "high",
             "last_step", "allocated", "step", "wall_time", "samples_url",
         ]  # fmt: skip
         read_only_fields = fields
@@ -174,11 +187,11 @@ class PromptDifficultySerializer(serializers.ModelSerializer):
         return reverse("api:run-prompt-samples", args=[row.run_id, row.prompt_id])
 
 
-class SampleSerializer(serializers.ModelSerializer):
+class SampleSerializer(PromptTextFields, serializers.ModelSerializer):
     class Meta:
         model = RunSample
         fields = [
-            "step", "split", "position", "prompt_id", "response", "reward", "length", "status",
+            "step", "split", "position", "prompt_id", "prompt", "answer", "response", "reward", "length", "status",
             "first_version", "last_version", "wall_time",
         ]  # fmt: skip
         read_only_fields = fields
