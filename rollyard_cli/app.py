@@ -194,32 +194,32 @@ def alerts(
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = None,
 ) -> None:
-    """A run's alert rules and its alerts (newest first, open and resolved)."""
+    """A run's alert rules, then its alerts, newest first, one a line (as `logs` prints:
+    a message is prose, which a table folds at 80 columns)."""
     client = Client(url, token)
     rules = call(client.get, f"/api/runs/{run_id}/alert-rules/")
-    if rules:
-        table = Table("rule", "metric", "when", "for", "mailed to", "checked to", "state", title="alert rules")
-        for rule in rules:
-            steps = rule["consecutive"]
-            table.add_row(
-                str(rule["id"]), rule["metric"], f"{rule['comparison']} {rule['threshold']:g}",
-                f"{steps} step{'s' if steps > 1 else ''}", ", ".join(rule["emails"]) or "the owner",
-                str(rule["checked_step"]), "alerting" if rule["open_alert"] else "quiet",
-            )  # fmt: skip
-        out.print(table)
-    else:
+    if not rules:
         out.print(f"run #{run_id} has no alert rules")
+    for rule in rules:
+        line = (
+            f"rule #{rule['id']} {rule_text(rule)}, mails {', '.join(rule['emails']) or 'the owner'}, "
+            f"checked to step {rule['checked_step']}: {'alerting' if rule['open_alert'] else 'quiet'}"
+        )
+        out.print(line, markup=False, soft_wrap=True)
     history = call(client.get, f"/api/runs/{run_id}/alerts/")
-    if history:
-        table = Table("alert", "opened", "kind", "rule", "message", "resolved", title="alerts")
-        for alert in history:
-            table.add_row(
-                str(alert["id"]), moment(alert["opened_at"]), alert["kind"], str(alert["rule"] or "-"),
-                alert["message"], moment(alert["resolved_at"]) if alert["resolved_at"] else "open",
-            )  # fmt: skip
-        out.print(table)
-    else:
+    if not history:
         out.print(f"run #{run_id} has had no alerts")
+    for alert in history:
+        state = f"resolved {moment(alert['resolved_at'])}" if alert["resolved_at"] else "open"
+        rule = f" (rule #{alert['rule']})" if alert["rule"] else ""
+        line = f"alert #{alert['id']} {moment(alert['opened_at'])} {alert['kind']}{rule}, {state}: {alert['message']}"
+        out.print(line, markup=False, soft_wrap=True)
+
+
+def rule_text(rule: dict[str, Any]) -> str:
+    """"val/acc/mean@1 below 0.6 for 2 steps"."""
+    steps = rule["consecutive"]
+    return f"{rule['metric']} {rule['comparison']} {rule['threshold']:g} for {steps} step{'s' if steps > 1 else ''}"
 
 
 def moment(iso: str) -> str:
@@ -246,8 +246,7 @@ def add_rule(
     body = {"metric": metric, "comparison": comparison, "threshold": threshold, "consecutive": consecutive,
             "emails": email or []}  # fmt: skip
     rule = call(Client(url, token).post, f"/api/runs/{run_id}/alert-rules/", body)
-    out.print(f"added rule #{rule['id']} to run #{run_id}: {rule['metric']} {rule['comparison']} {rule['threshold']:g}"
-              f" for {rule['consecutive']} step{'s' if rule['consecutive'] > 1 else ''}")  # fmt: skip
+    out.print(f"added rule #{rule['id']} to run #{run_id}: {rule_text(rule)}", markup=False)
 
 
 @rule_app.command("remove")

@@ -147,7 +147,9 @@ def test_add_list_and_remove_an_alert_rule(rollyard, live_stack):
     assert listed.exit_code == 0, listed.output
     assert "val/acc/mean@1" in listed.output and "below 0.6" in listed.output and "lead@example.com" in listed.output
     assert "alerting" in listed.output  # the rule's open alert
-    assert "accuracy fell to 0.41" in listed.output and "open" in listed.output
+    [alert] = Alert.objects.filter(run=run)
+    assert f"alert #{alert.pk} " in listed.output
+    assert f"metric (rule #{rule.pk}), open: accuracy fell to 0.41" in listed.output
 
     removed = rollyard("runs", "alert-rule", "remove", str(run.pk), str(rule.pk))
     assert removed.exit_code == 0, removed.output
@@ -155,7 +157,8 @@ def test_add_list_and_remove_an_alert_rule(rollyard, live_stack):
     assert not AlertRule.objects.filter(pk=rule.pk).exists()
     assert Alert.objects.get(run=run).resolved_at is not None  # its open alert resolved, kept
     listed = rollyard("runs", "alerts", str(run.pk))
-    assert "has no alert rules" in listed.output and "accuracy fell to 0.41" in listed.output
+    assert "has no alert rules" in listed.output
+    assert ", resolved " in listed.output and "accuracy fell to 0.41" in listed.output
 
     gone = rollyard("runs", "alert-rule", "remove", str(run.pk), str(rule.pk))
     assert gone.exit_code == 5 and f"run #{run.pk} has no alert rule #{rule.pk}" in gone.output
