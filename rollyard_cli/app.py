@@ -6,6 +6,9 @@ the demo stack (`rollyard demo`).
     rollyard runs show ID
     rollyard runs cancel ID
     rollyard runs logs ID [--follow]
+    rollyard runs alerts ID
+    rollyard runs alert-rule add ID --metric M (--above X | --below X) [--consecutive N] [--email A]...
+    rollyard runs alert-rule remove ID RULE_ID
 
 The server and credentials come from --url/ROLLYARD_URL and --token/ROLLYARD_TOKEN.
 Exit codes: 0 done, 2 bad usage, 3 not authenticated, 4 forbidden, 5 not found,
@@ -34,6 +37,8 @@ app = typer.Typer(
 )
 runs_app = typer.Typer(help="Launch, list, show, cancel and follow runs.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
+rule_app = typer.Typer(help="Add and remove a run's metric-threshold alert rules.", no_args_is_help=True)
+runs_app.add_typer(rule_app, name="alert-rule")
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -104,7 +109,7 @@ def list_runs(
     for run in page["results"]:
         table.add_row(
             str(run["id"]), run["name"], run["team"], run["owner"], run["status"],
-            f"{run['current_step']}/{run['total_steps']}", run["created_at"][:19].replace("T", " "),
+            f"{run['current_step']}/{run['total_steps']}", moment(run["created_at"]),
         )  # fmt: skip
     out.print(table)
     shown = len(page["results"])
@@ -181,6 +186,79 @@ def log_line(event: dict[str, Any]) -> str:
         text = f"status {event['status']}" + (f": {event['message']}" if event.get("message") else "")
         return f"{moment} {text}"
     return f"{moment} {event.get('level', 'info'):7} {event['message']}"
+
+
+@runs_app.command("alerts")
+def alerts(
+    run_id: Annotated[int, typer.Argument(help="the run's id")],
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """A run's alert rules, then its alerts, newest first, one a line (as `logs` prints:
+    a message is prose, which a table folds at 80 columns)."""
+    client = Client(url, token)
+    rules = call(client.get, f"/api/runs/{run_id}/alert-rules/")
+    if not rules:
+        out.print(f"run #{run_id} has no alert rules")
+    for rule in rules:
+        line = (
+            f"rule #{rule['id']} {rule_text(rule)}, mails {', '.join(rule['emails']) or 'the owner'}, "
+            f"checked to step {rule['checked_step']}: {'alerting' if rule['open_alert'] else 'quiet'}"
+        )
+        out.print(line, markup=False, soft_wrap=True)
+    history = call(client.get, f"/api/runs/{run_id}/alerts/")
+    if not history:
+        out.print(f"run #{run_id} has had no alerts")
+    for alert in history:
+        state = f"resolved {moment(alert['resolved_at'])}" if alert["resolved_at"] else "open"
+        rule = f" (rule #{alert['rule']})" if alert["rule"] else ""
+        line = f"alert #{alert['id']} {moment(alert['opened_at'])} {alert['kind']}{rule}, {state}: {alert['message']}"
+        out.print(line, markup=False, soft_wrap=True)
+
+
+def rule_text(rule: dict[str, Any]) -> str:
+    """"val/acc/mean@1 below 0.6 for 2 steps"."""
+    steps = rule["consecutive"]
+    return f"{rule['metric']} {rule['comparison']} {rule['threshold']:g} for {steps} step{'s' if steps > 1 else ''}"
+
+
+def moment(iso: str) -> str:
+    """An API timestamp as the tables print it: date and time to the second, UTC."""
+    return iso[:19].replace("T", " ")
+
+
+@rule_app.command("add")
+def add_rule(
+    run_id: Annotated[int, typer.Argument(help="the run's id")],
+    metric: Annotated[str, typer.Option(help="a metric name of docs/metrics.md, e.g. val/acc/mean@1")],
+    above: Annotated[float | None, typer.Option(help="alert while the metric is above this")] = None,
+    below: Annotated[float | None, typer.Option(help="alert while the metric is below this")] = None,
+    consecutive: Annotated[int, typer.Option(help="reported steps in a row that must cross")] = 1,
+    email: Annotated[list[str] | None, typer.Option(help="an address to mail besides the run's owner (repeatable)")] = None,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Add a rule to a run: it alerts once the metric crosses the threshold for that many
+    reported steps in a row, and resolves when it comes back."""
+    if (above is None) == (below is None):
+        raise fail(ApiError("give exactly one of --above or --below", 2))
+    comparison, threshold = ("above", above) if above is not None else ("below", below)
+    body = {"metric": metric, "comparison": comparison, "threshold": threshold, "consecutive": consecutive,
+            "emails": email or []}  # fmt: skip
+    rule = call(Client(url, token).post, f"/api/runs/{run_id}/alert-rules/", body)
+    out.print(f"added rule #{rule['id']} to run #{run_id}: {rule_text(rule)}", markup=False)
+
+
+@rule_app.command("remove")
+def remove_rule(
+    run_id: Annotated[int, typer.Argument(help="the run's id")],
+    rule_id: Annotated[int, typer.Argument(help="the rule's id (rollyard runs alerts RUN lists them)")],
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Remove a rule from a run: its open alert is resolved, its alerts stay listed."""
+    call(Client(url, token).delete, f"/api/runs/{run_id}/alert-rules/{rule_id}/")
+    out.print(f"removed rule #{rule_id} from run #{run_id}")
 
 
 @app.command("demo")

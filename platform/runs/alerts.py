@@ -12,6 +12,9 @@ Each new alert is POSTed as JSON to settings.ROLLYARD_ALERT_WEBHOOK_URL and mail
 `email_to` (the run's owner, and a rule's own addresses) through Django's email framework
 when settings.EMAIL_HOST is set, after it is stored; a delivery that fails is recorded on
 the row, per channel, and retried by the next sweep, and never breaks the sweep.
+
+Every alert that opens or resolves is also pushed to the run's open pages on commit
+(runs.live, {"type": "alerts", "alerts": [...]}), so the run page shows it without a reload.
 """
 
 import functools
@@ -29,14 +32,15 @@ from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils import timezone
 
 from engine.spec import SpecError
 from rollyard.defaults import REPO_ROOT
-from runs.lifecycle import User, check_can_manage
+from runs import live
+from runs.lifecycle import RunPermissionDenied, User, check_can_manage
 from runs.models import Alert, AlertComparison, AlertKind, AlertRule, MetricPoint, Run, RunStatus
 
 logger = logging.getLogger(__name__)
@@ -69,9 +73,11 @@ def open_alert(run: Run, kind: AlertKind, message: str) -> Alert | None:
         return None
     try:
         with transaction.atomic():
-            return Alert.objects.create(run=run, kind=kind, message=message, email_to=recipients(run))
+            alert = Alert.objects.create(run=run, kind=kind, message=message, email_to=recipients(run))
     except IntegrityError:  # another sweep opened it between our check and our insert
         return None
+    publish_on_commit([alert])
+    return alert
 
 
 def recipients(run: Run, rule: AlertRule | None = None) -> list[str]:
@@ -83,10 +89,49 @@ def recipients(run: Run, rule: AlertRule | None = None) -> list[str]:
 
 def resolve_alerts(run: Run, kinds: list[AlertKind] | None = None) -> int:
     """Close the run's open alerts (of `kinds`, or all). Returns how many closed."""
-    alerts = Alert.objects.filter(run=run, resolved_at__isnull=True)
+    alerts = Alert.objects.filter(run=run)
     if kinds is not None:
         alerts = alerts.filter(kind__in=kinds)
-    return alerts.update(resolved_at=timezone.now())
+    return resolve(alerts)
+
+
+def resolve(alerts: QuerySet[Alert]) -> int:
+    """Close the open ones of `alerts` and tell their runs' pages. Returns how many closed."""
+    closing = list(alerts.filter(resolved_at__isnull=True).order_by("id"))
+    if not closing:
+        return 0
+    now = timezone.now()
+    closed = Alert.objects.filter(pk__in=[alert.pk for alert in closing], resolved_at__isnull=True).update(resolved_at=now)
+    for alert in closing:
+        alert.resolved_at = now
+    # A concurrent sweep may have closed one of them first: pushed twice, which a page
+    # that replaces alerts by id does not mind.
+    publish_on_commit(closing)
+    return closed
+
+
+def alert_fields(alert: Alert) -> dict[str, Any]:
+    """What the run's pages receive of an alert: the REST list's fields, less delivery."""
+    return {
+        "id": alert.pk,
+        "kind": alert.kind,
+        "rule": alert.rule_id,
+        "message": alert.message,
+        "opened_at": alert.opened_at.isoformat(),
+        "resolved_at": alert.resolved_at.isoformat() if alert.resolved_at else None,
+    }
+
+
+def publish_on_commit(alerts: Sequence[Alert]) -> None:
+    """Push `alerts` (just opened or resolved) to their runs' pages once the transaction
+    commits: a rolled-back sweep shows nobody an alert that never was."""
+    by_run: dict[int, list[dict[str, Any]]] = {}
+    for alert in alerts:
+        by_run.setdefault(alert.run_id, []).append(alert_fields(alert))
+    for run_id, fields in by_run.items():
+        message = {"type": "run.alerts", "alerts": fields}
+        # robust: the alerts are stored; a Redis hiccup must not break the sweep.
+        transaction.on_commit(lambda run_id=run_id, message=message: live.publish(run_id, message), robust=True)
 
 
 def idle_ratio(run: Run) -> float | None:
@@ -135,22 +180,29 @@ def check_running_runs(now: datetime) -> list[Alert]:
 
 def resolve_alerts_of_finished_runs() -> int:
     """A finished run has no live problem left: close its alerts."""
-    return Alert.objects.filter(
-        resolved_at__isnull=True, run__status__in=list(RunStatus.TERMINAL)
-    ).update(resolved_at=timezone.now())
+    return resolve(Alert.objects.filter(run__status__in=list(RunStatus.TERMINAL)))
 
 
 # --- metric-threshold rules ---------------------------------------------------------------
 
 
 @functools.cache
-def documented_metric_names() -> tuple[re.Pattern[str], ...]:
-    """The metric names in the tables of docs/metrics.md's METRIC_SECTIONS, as patterns: a
-    placeholder (`val/pass@{k}`, `gpu/{i}/utilization`) stands for one path segment."""
+def documented_metrics() -> tuple[str, ...]:
+    """The metric names in the tables of docs/metrics.md's METRIC_SECTIONS, as written
+    there: a placeholder (`val/pass@{k}`, `gpu/{i}/utilization`) stands for one path
+    segment. The rule forms offer them."""
     sections = METRICS_DOC.read_text().split("\n## ")
     tables = "\n".join(section for section in sections if section.split("\n", 1)[0].strip() in METRIC_SECTIONS)
-    names = re.findall(r"^\| `([^`]+)` \|", tables, re.MULTILINE)
-    return tuple(re.compile("[^/]+".join(re.escape(part) for part in re.split(r"\{[^}]*\}", name))) for name in names)
+    return tuple(re.findall(r"^\| `([^`]+)` \|", tables, re.MULTILINE))
+
+
+@functools.cache
+def documented_metric_names() -> tuple[re.Pattern[str], ...]:
+    """documented_metrics() as patterns, a placeholder matching one path segment."""
+    return tuple(
+        re.compile("[^/]+".join(re.escape(part) for part in re.split(r"\{[^}]*\}", name)))
+        for name in documented_metrics()
+    )
 
 
 def is_metric_name(name: str) -> bool:
@@ -251,11 +303,21 @@ def add_rule(user: User, run: Run, data: Any) -> AlertRule:
         return create_rules(run, [fields], user)[0]
 
 
+def may_change_rules(user: User, run: Run) -> bool:
+    """Whether `user` may add and delete the run's rules (as add_rule decides): the run
+    page shows its controls only to them."""
+    try:
+        check_can_manage(user, run)
+    except RunPermissionDenied:
+        return False
+    return True
+
+
 def delete_rule(user: User, rule: AlertRule) -> None:
     """Delete a rule (who may: as add_rule); its open alert is resolved, its alerts stay."""
     check_can_manage(user, rule.run)
     with transaction.atomic():
-        rule.alerts.filter(resolved_at__isnull=True).update(resolved_at=timezone.now())
+        resolve(rule.alerts.all())
         rule.delete()
 
 
@@ -298,7 +360,7 @@ def evaluate_rule(rule_id: int) -> list[Alert]:
                     opened += [alert] if alert else []
             else:
                 if rule.streak >= rule.consecutive:
-                    rule.alerts.filter(resolved_at__isnull=True).update(resolved_at=timezone.now())
+                    resolve(rule.alerts.all())
                 rule.streak = 0
             rule.checked_step = step
         if rule.run.is_terminal:
@@ -318,11 +380,13 @@ def open_metric_alert(rule: AlertRule, step: int, value: float) -> Alert | None:
     message = f"run #{run.pk} {run.name}: {crossing} ({value:.4g} at step {step})"
     try:
         with transaction.atomic():
-            return Alert.objects.create(
+            alert = Alert.objects.create(
                 run=run, kind=AlertKind.METRIC, rule=rule, message=message, email_to=recipients(run, rule)
             )
     except IntegrityError:
         return None
+    publish_on_commit([alert])
+    return alert
 
 
 # --- delivery ----------------------------------------------------------------------------------
@@ -390,12 +454,7 @@ def run_url(run_id: int) -> str:
 def alert_json(alert: Alert) -> dict:
     """The webhook's body."""
     return {
-        "id": alert.pk,
-        "kind": alert.kind,
-        "rule": alert.rule_id,
-        "message": alert.message,
-        "opened_at": alert.opened_at.isoformat(),
-        "resolved_at": alert.resolved_at.isoformat() if alert.resolved_at else None,
+        **alert_fields(alert),
         "run": {
             "id": alert.run_id,
             "name": alert.run.name,

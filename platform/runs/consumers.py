@@ -10,6 +10,8 @@ Server → client messages:
   {"type": "events", "events": [engine event as JSON, ...]}      one stored batch
   {"type": "status", "status": ..., "reason": ..., "cancel_requested": bool,
    "started_at": iso|null, "finished_at": iso|null}
+  {"type": "alerts", "alerts": [{"id", "kind", "rule", "message", "opened_at",
+   "resolved_at"}, ...]}                                         opened or resolved (runs.alerts)
 Control (cancel) goes through the REST API; the socket only listens. Published messages
 arrive encoded already (`runs.live.encoded`): a socket forwards their text untouched.
 """

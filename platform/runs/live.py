@@ -19,12 +19,14 @@ def run_group(run_id: int) -> str:
 
 def encoded(message: dict[str, Any]) -> dict[str, Any]:
     """The channel-layer message carrying `message` as its sockets' frame: "run.events"
-    becomes {"type": "events", ...} and "run.status" {"type": "status", ...}."""
+    becomes {"type": "events", ...}, "run.status" {"type": "status", ...} and
+    "run.alerts" {"type": "alerts", ...}."""
     return {"type": RUN_FRAME, "text": json.dumps({**message, "type": message["type"].removeprefix("run.")})}
 
 
 def publish(run_id: int, message: dict[str, Any]) -> None:
-    """Send `message` ("run.events" or "run.status") to the run's watchers, encoded once.
+    """Send `message` ("run.events", "run.status" or "run.alerts") to the run's watchers,
+    encoded once.
 
     Call it from transaction.on_commit only, so nobody sees what the database may yet
     roll back. Synchronous callers only (services, workers).

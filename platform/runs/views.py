@@ -4,6 +4,7 @@ Like the API, they only parse input and call selectors and services; the run pag
 charts load their data from the REST API and the run's websocket.
 """
 
+import json
 import re
 from datetime import timedelta
 from typing import Any
@@ -28,11 +29,11 @@ from quotas.models import DEFAULT_POOL
 from quotas.services import RequestRefused
 from rollyard.pagination import BadCursor, KeysetPage, keyset_page
 from rollyard.params import whole_number
-from runs import launch, lifecycle, selectors, twins
+from runs import alerts, launch, lifecycle, selectors, twins
 from runs.api.lifecycle import compare_url
 from runs.api.serializers import RunDetailSerializer
 from runs.api.dashboards import TECHNIQUES, RunListFilter
-from runs.models import Run, RunStatus
+from runs.models import AlertKind, Run, RunStatus
 from runs.spec_diff import spec_differences
 
 # What the run page charts, by tab then chart id: the title, the unit of the y axis and the
@@ -179,11 +180,17 @@ def run_new(request: HttpRequest) -> HttpResponse:
     problems: list[tuple[str, str]] = []
     if request.method == "POST":
         text = request.POST.get("spec", "")
+        # The form's alert-rules section, as JSON (launch.js); absent without JavaScript.
+        rules_text = request.POST.get("alert_rules", "").strip() or "[]"
+        try:
+            rules = json.loads(rules_text)
+        except json.JSONDecodeError as exc:
+            problems.append(("alert_rules", f"not valid JSON: {exc}"))
         try:
             data = yaml.safe_load(text) or {}  # YAML is a superset of JSON
         except yaml.YAMLError as exc:
-            problems = [("spec", f"not valid YAML or JSON: {exc}")]
-        else:
+            problems.append(("spec", f"not valid YAML or JSON: {exc}"))
+        if not problems:
             try:
                 run = launch.create_run(
                     request.user,
@@ -191,6 +198,7 @@ def run_new(request: HttpRequest) -> HttpResponse:
                     team=_chosen_team(request),
                     parent=_clone_source(request, request.POST),
                     pool=request.POST.get("pool") or DEFAULT_POOL,
+                    alert_rules=rules,
                 )
             except (SpecError, RequestRefused) as exc:
                 problems = exc.problems
@@ -200,9 +208,13 @@ def run_new(request: HttpRequest) -> HttpResponse:
                 return redirect("runs:detail", run_id=run.pk)
     elif source := request.GET.get("from", "").strip():
         # 0: no run has that id, so anything but a number is a 404 like a missing run.
-        text = _to_yaml(_visible_run_or_404(request, whole_number(source, default=0)).spec)
+        source_run = _visible_run_or_404(request, whole_number(source, default=0))
+        text = _to_yaml(source_run.spec)
+        # A clone carries its source's rules, as the API's clone/ does.
+        rules_text = json.dumps([alerts.rule_fields(rule) for rule in source_run.alert_rules.all()])
     else:
         text = _to_yaml(selectors.spec_defaults())
+        rules_text = "[]"
     context = {
         "spec_text": text,
         "problems": problems,
@@ -214,7 +226,11 @@ def run_new(request: HttpRequest) -> HttpResponse:
             "validate_url": reverse("api:spec-validate"),
             # Nothing set yet: the form starts from the defaults, not from their YAML.
             "fresh": request.method == "GET" and not request.GET.get("from"),
+            "documented_metrics": alerts.documented_metrics(),
+            # A refused launch's (field, reason) pairs about its rules, shown at each rule's field.
+            "rule_problems": [problem for problem in problems if problem[0].startswith("alert_rules")],
         },
+        "alert_rules_text": rules_text,
         "quota_left": quota_left(request.user),
         "choices": selectors.spec_choices(),
         # Pools with what they hold, and the quotas that bind the user, before launching.
@@ -312,6 +328,13 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         "metric_names": present,
         "event_charts": {chart: {"kinds": kinds, "latest": count} for chart, (kinds, count) in EVENT_CHARTS.items()},
         "max_points": METRICS_MAX_POINTS,
+        # The alert card (alerts.js): its endpoints, the metric names its form offers, the
+        # kinds' labels, and whether this user may add and delete rules (the API decides too).
+        "alert_rules_url": reverse("api:run-alert-rules", args=[run.pk]),
+        "alerts_url": reverse("api:run-alerts", args=[run.pk]),
+        "documented_metrics": alerts.documented_metrics(),
+        "alert_kinds": dict(AlertKind.choices),
+        "may_change_rules": alerts.may_change_rules(request.user, run),
     }
     inputs = getattr(run, "inputs", None)
     context = {
@@ -348,6 +371,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
         "twins": selectors.visible_runs(request.user).filter(twin_of=run).order_by("id"),
         "twin_techniques": [twins.TECHNIQUE_LABELS[name] for name in twins.techniques_of_run(run)],
         "open_alerts": run.alerts.filter(resolved_at__isnull=True),
+        "may_change_rules": config["may_change_rules"],
     }
     for tab, key in (("off-policy", "off_policy_charts"), ("techniques", "technique_charts")):
         context[key] = [chart | {"hidden": not chart["shown"]} for chart in context["tab_charts"][tab]]

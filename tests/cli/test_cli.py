@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from accounts.models import Role, Team
 from accounts.services import add_member, create_token
 from rollyard_cli.app import app
-from runs.models import Run
+from runs.models import Alert, AlertKind, AlertRule, Run, RunStatus
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
 
@@ -122,6 +122,71 @@ def test_a_bad_token_a_missing_run_and_a_foreign_team_give_distinct_exit_codes(r
     not_my_team = rollyard("runs", "launch", str(spec_file), "--team", "bob")
     assert not_my_team.exit_code == 6
     assert "team: no team 'bob' among yours" in not_my_team.output
+
+
+def stored_run(owner_name: str, team_name: str) -> Run:
+    """A finished run stored directly: the alert commands need no worker."""
+    owner = get_user_model().objects.get(username=owner_name)
+    team = Team.objects.get(name=team_name)
+    return Run.objects.create(owner=owner, team=team, name="watched", spec={}, status=RunStatus.SUCCEEDED, total_steps=2)
+
+
+def test_add_list_and_remove_an_alert_rule(rollyard, live_stack):
+    run = stored_run("alice", "ml")
+
+    added = rollyard("runs", "alert-rule", "add", str(run.pk), "--metric", "val/acc/mean@1", "--below", "0.6",
+                     "--consecutive", "2", "--email", "lead@example.com")  # fmt: skip
+    assert added.exit_code == 0, added.output + live_stack.logs()
+    rule = AlertRule.objects.get(run=run)
+    assert (rule.metric, rule.comparison, rule.threshold, rule.consecutive, rule.emails) == (
+        "val/acc/mean@1", "below", 0.6, 2, ["lead@example.com"])
+    assert f"added rule #{rule.pk} to run #{run.pk}: val/acc/mean@1 below 0.6 for 2 steps" in added.output
+    Alert.objects.create(run=run, kind=AlertKind.METRIC, rule=rule, message="accuracy fell to 0.41")
+
+    listed = rollyard("runs", "alerts", str(run.pk))
+    assert listed.exit_code == 0, listed.output
+    assert "val/acc/mean@1" in listed.output and "below 0.6" in listed.output and "lead@example.com" in listed.output
+    assert "alerting" in listed.output  # the rule's open alert
+    [alert] = Alert.objects.filter(run=run)
+    assert f"alert #{alert.pk} " in listed.output
+    assert f"metric (rule #{rule.pk}), open: accuracy fell to 0.41" in listed.output
+
+    removed = rollyard("runs", "alert-rule", "remove", str(run.pk), str(rule.pk))
+    assert removed.exit_code == 0, removed.output
+    assert f"removed rule #{rule.pk} from run #{run.pk}" in removed.output
+    assert not AlertRule.objects.filter(pk=rule.pk).exists()
+    assert Alert.objects.get(run=run).resolved_at is not None  # its open alert resolved, kept
+    listed = rollyard("runs", "alerts", str(run.pk))
+    assert "has no alert rules" in listed.output
+    assert ", resolved " in listed.output and "accuracy fell to 0.41" in listed.output
+
+    gone = rollyard("runs", "alert-rule", "remove", str(run.pk), str(rule.pk))
+    assert gone.exit_code == 5 and f"run #{run.pk} has no alert rule #{rule.pk}" in gone.output
+
+
+def test_a_bad_rule_is_listed_field_by_field_and_a_viewer_is_forbidden(rollyard, alice_secret):
+    run = stored_run("alice", "ml")
+
+    bad = rollyard("runs", "alert-rule", "add", str(run.pk), "--metric", "no/such", "--above", "1",
+                   "--consecutive", "0", "--email", "not-an-address")  # fmt: skip
+    assert bad.exit_code == 6, bad.output
+    lines = [line.strip() for line in bad.output.splitlines()]
+    assert any(line.startswith("metric: 'no/such' is not a metric") for line in lines), bad.output
+    assert any(line.startswith("consecutive:") for line in lines), bad.output
+    assert any(line.startswith("emails: 'not-an-address'") for line in lines), bad.output
+
+    neither = rollyard("runs", "alert-rule", "add", str(run.pk), "--metric", "reward/mean")
+    both = rollyard("runs", "alert-rule", "add", str(run.pk), "--metric", "reward/mean", "--above", "1", "--below", "0")
+    for result in (neither, both):
+        assert result.exit_code == 2 and "exactly one of --above or --below" in result.output
+
+    viewer = get_user_model().objects.create_user("vic", password="pw")
+    add_member(Team.objects.get(name="ml"), viewer, Role.VIEWER)
+    as_viewer = rollyard("runs", "alert-rule", "add", str(run.pk), "--metric", "reward/mean", "--below", "0.1",
+                         token=create_token(viewer, "cli")[1])  # fmt: skip
+    assert as_viewer.exit_code == 4 and "403" in as_viewer.output
+    assert rollyard("runs", "alerts", str(run.pk), token=create_token(viewer, "cli")[1]).exit_code == 0
+    assert not AlertRule.objects.filter(run=run).exists()
 
 
 def test_an_unreachable_server_is_named(alice_secret):

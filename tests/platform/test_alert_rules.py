@@ -7,6 +7,7 @@ one written here: the standard library has none since Python 3.12)."""
 
 import email
 import email.policy
+import json
 import socketserver
 import threading
 
@@ -15,8 +16,11 @@ import pytest
 from engine.events import ListSink, Metrics
 from engine.orchestration import run as engine_run
 from engine.spec import parse_spec
-from runs import alerts
-from runs.models import Alert, AlertRule, RunStatus
+from django.test import Client
+from django.utils.html import escape
+
+from runs import alerts, launch
+from runs.models import Alert, AlertRule, Run, RunStatus
 from runs.reconciler import reconcile_runs
 
 pytestmark = pytest.mark.django_db
@@ -53,6 +57,13 @@ def alerting(alice, make_run, report, sweep) -> tuple:
     report(run, {1: 0.2})
     sweep()
     return run, rule, Alert.objects.get(rule=rule)
+
+
+@pytest.fixture
+def browser_alice(alice) -> Client:
+    browser = Client()
+    browser.force_login(alice)
+    return browser
 
 
 def rule_on(run, user, **fields) -> AlertRule:
@@ -513,6 +524,82 @@ def test_the_run_page_shows_the_rules_and_the_open_alert(client, alice, make_run
     assert f'data-rule="{quiet.pk}"' in page and "quiet" in page
     # The open alert at the top of the overview and in the rule card's history.
     assert page.count(f"{ACC} below 0.5 for 2 reported steps in a row (0.3 at step 2)") == 2
+
+
+def page_config(page: str, script_id: str) -> dict:
+    """A page's JSON configuration (its json_script element)."""
+    opening = f'<script id="{script_id}" type="application/json">'
+    start = page.index(opening) + len(opening)
+    return json.loads(page[start:page.index("</script>", start)])
+
+
+def test_the_run_pages_rule_controls_are_for_who_may_change_the_run(teams, make_run):
+    run = make_run(teams.member, team=teams.team)
+    rule = rule_on(run, teams.member)
+
+    for user, may in ((teams.member, True), (teams.admin, True), (teams.viewer, False)):
+        browser = Client()
+        browser.force_login(user)
+        page = browser.get(f"/runs/{run.pk}/").content.decode()
+        config = page_config(page, "run-config")
+        assert config["may_change_rules"] is may, user
+        assert ('id="alert-rule-form"' in page) is may and (f'data-delete-rule="{rule.pk}"' in page) is may, user
+        assert f"<code>{ACC}</code>" in page  # everyone who sees the run sees its rules
+    # What the form offers: the documented names (the run reports none yet), endpoints.
+    assert ACC in config["documented_metrics"] and "gpu/{i}/utilization" in config["documented_metrics"]
+    assert config["alert_rules_url"] == f"/api/runs/{run.pk}/alert-rules/"
+    assert config["alert_kinds"]["metric"] == "Metric threshold"
+
+
+def test_the_launch_form_sends_its_rules_beside_the_spec(browser_alice):
+    rules = [{"metric": ACC, "comparison": "below", "threshold": 0.6, "consecutive": 2, "emails": ["lead@example.com"]},
+             {"metric": "reward/mean", "comparison": "above", "threshold": 0.99, "consecutive": 1, "emails": []}]
+
+    response = browser_alice.post("/runs/new/", {"spec": "name: watched\n", "alert_rules": json.dumps(rules)})
+
+    run = Run.objects.get()
+    assert response.status_code == 302 and response["Location"] == f"/runs/{run.pk}/"
+    assert [alerts.rule_fields(rule) for rule in run.alert_rules.order_by("id")] == rules
+
+
+def test_a_launch_without_the_rules_field_has_no_rules(browser_alice):
+    # The form without JavaScript submits only the YAML.
+    assert browser_alice.post("/runs/new/", {"spec": "name: plain\n"}).status_code == 302
+    assert AlertRule.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("rules_text", "fields"),
+    [
+        (json.dumps([{"metric": ACC, "comparison": "below", "threshold": 0.5},
+                     {"metric": "no/such", "comparison": "under", "threshold": None, "consecutive": 0}]),
+         ["alert_rules.1.metric", "alert_rules.1.comparison", "alert_rules.1.threshold", "alert_rules.1.consecutive"]),
+        ("[{not json", ["alert_rules"]),
+        ('{"metric": "reward/mean"}', ["alert_rules"]),
+    ],
+)
+def test_a_refused_launch_names_each_bad_rule_field_and_keeps_the_rules(browser_alice, rules_text, fields):
+    response = browser_alice.post("/runs/new/", {"spec": "name: watched\n", "alert_rules": rules_text})
+
+    assert response.status_code == 400
+    assert Run.objects.count() == 0 and AlertRule.objects.count() == 0
+    page = response.content.decode()
+    for field in fields:
+        assert f'data-field="{field}"' in page, field
+    config = page_config(page, "launch-config")
+    assert sorted({field for field, _ in config["rule_problems"]}) == sorted(fields)
+    # What was sent is kept, for the form to show again and correct.
+    assert f'name="alert_rules" id="launch-alert-rules-json" value="{escape(rules_text)}"' in page
+
+
+def test_a_clone_in_the_launch_form_carries_its_sources_rules(browser_alice, alice):
+    source = launch.create_run(alice, {"name": "original"}, alert_rules=[
+        {"metric": ACC, "comparison": "below", "threshold": 0.5, "consecutive": 3, "emails": ["lead@example.com"]}])
+
+    page = browser_alice.get(f"/runs/new/?from={source.pk}").content.decode()
+
+    carried = [{"metric": ACC, "comparison": "below", "threshold": 0.5, "consecutive": 3, "emails": ["lead@example.com"]}]
+    assert f'value="{escape(json.dumps(carried))}"' in page
 
 
 def test_the_schema_documents_the_alert_endpoints_and_the_launchs_rules(api_alice):

@@ -17,8 +17,8 @@ from accounts.models import ApiToken, Role
 from accounts.services import add_member, create_token, default_team, revoke_token
 from engine.events import LengthHistogram, Metrics
 from rollyard.asgi import application
-from runs import lifecycle
-from runs.models import Run, RunStatus
+from runs import alerts, lifecycle
+from runs.models import AlertKind, Run, RunStatus
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 
@@ -349,4 +349,42 @@ async def test_recorded_events_and_status_changes_are_pushed_live(record):
     await database_sync_to_async(lifecycle.request_cancel)(alice, run)
     cancelling = await communicator.receive_json_from(timeout=10)
     assert (cancelling["status"], cancelling["cancel_requested"]) == ("running", True)
+    await communicator.disconnect()
+
+
+async def test_an_alert_that_opens_or_resolves_is_pushed_live(record):
+    alice, token = await user_with_token("alice")
+    run = await run_of(alice, RunStatus.RUNNING)
+    rule = await database_sync_to_async(alerts.add_rule)(
+        alice, run, {"metric": "reward/mean", "comparison": "below", "threshold": 0.5}
+    )
+    communicator = socket(f"/ws/runs/{run.id}/?token={token}")
+    assert (await hello_of(communicator))["run"]["id"] == run.id
+
+    # Given a reward below the rule's 0.5, when the sweep evaluates the rule: the alert opens.
+    await database_sync_to_async(record)(run.id, [Metrics(step=1, values={"reward/mean": 0.25})])
+    assert (await communicator.receive_json_from(timeout=10))["type"] == "events"
+    await database_sync_to_async(alerts.check_metric_rules)()
+    opened = await communicator.receive_json_from(timeout=10)
+    assert opened["type"] == "alerts"
+    [alert] = opened["alerts"]
+    assert (alert["kind"], alert["rule"], alert["resolved_at"]) == ("metric", rule.pk, None)
+    assert "(0.25 at step 1)" in alert["message"]
+
+    # The reward back above 0.5: the same alert, resolved.
+    await database_sync_to_async(record)(run.id, [Metrics(step=2, values={"reward/mean": 0.75})])
+    assert (await communicator.receive_json_from(timeout=10))["type"] == "events"
+    await database_sync_to_async(alerts.check_metric_rules)()
+    [resolved] = (await communicator.receive_json_from(timeout=10))["alerts"]
+    assert resolved["id"] == alert["id"] and resolved["resolved_at"] is not None
+
+    # A run-level alert (stuck) too, and its resolution when the run finishes.
+    stuck = await database_sync_to_async(alerts.open_alert)(run, AlertKind.STUCK, "no progress")
+    [pushed] = (await communicator.receive_json_from(timeout=10))["alerts"]
+    assert (pushed["id"], pushed["kind"], pushed["resolved_at"]) == (stuck.pk, "stuck", None)
+    await database_sync_to_async(lifecycle.transition)(run.id, RunStatus.SUCCEEDED, "done")
+    assert (await communicator.receive_json_from(timeout=10))["type"] == "status"
+    await database_sync_to_async(alerts.resolve_alerts_of_finished_runs)()
+    [closed] = (await communicator.receive_json_from(timeout=10))["alerts"]
+    assert closed["id"] == stuck.pk and closed["resolved_at"] is not None
     await communicator.disconnect()

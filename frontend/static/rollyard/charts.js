@@ -123,5 +123,5 @@
     if (button) exportClicked(button);
   });
 
-  window.Rollyard = { PLOT_CONFIG, urlWith, getJSON, postJSON, baseLayout, setPoints, chartRows, toCSV };
+  window.Rollyard = { PLOT_CONFIG, urlWith, getJSON, postJSON, csrfToken, baseLayout, setPoints, chartRows, toCSV };
 })();

@@ -345,11 +345,50 @@
     $("launch-button").disabled = false; // the server decides at launch as well
   }
 
+  // ------------------------------------------------------------ alert rules
+  // Rows of alerts.js's rule fields, sent beside the spec as the form's hidden
+  // `alert_rules` (JSON). They start from that field: a clone's rules, or what a refused
+  // launch sent, whose problems (alert_rules.<i>.<field>) are shown at each rule's field
+  // and listed with the spec's at the top.
+  const ruleRows = [];
+  const rulesInput = $("launch-alert-rules-json");
+
+  function addRuleRow(rule) {
+    const editor = R.ruleFields({ reported: [], documented: config.documented_metrics });
+    if (rule) editor.fill(rule);
+    const row = document.createElement("div");
+    row.className = "rule-row";
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.className = "link-button";
+    remove.textContent = "remove this rule";
+    const entry = { editor, row };
+    remove.addEventListener("click", () => { ruleRows.splice(ruleRows.indexOf(entry), 1); row.remove(); });
+    row.append(editor.element, remove);
+    $("launch-rule-list").appendChild(row);
+    ruleRows.push(entry);
+  }
+
+  function startRules() {
+    let saved = [];
+    try { saved = JSON.parse(rulesInput.value || "[]"); } catch (error) { /* listed at the top as alert_rules */ }
+    if (Array.isArray(saved)) saved.forEach((rule) => addRuleRow(rule && typeof rule === "object" ? rule : {}));
+    const problems = {};
+    for (const [field, reason] of config.rule_problems) (problems[field] = problems[field] || []).push(reason);
+    ruleRows.forEach((entry, index) => entry.editor.showProblems(problems, `alert_rules.${index}.`));
+  }
+
+  $("launch-rule-add").addEventListener("click", () => addRuleRow(null));
+  $("launch-form").addEventListener("submit", () => {
+    rulesInput.value = JSON.stringify(ruleRows.map((entry) => entry.editor.read()));
+  });
+
   textarea.addEventListener("input", () => schedule({ text: textarea.value }));
   $("pool").addEventListener("change", () => schedule({ spec }));
   if ($("team")) $("team").addEventListener("change", () => schedule({ spec }));
 
   build();
+  startRules();
   if (config.fresh) {
     // A new run starts from nothing set: the form shows the defaults the server resolves.
     writeYAML();

@@ -593,6 +593,7 @@
     setLive("connecting", "connecting…");
     socket.onmessage = (message) => {
       const data = JSON.parse(message.data);
+      document.dispatchEvent(new CustomEvent("rollyard:run-message", { detail: data })); // alerts.js
       if (data.type === "hello") {
         attempt = 0;
         if (data.run.status !== run.status) refreshOverviewSoon(); // it changed before we joined
