@@ -42,11 +42,33 @@ def test_the_run_page_has_every_tab_and_the_charts_of_each(browser_alice, alice,
     assert config["prompts_url"] == f"/api/runs/{run.id}/prompts/"
 
 
+def test_the_tail_ratio_has_its_own_axis_beside_the_fractions_of_rollouts(browser_alice, alice, make_run):
+    run = make_run(alice, "tail", status=RunStatus.RUNNING)
+
+    charts = page_config(browser_alice.get(f"/runs/{run.id}/").content.decode(), "run-config")["line_charts"]
+
+    # max / p50 runs 4-13×; the clipped, aborted and partial shares 0-0.12: one axis would
+    # flatten the shares to a line at zero.
+    assert charts["chart-ratios"]["names"] == ["rollout/clip_ratio", "rollout/aborted_ratio", "rollout/partial_ratio"]
+    assert charts["chart-ratios"]["unit"] == "fraction of rollouts"
+    assert charts["chart-tail-ratio"]["names"] == ["rollout/tail_ratio"]
+    assert charts["chart-tail-ratio"]["unit"] == "× the median length"
+
+
+def test_every_chart_draws_lines_of_one_unit():
+    from runs.views import LINE_CHARTS
+
+    # A unit like "groups / samples / tokens" or "as reported" is a chart mixing scales.
+    mixed = {chart_id: chart["unit"] for tab in LINE_CHARTS.values() for chart_id, chart in tab.items()
+             if " / " in chart["unit"] or chart["unit"] == "as reported"}
+    assert mixed == {}
+
+
 def test_off_policy_and_technique_panels_show_only_when_their_metrics_exist(browser_alice, alice, make_run):
     plain = make_run(alice, "plain", status=RunStatus.RUNNING)
     # The run's summary lists every metric name it reported (what the page reads).
     staled = make_run(alice, "async", status=RunStatus.RUNNING,
-                      summary={"off_policy/staleness/mean": 0.5, "cures/weight_mean": 0.1})
+                      summary={"off_policy/staleness/mean": 0.5, "cures/rollouts_per_prompt/mean": 3.0})
 
     plain_page = browser_alice.get(f"/runs/{plain.id}/").content.decode()
     staled_page = browser_alice.get(f"/runs/{staled.id}/").content.decode()
@@ -54,8 +76,8 @@ def test_off_policy_and_technique_panels_show_only_when_their_metrics_exist(brow
     assert 'id="chart-staleness-card" hidden' in plain_page and 'id="chart-cures-card" hidden' in plain_page
     assert 'id="chart-staleness-card" hidden' not in staled_page
     assert 'id="chart-cures-card" hidden' not in staled_page
-    # The "cures/*" chart's raw link names the metric the run has.
-    assert "name=cures%2Fweight_mean" in staled_page
+    # The "cures/rollouts_per_prompt/*" chart's raw link names the metric the run has.
+    assert "name=cures%2Frollouts_per_prompt%2Fmean" in staled_page
     assert 'id="chart-buffer-card" hidden' in staled_page  # no buffer metrics in either
 
 
