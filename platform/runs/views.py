@@ -28,6 +28,7 @@ from quotas.models import DEFAULT_POOL
 from quotas.services import RequestRefused
 from rollyard.pagination import BadCursor, KeysetPage, keyset_page
 from rollyard.params import whole_number
+from rollyard.spec_text import load_spec_text
 from runs import launch, lifecycle, selectors, twins
 from runs.api.lifecycle import compare_url
 from runs.api.serializers import RunDetailSerializer
@@ -206,24 +207,19 @@ def run_new(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         text = request.POST.get("spec", "")
         try:
-            data = yaml.safe_load(text) or {}  # YAML is a superset of JSON
-        except yaml.YAMLError as exc:
-            problems = [("spec", f"not valid YAML or JSON: {exc}")]
+            run = launch.create_run(
+                request.user,
+                load_spec_text(text, "spec"),
+                team=_chosen_team(request),
+                parent=_clone_source(request, request.POST),
+                pool=request.POST.get("pool") or DEFAULT_POOL,
+            )
+        except (SpecError, RequestRefused) as exc:
+            problems = exc.problems
+        except lifecycle.RunPermissionDenied as exc:
+            problems = [("team", str(exc))]
         else:
-            try:
-                run = launch.create_run(
-                    request.user,
-                    data,
-                    team=_chosen_team(request),
-                    parent=_clone_source(request, request.POST),
-                    pool=request.POST.get("pool") or DEFAULT_POOL,
-                )
-            except (SpecError, RequestRefused) as exc:
-                problems = exc.problems
-            except lifecycle.RunPermissionDenied as exc:
-                problems = [("team", str(exc))]
-            else:
-                return redirect("runs:detail", run_id=run.pk)
+            return redirect("runs:detail", run_id=run.pk)
     elif source := request.GET.get("from", "").strip():
         # 0: no run has that id, so anything but a number is a 404 like a missing run.
         text = _to_yaml(_visible_run_or_404(request, whole_number(source, default=0)).spec)
@@ -387,12 +383,10 @@ def run_fork(request: HttpRequest, run_id: int) -> HttpResponse:
     parent = _visible_run_or_404(request, run_id)
     step = request.POST.get("step", "")
     try:
-        overrides = yaml.safe_load(request.POST.get("overrides", "")) or {}
+        overrides = load_spec_text(request.POST.get("overrides", ""), "overrides")
         if not isinstance(overrides, dict):
             raise SpecError([("overrides", "must be a mapping of spec settings")])
         child = launch.fork_run(request.user, parent, whole_number(step, default=-1), overrides)
-    except yaml.YAMLError as exc:
-        messages.error(request, f"overrides are not valid YAML: {exc}")
     except (SpecError, RequestRefused) as exc:  # a bad spec; a pool or quota that can never admit it
         messages.error(request, "not forked: " + "; ".join(f"{field}: {reason}" for field, reason in exc.problems))
     except lifecycle.RunError as exc:
