@@ -22,6 +22,7 @@ from engine.data import ANSWER_FORMATS
 from engine.spec import SpecError
 from rollyard.params import NUL, NUL_REASON
 from rollyard.spec_text import load_spec_text
+from rollyard.text import count
 
 RECORDS_PER_PAGE = 50
 
@@ -55,11 +56,13 @@ def _dataset_list(request: HttpRequest, handler) -> HttpResponse:
         try:
             dataset = _upload_from_form(request, handler)
         except (services.CatalogError, UploadTooLarge) as exc:
-            problems.append(str(exc))
+            # The page names its own control, not the API's skip_bad_rows parameter.
+            remedy = " (fix them, or tick “keep the good rows” and upload again)"
+            problems.append(f"{exc}{remedy}" if isinstance(exc, services.SomeRowsBad) else str(exc))
             if isinstance(exc, services.DatasetRejected):
                 row_errors, bad_row_count = exc.row_errors, exc.bad_row_count
         else:
-            messages.info(request, f"stored {dataset.row_count} rows as {dataset.reference}")
+            messages.info(request, f"stored {count(dataset.row_count, 'row')} as {dataset.reference}")
             return redirect("catalog:dataset-detail", dataset_id=dataset.pk)
     context = {
         "datasets": selectors.visible_datasets(request.user),

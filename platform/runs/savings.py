@@ -22,6 +22,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from rollyard.text import count
+
 GENERATION_PHASES = ("generate", "verify")
 TRAIN_PHASES = ("train",)
 EVAL_PHASE = "eval"
@@ -123,6 +125,6 @@ def estimate_savings(
             "the longer of the two each step; the weight push, waits and idle time stay as measured.",
             "Async: staleness (training on samples up to η policy versions old) may change what is learned; "
             "only time is estimated here.",
-            f"From the {len(used)} steps with both busy/idle spans and length percentiles; evaluation is left out.",
+            f"From the {count(len(used), 'step')} with both busy/idle spans and length percentiles; evaluation is left out.",
         ],
     }
