@@ -40,6 +40,17 @@ class ValidateSerializer(serializers.Serializer):
     pool = serializers.CharField(max_length=50, default=DEFAULT_POOL)
 
 
+class ValidationAnswerSerializer(serializers.Serializer):
+    valid = serializers.BooleanField(help_text="true when a launch of this spec would be accepted")
+    problems = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()),
+        help_text='reasons by field ("rollout.n", "pool", ...); "text" (or "spec") when the submission holds no '
+        'spec: YAML that does not parse, as "line L, column C: <problem>", or not a mapping',
+    )
+    spec = serializers.JSONField(allow_null=True, help_text="the submitted spec as data; null when it holds none")
+    resolved = serializers.JSONField(allow_null=True, help_text="the spec with every default; null when not valid")
+
+
 def submitted_spec(body: dict[str, Any]) -> dict[str, Any]:
     """The spec a validate request carries: `text` read as YAML, else `spec`, else {}.
     Raises SpecError on the key that holds it when it is not YAML or not a mapping."""
@@ -72,13 +83,10 @@ def check_launch(user, spec_data: dict[str, Any], team, pool: str) -> dict[str, 
 class SpecValidateView(APIView):
     @extend_schema(
         request=ValidateSerializer,
-        responses={200: OpenApiTypes.OBJECT},
-        description='{"valid": bool, "problems": {field: [reason, ...]}, "spec": the submitted spec as data '
-        '(null when the submission holds none), "resolved": the spec with every default (null when not '
-        'valid)}. Every problem of what was submitted is a 200 with valid false, the answer being the '
-        'validation: a bad field, a pool or quota that refuses it, and text that is not YAML ("text": '
-        '["line L, column C: <problem>"]) or not a mapping. A 400 is a malformed request only (a text '
-        "over 200,000 characters, a pool name over 50).",
+        responses={200: ValidationAnswerSerializer},
+        description="Every problem of what was submitted is a 200 with valid false, the answer being the "
+        "validation: a bad field, a pool or quota that refuses it, and text that is not YAML or not a mapping. "
+        "A 400 is a malformed request only (a text over 200,000 characters, a pool name over 50).",
     )
     def post(self, request: Request) -> Response:
         """Validate a spec as a launch would, storing nothing (the launch form, live)."""
