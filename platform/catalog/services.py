@@ -33,6 +33,7 @@ from engine.spec import DatasetSpec, RunSpec, SpecError, parse_spec
 from engine.tasks.file import split_problems
 from rollyard.params import NUL, NUL_REASON, nul_fields, whole_number
 from rollyard.paths import is_inside, os_reason
+from rollyard.text import count
 
 # A 400 lists at most this many bad rows (and says how many there were in all).
 REPORTED_ROW_ERRORS = 100
@@ -66,6 +67,12 @@ class DatasetRejected(CatalogError):
         self.row_errors = list(row_errors)
         self.bad_row_count = bad_row_count
         super().__init__(message)
+
+
+class SomeRowsBad(DatasetRejected):
+    """Some rows are bad: skipping them would store the others. How to ask for that is
+    the interface's to say (the API's `skip_bad_rows`, the page's
+    checkbox), so the message gives the facts only."""
 
 
 def _check_name(name: str, what: str) -> str:
@@ -205,9 +212,9 @@ def _store_dataset(
     report = _load(source, options, original_filename)
     bad_rows = [_row_error(error) for error in report.errors[:REPORTED_ROW_ERRORS]]
     if report.rejected_rows and not skip_bad_rows:
-        raise DatasetRejected(
-            f"{report.rejected_rows} of {report.rows_read} rows are invalid; nothing was stored "
-            "(fix them, or upload again with skip_bad_rows to keep only the good rows)",
+        verb = "is" if report.rejected_rows == 1 else "are"
+        raise SomeRowsBad(
+            f"{report.rejected_rows} of {count(report.rows_read, 'row')} {verb} invalid; nothing was stored",
             bad_rows,
             report.rejected_rows,
         )

@@ -21,6 +21,8 @@ from catalog.uploads import FORMAT_SUFFIXES, UploadTooLarge, check_declared_leng
 from engine.data import ANSWER_FORMATS
 from engine.spec import SpecError
 from rollyard.params import NUL, NUL_REASON
+from rollyard.spec_text import load_spec_text
+from rollyard.text import count
 
 RECORDS_PER_PAGE = 50
 
@@ -54,11 +56,13 @@ def _dataset_list(request: HttpRequest, handler) -> HttpResponse:
         try:
             dataset = _upload_from_form(request, handler)
         except (services.CatalogError, UploadTooLarge) as exc:
-            problems.append(str(exc))
+            # The page names its own control, not the API's skip_bad_rows parameter.
+            remedy = " (fix them, or tick “keep the good rows” and upload again)"
+            problems.append(f"{exc}{remedy}" if isinstance(exc, services.SomeRowsBad) else str(exc))
             if isinstance(exc, services.DatasetRejected):
                 row_errors, bad_row_count = exc.row_errors, exc.bad_row_count
         else:
-            messages.info(request, f"stored {dataset.row_count} rows as {dataset.reference}")
+            messages.info(request, f"stored {count(dataset.row_count, 'row')} as {dataset.reference}")
             return redirect("catalog:dataset-detail", dataset_id=dataset.pk)
     context = {
         "datasets": selectors.visible_datasets(request.user),
@@ -136,13 +140,6 @@ def _visible_preset_or_404(request: HttpRequest, preset_id: int) -> Preset:
         raise Http404("no such preset") from None
 
 
-def _parsed_body(text: str) -> object:
-    try:
-        return yaml.safe_load(text) or {}  # YAML is a superset of JSON
-    except yaml.YAMLError as exc:
-        raise SpecError([("body", f"not valid YAML or JSON: {exc}")]) from None
-
-
 def _to_yaml(body: dict) -> str:
     return yaml.safe_dump(body, sort_keys=False, default_flow_style=False)
 
@@ -158,7 +155,7 @@ def preset_list(request: HttpRequest) -> HttpResponse:
             team = _team_from_form(request)
             preset = services.create_preset(
                 request.user, team, form.get("kind", ""), form.get("name", ""),
-                _parsed_body(form.get("body", "")), form.get("description", ""),
+                load_spec_text(form.get("body", ""), "body"), form.get("description", ""),
             )  # fmt: skip
         except SpecError as exc:
             problems = exc.problems
@@ -187,7 +184,7 @@ def preset_detail(request: HttpRequest, preset_id: int) -> HttpResponse:
         body_text = request.POST.get("body", "")
         try:
             created = services.new_preset_version(
-                request.user, preset, _parsed_body(body_text), request.POST.get("description")
+                request.user, preset, load_spec_text(body_text, "body"), request.POST.get("description")
             )
         except SpecError as exc:
             problems = exc.problems

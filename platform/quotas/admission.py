@@ -24,6 +24,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from quotas.models import Allocation, Pool, Quota
+from rollyard.text import count
 
 
 @dataclass
@@ -98,7 +99,7 @@ def gpu_hours_exhausted(quota: Quota, now: datetime) -> str | None:
     if used < quota.gpu_hours_per_period:
         return None
     return (
-        f"GPU-hours of {quota.holder} on {quota.pool} in the last {quota.period_days} days used: "
+        f"GPU-hours of {quota.holder} on {quota.pool} in the last {count(quota.period_days, 'day')} used: "
         f"{used:.1f}/{quota.gpu_hours_per_period:g}"
     )
 
@@ -109,7 +110,7 @@ def quota_blocker(quota: Quota, usage: PoolUsage, slots: int) -> str | None:
         held = usage.slots_by_team[quota.team_id] if quota.team_id else usage.slots_by_user[quota.user_id]
         if held + slots > quota.max_concurrent_gpus:
             return (
-                f"{quota.holder} quota on {usage.pool}: {held}/{quota.max_concurrent_gpus} {usage.pool.unit} in use"
+                f"{quota.holder} quota on {usage.pool}: {held}/{usage.pool.count(quota.max_concurrent_gpus)} in use"
                 f" (this run needs {slots})"
             )
     return usage.exhausted_message(quota)
@@ -154,10 +155,10 @@ def plan_pool(pool: Pool, cluster_free_gpus: float | None = None, now: datetime 
         if reason is None and allocation.slots > free:
             blocked_by = allocation
             if ray_limited:
-                reason = f"Ray cluster has {free} free GPUs left (this run needs {allocation.slots})"
+                reason = f"Ray cluster has {count(free, 'free GPU')} left (this run needs {allocation.slots})"
             else:
                 reason = (
-                    f"pool {pool} full: {pool.capacity - free}/{pool.capacity} {pool.unit} in use"
+                    f"pool {pool} full: {pool.capacity - free}/{pool.count(pool.capacity)} in use"
                     f" (this run needs {allocation.slots})"
                 )
         if reason is not None:
@@ -166,6 +167,6 @@ def plan_pool(pool: Pool, cluster_free_gpus: float | None = None, now: datetime 
         free -= allocation.slots
         usage.hold(allocation)
         decisions.append(
-            Decision(allocation, position, admit=True, reason=f"admitted to pool {pool}: {allocation.slots} {pool.unit}")
+            Decision(allocation, position, admit=True, reason=f"admitted to pool {pool}: {pool.count(allocation.slots)}")
         )
     return decisions

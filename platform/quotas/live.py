@@ -68,8 +68,8 @@ def pool_rows() -> list[dict[str, Any]]:
     for row in selectors.pool_occupancy():
         pool = row["pool"]
         accelerator = pool.get_accelerator_display() + (f" · {pool.gpu_type}" if pool.gpu_type else "")
-        rows.append({"name": pool.name, "accelerator": accelerator, "unit": pool.unit, "capacity": pool.capacity,
-                     "in_use": row["in_use"], "queued": row["queued"], "active": pool.active})
+        rows.append({"name": pool.name, "accelerator": accelerator, "unit": pool.unit, "unit_one": pool.unit_one,
+                     "capacity": pool.capacity, "in_use": row["in_use"], "queued": row["queued"], "active": pool.active})
     return rows
 
 
@@ -85,6 +85,7 @@ def quota_rows(user) -> list[dict[str, Any]]:
             "id": quota.pk,
             "pool": quota.pool.name,
             "unit": quota.pool.unit,
+            "unit_one": quota.pool.unit_one,
             "holder": quota.holder,
             "concurrent_in_use": held,
             "max_concurrent_gpus": quota.max_concurrent_gpus,

@@ -19,6 +19,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from rollyard.text import count
+
 # The pool a launch goes to when it names none, created by migration 0002 (and again by
 # quotas.services.check_request_fits should it be deleted). Two CPU runs at once by
 # default, so the demo's run starts at once; site admins change it in the admin.
@@ -54,9 +56,18 @@ class Pool(models.Model):
         return self.accelerator == Accelerator.CPU
 
     @property
+    def unit_one(self) -> str:
+        """What capacity and quotas count here, one of it: "run slot" or "GPU"."""
+        return "run slot" if self.is_cpu else "GPU"
+
+    @property
     def unit(self) -> str:
-        """What capacity and quotas count here, for messages."""
-        return "run slots" if self.is_cpu else "GPUs"
+        """What capacity and quotas count here, in the plural ("run slots", "GPUs")."""
+        return self.unit_one + "s"
+
+    def count(self, n: int) -> str:
+        """`n` of what this pool counts, for messages: "1 run slot", "4 GPUs"."""
+        return count(n, self.unit_one)
 
     def slots_for(self, gpus: int) -> int:
         """How much of this pool's capacity a run asking for `gpus` GPUs holds."""
@@ -139,7 +150,7 @@ class Allocation(models.Model):
         indexes = [models.Index(fields=["pool", "released_at", "admitted_at"], name="allocation_pool_open")]
 
     def __str__(self) -> str:
-        return f"run #{self.run_id} on {self.pool_id}: {self.slots} slot(s)"
+        return f"run #{self.run_id} on {self.pool_id}: {count(self.slots, 'slot')}"
 
     @property
     def is_pending(self) -> bool:

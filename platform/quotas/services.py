@@ -34,6 +34,7 @@ from quotas.models import (
     Quota,
 )
 from rollyard import dispatch
+from rollyard.text import count
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -88,14 +89,14 @@ def check_request_fits(user: AbstractBaseUser, team: Team, pool_name: str, gpus:
     slots = pool.slots_for(gpus)
     problems: list[tuple[str, str]] = []
     if slots > pool.capacity:
-        problems.append(("resources.gpus", f"pool {pool} has {pool.capacity} {pool.unit} in all; this run needs {slots}"))
+        problems.append(("resources.gpus", f"pool {pool} has {pool.count(pool.capacity)} in all; this run needs {slots}"))
     now = timezone.now()
     for quota in quotas_of(pool, team.pk, user.pk):
         if quota.max_gpus_per_run is not None and gpus > quota.max_gpus_per_run:
             problems.append(
                 (
                     "resources.gpus",
-                    f"{quota.holder} quota on {pool} allows at most {quota.max_gpus_per_run} GPUs per run; "
+                    f"{quota.holder} quota on {pool} allows at most {count(quota.max_gpus_per_run, 'GPU')} per run; "
                     f"this run asks for {gpus}",
                 )
             )
@@ -103,7 +104,7 @@ def check_request_fits(user: AbstractBaseUser, team: Team, pool_name: str, gpus:
             problems.append(
                 (
                     "resources.gpus",
-                    f"{quota.holder} quota on {pool} allows {quota.max_concurrent_gpus} {pool.unit} at once; "
+                    f"{quota.holder} quota on {pool} allows {pool.count(quota.max_concurrent_gpus)} at once; "
                     f"this run needs {slots}",
                 )
             )

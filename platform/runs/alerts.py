@@ -39,6 +39,7 @@ from django.utils import timezone
 
 from engine.spec import SpecError
 from rollyard.defaults import REPO_ROOT
+from rollyard.text import count
 from runs import live
 from runs.lifecycle import RunPermissionDenied, User, check_can_manage
 from runs.models import Alert, AlertComparison, AlertKind, AlertRule, MetricPoint, Run, RunStatus
@@ -170,7 +171,7 @@ def check_running_runs(now: datetime) -> list[Alert]:
         if ratio is not None and ratio > settings.ROLLYARD_IDLE_THRESHOLD:
             message = (
                 f"run #{run.pk} is idle: {settings.ROLLYARD_IDLE_METRIC} averages {ratio:.2f} over its last "
-                f"{settings.ROLLYARD_IDLE_WINDOW_STEPS} steps (threshold {settings.ROLLYARD_IDLE_THRESHOLD:.2f})"
+                f"{count(settings.ROLLYARD_IDLE_WINDOW_STEPS, 'step')} (threshold {settings.ROLLYARD_IDLE_THRESHOLD:.2f})"
             )
             opened.append(open_alert(run, AlertKind.IDLE, message))
         else:

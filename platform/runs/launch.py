@@ -164,14 +164,17 @@ def fork_run(
     """A new run that starts from `parent`'s checkpoint at `step`, with the parent's spec
     and `overrides` merged over it (nested mappings merge, other values replace). The
     parent's metrics up to `step` are copied, so the child's curves show where it branched.
+    The fork's name is `name`, else the overrides' `name`, else "<parent> (fork @<step>)".
 
     Raises SpecError (fields `step` or spec paths) when the parent has no checkpoint at
     that step still on disk, when the merged spec is invalid, or when it ends at or before
     `step`; RunPermissionDenied unless the user may launch runs in the parent's team (the
     fork lives there; forking leaves the parent untouched, so owning it is not needed).
     """
-    spec = merge_spec(parent.spec, overrides or {})
-    spec.pop("name", None)
+    # The parent's name is not the fork's: the fork is named by `name`, else by a `name`
+    # among the overrides, else after its parent and step.
+    unnamed_parent = {key: value for key, value in parent.spec.items() if key != "name"}
+    spec = merge_spec(unnamed_parent, overrides or {})
     with transaction.atomic():
         checkpoint = parent.checkpoints.select_for_update().filter(step=step, deleted_at__isnull=True).first()
         if checkpoint is None:
@@ -183,7 +186,7 @@ def fork_run(
         child = create_run(
             user,
             spec,
-            name=name or f"{parent.name} (fork @{step})",
+            name=name or spec.get("name") or f"{parent.name} (fork @{step})",
             team=parent.team,
             retention=retention if retention is not None else parent.retention,
             parent=parent,

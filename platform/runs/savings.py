@@ -22,8 +22,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from rollyard.text import count
+
 GENERATION_PHASES = ("generate", "verify")
 TRAIN_PHASES = ("train",)
+EVAL_PHASE = "eval"
 TRAINER = "trainer"
 # The length percentiles the engine reports (docs/metrics.md), by the share of responses
 # finished at that length.
@@ -39,7 +42,7 @@ DEFAULT_SHARE = 0.9
 @dataclass(frozen=True)
 class StepTimes:
     step: int
-    step_s: float  # the step's wall time, evaluation left out
+    step_s: float  # the step's wall time: its training step, evaluation after it left out
     gen_s: float  # the longest any worker spent generating and verifying
     train_s: float  # the trainer's training stages
 
@@ -47,17 +50,23 @@ class StepTimes:
 def step_times(spans: Iterable[Mapping[str, Any]]) -> dict[int, StepTimes]:
     """Per step, from span events ({"step", "worker", "phase", "start", "end"}): the step's
     time (the trainer's spans, which tile the step, or the busiest worker's where there
-    is no trainer), less its evaluation (the longest any worker evaluated: while one
-    evaluates, the others' spans are idle), generation (the worker that generated
-    longest) and training."""
+    is no trainer), generation (the worker that generated longest) and training.
+
+    A held-out evaluation reports under the step it follows, but it is no part of that
+    step: the step's timeline closed before it began, so no worker's step spans cover
+    it, and it is a lone `eval` span on whichever worker evaluated (the rollout worker
+    when colocated, the trainer when split). Its spans are left out of every total, so
+    the step's time is the step's own tiling whichever worker evaluated; the evaluation
+    before the first step is then no step at all. In a synchronous run generation and
+    training take turns inside the step, so gen_s + train_s <= step_s."""
     busy: dict[int, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(float)))
     for span in spans:
-        busy[span["step"]][span["worker"]][span["phase"]] += max(0.0, span["end"] - span["start"])
+        if span["phase"] != EVAL_PHASE:
+            busy[span["step"]][span["worker"]][span["phase"]] += max(0.0, span["end"] - span["start"])
     times = {}
     for step, workers in busy.items():
         totals = {worker: sum(phases.values()) for worker, phases in workers.items()}
-        evaluation = max(phases["eval"] for phases in workers.values())
-        step_s = max(0.0, totals.get(TRAINER, max(totals.values())) - evaluation)
+        step_s = totals.get(TRAINER, max(totals.values()))
         gen = max(sum(phases[p] for p in GENERATION_PHASES) for phases in workers.values())
         train = sum(phases[p] for phases in workers.values() for p in TRAIN_PHASES)
         times[step] = StepTimes(step=step, step_s=step_s, gen_s=gen, train_s=train)
@@ -116,6 +125,6 @@ def estimate_savings(
             "the longer of the two each step; the weight push, waits and idle time stay as measured.",
             "Async: staleness (training on samples up to η policy versions old) may change what is learned; "
             "only time is estimated here.",
-            f"From the {len(used)} steps with both busy/idle spans and length percentiles; evaluation is left out.",
+            f"From the {count(len(used), 'step')} with both busy/idle spans and length percentiles; evaluation is left out.",
         ],
     }

@@ -29,6 +29,7 @@ from quotas.models import DEFAULT_POOL
 from quotas.services import RequestRefused
 from rollyard.pagination import BadCursor, KeysetPage, keyset_page
 from rollyard.params import whole_number
+from rollyard.spec_text import load_spec_text
 from runs import alerts, launch, lifecycle, selectors, twins
 from runs.api.lifecycle import compare_url
 from runs.api.serializers import RunDetailSerializer
@@ -37,13 +38,15 @@ from runs.models import AlertKind, Run, RunStatus
 from runs.spec_diff import spec_differences
 
 # What the run page charts, by tab then chart id: the title, the unit of the y axis and the
-# metric names of its lines (docs/metrics.md). A name ending in "*" stands for every metric
+# metric names of its lines (docs/metrics.md). A chart has one y axis, so its lines share
+# that unit: a ratio of 4-13× beside fractions of 0-0.1 flattens them, a token count
+# beside a group count likewise; a metric of another unit gets a chart of its own. A name ending in "*" stands for every metric
 # of the run with that prefix (pass@k for each k, a technique's own metrics). An optional
 # chart shows only once one of its metrics exists; a tab of optional charts says so when
 # none does (off-policy and technique metrics exist only in runs that use them).
 LINE_CHARTS: dict[str, dict[str, dict[str, Any]]] = {
     "learning": {
-        "chart-reward": {"title": "Reward and accuracy", "unit": "reward / accuracy (fraction)",
+        "chart-reward": {"title": "Reward and accuracy", "unit": "mean reward (1 = a correct answer)",
                          "names": ["reward/mean", "acc/mean", "val/acc/mean@1"]},
         "chart-passk": {"title": "Held-out pass@k", "unit": "pass@k (fraction)", "names": ["val/pass@*"]},
         "chart-loss": {"title": "Policy loss", "unit": "loss (nats per token)", "names": ["actor/pg_loss"]},
@@ -60,8 +63,9 @@ LINE_CHARTS: dict[str, dict[str, dict[str, Any]]] = {
                          "names": ["rollout/response_length/p50", "rollout/response_length/p90",
                                    "rollout/response_length/p99", "rollout/response_length/max"]},
         "chart-ratios": {"title": "Clipped, aborted and partial rollouts", "unit": "fraction of rollouts",
-                         "names": ["rollout/clip_ratio", "rollout/aborted_ratio", "rollout/partial_ratio",
-                                   "rollout/tail_ratio"]},
+                         "names": ["rollout/clip_ratio", "rollout/aborted_ratio", "rollout/partial_ratio"]},
+        "chart-tail-ratio": {"title": "Tail ratio: longest response over the median",
+                             "unit": "× the median length", "names": ["rollout/tail_ratio"]},
     },
     "accelerators": {
         "chart-idle": {"title": "Idle ratio per step", "unit": "fraction of the step's wall time",
@@ -85,26 +89,49 @@ LINE_CHARTS: dict[str, dict[str, dict[str, Any]]] = {
                             "names": ["off_policy/staleness/mean", "off_policy/staleness/max", "off_policy/group_lag/max"]},
         "chart-versions": {"title": "Policy versions per sample", "unit": "versions", "optional": True,
                            "names": ["off_policy/versions_per_sample"]},
-        "chart-buffer": {"title": "Buffer size and dropped samples", "unit": "groups / samples", "optional": True,
-                         "names": ["buffer/size", "april/buffer_groups", "off_policy/dropped"]},
-        "chart-behaviour": {"title": "Behaviour policy: importance weights and KL", "unit": "as reported",
-                            "optional": True,
-                            "names": ["off_policy/behav_weight_mean", "off_policy/behav_capped_ratio",
-                                      "off_policy/behav_kl", "off_policy/token_ratio"]},
+        "chart-buffer": {"title": "Buffer size", "unit": "groups", "optional": True,
+                         "names": ["buffer/size", "april/buffer_groups"]},
+        "chart-dropped": {"title": "Samples dropped as too stale", "unit": "samples", "optional": True,
+                          "names": ["off_policy/dropped"]},
+        "chart-behaviour": {"title": "Behaviour policy: mean importance weight", "unit": "importance weight",
+                            "optional": True, "names": ["off_policy/behav_weight_mean"]},
+        "chart-off-policy-shares": {"title": "Capped weights and off-policy samples", "unit": "fraction",
+                                    "optional": True,
+                                    "names": ["off_policy/behav_capped_ratio", "off_policy/token_ratio"]},
+        "chart-behaviour-kl": {"title": "KL to the behaviour policy", "unit": "nats per token", "optional": True,
+                               "names": ["off_policy/behav_kl"]},
     },
     "techniques": {
-        "chart-april": {"title": "APRIL: submitted, resumed and aborted", "unit": "groups / samples / tokens",
-                        "optional": True, "names": ["april/*"]},
-        "chart-cures": {"title": "CurES weights and allocation", "unit": "as reported", "optional": True,
-                        "names": ["cures/*"]},
-        "chart-dars": {"title": "DARS extra rollouts and filtered share", "unit": "rollouts / fraction",
-                       "optional": True, "names": ["dars/*"]},
+        "chart-april": {"title": "APRIL: groups submitted, resumed and buffered", "unit": "groups",
+                        "optional": True,
+                        "names": ["april/submitted_groups", "april/resumed_groups", "april/buffer_groups"]},
+        "chart-april-aborted": {"title": "APRIL: samples aborted", "unit": "samples", "optional": True,
+                                "names": ["april/aborted_samples"]},
+        "chart-april-tokens": {"title": "APRIL: tokens generated", "unit": "tokens", "optional": True,
+                               "names": ["april/generated_tokens"]},
+        "chart-cures": {"title": "CurES rollouts per prompt", "unit": "rollouts", "optional": True,
+                        "names": ["cures/rollouts_per_prompt/*"]},
+        "chart-cures-shares": {"title": "CurES pruned share, posterior mean and spread", "unit": "fraction",
+                               "optional": True,
+                               "names": ["cures/pruned_share", "cures/posterior_mean", "cures/spread_mean"]},
+        "chart-cures-entropy": {"title": "CurES sampling-weight entropy", "unit": "nats", "optional": True,
+                                "names": ["cures/weight_entropy"]},
+        "chart-cures-grad-norm": {"title": "CurES embedding gradient norm", "unit": "L2 norm", "optional": True,
+                                  "names": ["cures/embedding_grad_norm"]},
+        "chart-cures-tokens": {"title": "CurES pre-rollout tokens", "unit": "tokens", "optional": True,
+                               "names": ["cures/pre_rollout_tokens"]},
+        "chart-dars": {"title": "DARS extra rollouts and correct ones gained", "unit": "rollouts",
+                       "optional": True, "names": ["dars/extra_rollouts*", "dars/positive_gained"]},
+        "chart-dars-shares": {"title": "DARS saved and filtered share", "unit": "fraction", "optional": True,
+                              "names": ["dars/saved_share", "dars/filtered_share"]},
         "chart-brorl": {"title": "BroRL filtered share against n", "unit": "fraction", "optional": True,
                         "names": ["brorl/*"]},
         "chart-curriculum": {"title": "Curriculum", "unit": "fraction", "optional": True,
                              "names": ["curriculum/*"]},
-        "chart-dapo": {"title": "DAPO dynamic sampling", "unit": "as reported", "optional": True,
-                       "names": ["dapo/*"]},
+        "chart-dapo": {"title": "DAPO dynamic sampling: groups kept", "unit": "fraction of groups", "optional": True,
+                       "names": ["dapo/keep_rate"]},
+        "chart-dapo-rounds": {"title": "DAPO generation rounds per step", "unit": "rounds", "optional": True,
+                              "names": ["dapo/gen_rounds"]},
     },
 }
 # Event-backed charts: the event kinds they draw and how many recent events they load.
@@ -187,9 +214,9 @@ def run_new(request: HttpRequest) -> HttpResponse:
         except json.JSONDecodeError as exc:
             problems.append(("alert_rules", f"not valid JSON: {exc}"))
         try:
-            data = yaml.safe_load(text) or {}  # YAML is a superset of JSON
-        except yaml.YAMLError as exc:
-            problems.append(("spec", f"not valid YAML or JSON: {exc}"))
+            data = load_spec_text(text, "spec")
+        except SpecError as exc:
+            problems += exc.problems
         if not problems:
             try:
                 run = launch.create_run(
@@ -385,12 +412,10 @@ def run_fork(request: HttpRequest, run_id: int) -> HttpResponse:
     parent = _visible_run_or_404(request, run_id)
     step = request.POST.get("step", "")
     try:
-        overrides = yaml.safe_load(request.POST.get("overrides", "")) or {}
+        overrides = load_spec_text(request.POST.get("overrides", ""), "overrides")
         if not isinstance(overrides, dict):
             raise SpecError([("overrides", "must be a mapping of spec settings")])
         child = launch.fork_run(request.user, parent, whole_number(step, default=-1), overrides)
-    except yaml.YAMLError as exc:
-        messages.error(request, f"overrides are not valid YAML: {exc}")
     except (SpecError, RequestRefused) as exc:  # a bad spec; a pool or quota that can never admit it
         messages.error(request, "not forked: " + "; ".join(f"{field}: {reason}" for field, reason in exc.problems))
     except lifecycle.RunError as exc:

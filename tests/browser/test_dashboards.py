@@ -253,7 +253,7 @@ def test_the_run_page_tabs_live_from_recorded_events(live_stack, chromium_path, 
         # Step 1 then step 2, pushed live: reward/mean and acc/mean, 2 points a step.
         record_step(run.id, attempt.id, 1)
         page.wait_for_function("() => Number(document.querySelector('#chart-reward').dataset.points) === 2", timeout=30_000)
-        record_step(run.id, attempt.id, 2, extra={"cures/weight_mean": 0.5, **GPU_METRICS})
+        record_step(run.id, attempt.id, 2, extra={"cures/rollouts_per_prompt/mean": 3.0, **GPU_METRICS})
         page.wait_for_function("() => Number(document.querySelector('#chart-reward').dataset.points) === 4", timeout=30_000)
         # 2.0 s a step (timing_s/step) × 1 step left of 3.
         expect(page.locator("#run-eta")).to_contain_text("ETA 2.0s", timeout=10_000)

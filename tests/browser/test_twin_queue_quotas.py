@@ -113,7 +113,7 @@ def test_the_queue_page_shows_why_a_run_waits_and_the_quota_page_follows_a_finis
         browser, page = signed_in(playwright, profile, chromium_path, live_stack.base_url, "/queue/", "quinn")
         row = page.locator(f"#queue-table tr[data-run-id='{waiting.pk}']")
         # Behind the team's quota: one GPU at once, which the blocker holds.
-        expect(row.locator(".reason")).to_contain_text("quota on h100: 1/1 GPUs in use (this run needs 1)", timeout=15_000)
+        expect(row.locator(".reason")).to_contain_text("quota on h100: 1/1 GPU in use (this run needs 1)", timeout=15_000)
         expect(page.locator("#queue-live")).to_have_attribute("data-state", "live", timeout=15_000)
         shoot(page, "queue")
         # A site admin closes the pool: its socket pushes the page the new reason, without a
@@ -134,14 +134,14 @@ def test_the_queue_page_shows_why_a_run_waits_and_the_quota_page_follows_a_finis
         page.goto(f"{live_stack.base_url}/queue/quotas/")
         expect(page.locator("#quotas-live")).to_have_attribute("data-state", "live", timeout=15_000)
         quota_row = page.locator("#quota-table tbody tr").first
-        expect(quota_row.locator(".concurrent")).to_have_text("1 / 1 GPUs")
+        expect(quota_row.locator(".concurrent")).to_have_text("1 / 1 GPU")
         expect(quota_row.locator(".hours")).to_contain_text("/ 10 per 7 days")
         shoot(page, "quotas")
         # The blocker finishes: its GPU is released and the page hears of it over its socket.
         from runs.lifecycle import transition
 
         in_thread(transition, blocker.pk, RunStatus.SUCCEEDED, "done")
-        expect(quota_row.locator(".concurrent")).to_have_text("0 / 1 GPUs", timeout=15_000)
+        expect(quota_row.locator(".concurrent")).to_have_text("0 / 1 GPU", timeout=15_000)
         expect(page.locator("#quota-pools tr[data-pool='h100'] .in-use")).to_have_text("0")
         browser.close()
     in_thread(request_cancel, user, Run.objects.get(pk=waiting.pk))

@@ -240,7 +240,7 @@ def test_the_queue_gives_positions_over_the_whole_pool_but_shows_only_the_users_
     assert [(e.run_id, e.position, e.ahead, e.team) for e in entries] == [(ours.pk, 2, 1, "ml")]
     assert entries[0].reason == f"behind run #{theirs.pk}, which is first in line for GPUs of pool h100"
     assert [(e.run_id, e.position, e.reason) for e in queue(teams.outsider)] == [
-        (theirs.pk, 1, "pool h100 full: 1/1 GPUs in use (this run needs 1)")
+        (theirs.pk, 1, "pool h100 full: 1/1 GPU in use (this run needs 1)")
     ]
 
 

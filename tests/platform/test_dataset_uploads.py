@@ -115,7 +115,10 @@ def test_malformed_rows_are_each_reported_with_their_line_and_nothing_is_stored(
     assert [(row["line"], row["unit"]) for row in error["rows"]] == [(2, "line"), (4, "line")]
     assert error["rows"][0]["reason"].startswith("invalid JSON")
     assert error["rows"][1]["reason"] == "no answer (no column 'answer')"
-    assert "nothing was stored" in error["message"]
+    assert error["message"] == (
+        "2 of 5 rows are invalid; nothing was stored (fix them, or upload again with skip_bad_rows to keep only "
+        "the good rows)"
+    )
     assert_nothing_stored(data_dir)
 
 

@@ -190,9 +190,15 @@ def test_the_upload_form_stores_a_dataset_and_lists_bad_rows_on_failure(client, 
     good_response = client.post("/datasets/", {"file": SimpleUploadedFile("x.jsonl", good), "name": "form", "team": "ml"})
 
     assert bad_response.status_code == 400
-    assert "line 3: invalid JSON" in bad_response.content.decode()
+    bad_page = bad_response.content.decode()
+    assert "line 3: invalid JSON" in bad_page
+    # The page names its own checkbox, not the API's parameter; one bad row of three is "is".
+    assert "1 of 3 rows is invalid; nothing was stored (fix them, or tick “keep the good rows” and upload again)" in bad_page
+    assert "skip_bad_rows to" not in bad_page
     assert good_response.status_code == 302, good_response.content.decode()[-3000:]
     assert Dataset.objects.get().reference == "ml/form"
+    stored_page = client.get(good_response["Location"]).content.decode()
+    assert "stored 2 rows as ml/form" in stored_page and "2 rows," in stored_page
 
 
 def test_another_teams_dataset_page_is_404(dataset, client, teams):

@@ -210,7 +210,7 @@ def deactivate(h100) -> None:
     ("refuse", "message"),
     [
         (lambda teams, h100, make_run: deactivate(h100), "pool: inactive pool 'h100'; pools open to launches: cpu"),
-        (used_up_gpu_hours, "pool: GPU-hours of team ml on h100 in the last 1 days used: 12.0/10"),
+        (used_up_gpu_hours, "pool: GPU-hours of team ml on h100 in the last 1 day used: 12.0/10"),
     ],
     ids=["inactive-pool", "gpu-hours-used-up"],
 )

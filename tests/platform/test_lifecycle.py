@@ -355,6 +355,19 @@ def test_a_fork_needs_a_checkpoint_at_that_step_and_steps_beyond_it(alice):
     assert Run.objects.count() == 1
 
 
+def test_a_fork_takes_the_name_it_is_given_else_one_after_its_parent(alice):
+    parent, _ = running_run(alice)
+    write_checkpoint(parent, 4)
+
+    renamed = run_launch.fork_run(alice, parent, 4, {"name": "lower lr", "training": {"lr": 1e-4}})
+    named = run_launch.fork_run(alice, parent, 4, {"name": "from the overrides"}, name="from the argument")
+    unnamed = run_launch.fork_run(alice, parent, 4)
+
+    assert (renamed.name, renamed.spec["name"]) == ("lower lr", "lower lr")
+    assert named.name == "from the argument"
+    assert unnamed.name == f"{parent.name} (fork @4)"
+
+
 def test_spec_differences_are_leaves_with_dotted_paths():
     a = {"training": {"lr": 3e-4, "steps": 60}, "seed": 0, "tags": [1, 2]}
     b = {"training": {"lr": 1e-3, "steps": 60}, "seed": 0, "tags": [1, 3], "extra": {"x": 1}}
@@ -528,6 +541,9 @@ def test_the_api_lists_attempts_and_checkpoints_and_forks_from_one(alice, api_al
     child = response.json()
     assert (child["parent"], child["forked_from_step"], child["spec"]["training"]["lr"]) == (run.pk, 3, 1e-4)
 
+    renamed = api_alice.post(f"/api/runs/{run.pk}/fork/", {"step": 3, "overrides": {"name": "lower lr"}}, format="json")
+    assert renamed.status_code == 201 and renamed.json()["name"] == "lower lr"
+
     missing = api_alice.post(f"/api/runs/{run.pk}/fork/", {"step": 2}, format="json")
     assert missing.status_code == 400
     assert "no checkpoint at step 2" in missing.json()["error"]["fields"]["step"][0]
@@ -581,6 +597,9 @@ def test_the_run_page_shows_attempts_checkpoints_and_forks_from_a_form(alice, cl
 
     diff = client.get(f"/runs/diff/?a={run.pk}&b={child.pk}").content.decode()
     assert 'data-path="training.lr"' in diff
+
+    client.post(f"/runs/{run.pk}/fork/", {"step": "3", "overrides": "name: lower lr\ntraining: {lr: 0.0001}"})
+    assert Run.objects.filter(parent=run).latest("pk").name == "lower lr"
 
 
 def test_launching_from_the_clone_form_records_the_parent(alice, client):

@@ -42,11 +42,33 @@ def test_the_run_page_has_every_tab_and_the_charts_of_each(browser_alice, alice,
     assert config["prompts_url"] == f"/api/runs/{run.id}/prompts/"
 
 
+def test_the_tail_ratio_has_its_own_axis_beside_the_fractions_of_rollouts(browser_alice, alice, make_run):
+    run = make_run(alice, "tail", status=RunStatus.RUNNING)
+
+    charts = page_config(browser_alice.get(f"/runs/{run.id}/").content.decode(), "run-config")["line_charts"]
+
+    # max / p50 runs 4-13×; the clipped, aborted and partial shares 0-0.12: one axis would
+    # flatten the shares to a line at zero.
+    assert charts["chart-ratios"]["names"] == ["rollout/clip_ratio", "rollout/aborted_ratio", "rollout/partial_ratio"]
+    assert charts["chart-ratios"]["unit"] == "fraction of rollouts"
+    assert charts["chart-tail-ratio"]["names"] == ["rollout/tail_ratio"]
+    assert charts["chart-tail-ratio"]["unit"] == "× the median length"
+
+
+def test_every_chart_draws_lines_of_one_unit():
+    from runs.views import LINE_CHARTS
+
+    # A unit like "groups / samples / tokens" or "as reported" is a chart mixing scales.
+    mixed = {chart_id: chart["unit"] for tab in LINE_CHARTS.values() for chart_id, chart in tab.items()
+             if " / " in chart["unit"] or chart["unit"] == "as reported"}
+    assert mixed == {}
+
+
 def test_off_policy_and_technique_panels_show_only_when_their_metrics_exist(browser_alice, alice, make_run):
     plain = make_run(alice, "plain", status=RunStatus.RUNNING)
     # The run's summary lists every metric name it reported (what the page reads).
     staled = make_run(alice, "async", status=RunStatus.RUNNING,
-                      summary={"off_policy/staleness/mean": 0.5, "cures/weight_mean": 0.1})
+                      summary={"off_policy/staleness/mean": 0.5, "cures/rollouts_per_prompt/mean": 3.0})
 
     plain_page = browser_alice.get(f"/runs/{plain.id}/").content.decode()
     staled_page = browser_alice.get(f"/runs/{staled.id}/").content.decode()
@@ -54,8 +76,8 @@ def test_off_policy_and_technique_panels_show_only_when_their_metrics_exist(brow
     assert 'id="chart-staleness-card" hidden' in plain_page and 'id="chart-cures-card" hidden' in plain_page
     assert 'id="chart-staleness-card" hidden' not in staled_page
     assert 'id="chart-cures-card" hidden' not in staled_page
-    # The "cures/*" chart's raw link names the metric the run has.
-    assert "name=cures%2Fweight_mean" in staled_page
+    # The "cures/rollouts_per_prompt/*" chart's raw link names the metric the run has.
+    assert "name=cures%2Frollouts_per_prompt%2Fmean" in staled_page
     assert 'id="chart-buffer-card" hidden' in staled_page  # no buffer metrics in either
 
 
@@ -98,14 +120,31 @@ def test_validate_names_each_bad_field(api):
     assert Run.objects.count() == 0
 
 
-def test_validate_reads_yaml_and_refuses_what_is_not_a_spec(api, error_of):
+def test_validate_reads_yaml_and_answers_text_that_holds_no_spec_as_a_validation(api):
     good = api.post("/api/spec/validate/", {"text": "rollout:\n  n: 4\n"}, format="json").json()
+    # The flow sequence opened at column 10 never closes: the text ends at column 15.
     bad_yaml = api.post("/api/spec/validate/", {"text": "rollout: [n: 4"}, format="json")
     not_mapping = api.post("/api/spec/validate/", {"spec": [1, 2]}, format="json")
 
     assert good["spec"] == {"rollout": {"n": 4}} and good["valid"] is True
-    assert bad_yaml.status_code == 400 and list(error_of(bad_yaml)["fields"]) == ["text"]
-    assert not_mapping.status_code == 400 and list(error_of(not_mapping)["fields"]) == ["spec"]
+    # Half-typed YAML is what the live form sends between keystrokes: an answer, not a
+    # failed request, with the place in the user's own text.
+    assert bad_yaml.status_code == not_mapping.status_code == 200
+    assert bad_yaml.json() | {"problems": None} == {"valid": False, "problems": None, "spec": None, "resolved": None}
+    assert bad_yaml.json()["problems"] == {"text": [
+        "line 1, column 15: expected ',' or ']', but got '<stream end>' "
+        "(while parsing a flow sequence that began at line 1, column 10)"
+    ]}
+    assert not_mapping.json()["valid"] is False
+    assert not_mapping.json()["problems"] == {"spec": ["must be a mapping of spec settings, got list"]}
+
+
+def test_validate_names_the_line_and_column_of_a_bad_character(api):
+    # A control character (BEL), the second character of line 2.
+    body = api.post("/api/spec/validate/", {"text": "seed: 1\nx\x07"}, format="json").json()
+
+    assert body["valid"] is False
+    assert body["problems"] == {"text": ["line 2, column 2: character U+0007: special characters are not allowed"]}
 
 
 def test_validate_names_a_pool_that_does_not_exist(api):
@@ -202,3 +241,17 @@ def test_clone_and_edit_opens_the_form_with_that_runs_spec(browser_alice, alice,
     assert config["fresh"] is False
     assert "steps: 7" in page and f'name="from" value="{source.id}"' in page
     assert page_config(browser_alice.get("/runs/new/").content.decode(), "launch-config")["fresh"] is True
+
+
+def test_the_launch_and_fork_forms_name_the_line_and_column_of_bad_yaml(browser_alice, alice):
+    from runs.launch import create_run
+
+    launch_page = browser_alice.post("/runs/new/", {"spec": "training: {steps: 3"}).content.decode()
+    parent = create_run(alice, {"training": {"steps": 5}})
+    fork_page = browser_alice.post(f"/runs/{parent.pk}/fork/", {"step": "1", "overrides": "a: b: c"}, follow=True)
+
+    # "training: {steps: 3" ends at column 20 with its mapping still open.
+    assert "line 1, column 20: expected &#x27;,&#x27; or &#x27;}&#x27;" in launch_page
+    assert "line 1, column 5: mapping values are not allowed here" in fork_page.content.decode()
+    assert "unicode string" not in launch_page + fork_page.content.decode()
+    assert Run.objects.count() == 1

@@ -74,6 +74,25 @@ def test_each_quota_limit_a_run_can_never_fit_is_named_with_its_value(teams, h10
     assert not Run.objects.exists()
 
 
+def test_a_count_of_one_is_singular_in_refusals_and_on_the_pages(teams, h100, client):
+    Pool.objects.filter(name="cpu").update(capacity=1)
+    Quota.objects.create(pool=h100, team=teams.team, max_gpus_per_run=1, max_concurrent_gpus=1,
+                         gpu_hours_per_period=1, period_days=1)
+
+    fields = refusal(launch(teams.client(teams.member), gpus=2))
+    client.force_login(teams.member)
+    quota_page = client.get("/queue/quotas/").content.decode()
+    launch_form = client.get("/runs/new/").content.decode()
+
+    assert fields == {"resources.gpus": ["team ml quota on h100 allows at most 1 GPU per run; this run asks for 2",
+                                         "team ml quota on h100 allows 1 GPU at once; this run needs 2"]}
+    assert '<td class="num">1 run slot</td>' in quota_page and "0 / 1 GPU</td>" in quota_page
+    assert "per 1 day" in quota_page and "1 days" not in quota_page
+    assert "0/1 run slot in use" in launch_form and "1 GPU per run;" in launch_form
+    assert "1 GPU at once; 1.0 GPU-hour per 1 day" in launch_form and "of 1.0 GPU-hour left" in launch_form
+    assert "1 run slots" not in quota_page + launch_form
+
+
 def test_a_team_whose_gpu_hours_are_used_up_is_refused_until_the_window_moves(teams, h100, make_run):
     Quota.objects.create(pool=h100, team=teams.team, gpu_hours_per_period=10, period_days=1)
     earlier = make_run(teams.member, status=RunStatus.SUCCEEDED, team=teams.team)
@@ -86,7 +105,7 @@ def test_a_team_whose_gpu_hours_are_used_up_is_refused_until_the_window_moves(te
 
     fields = refusal(launch(teams.client(teams.member)))
 
-    assert fields == {"pool": ["GPU-hours of team ml on h100 in the last 1 days used: 12.0/10"]}
+    assert fields == {"pool": ["GPU-hours of team ml on h100 in the last 1 day used: 12.0/10"]}
     assert Run.objects.count() == 1  # only the earlier run
 
 
@@ -289,7 +308,7 @@ def test_the_queue_page_shows_the_reason_a_run_waits(teams, h100, client):
 
     page = client.get("/queue/").content.decode()
 
-    assert "pool h100 full: 1/1 GPUs in use (this run needs 1)" in page
+    assert "pool h100 full: 1/1 GPU in use (this run needs 1)" in page
     assert 'href="/queue/"' in page  # the nav link
 
 

@@ -3,8 +3,10 @@ fed through the normal event path (runs.telemetry.record_events)."""
 
 import pytest
 
-from engine.events import Metrics, Span
-from runs.models import Run
+from engine.events import ListSink, Metrics, Span
+from engine.orchestration import run as run_engine
+from engine.spec import parse_spec
+from runs.models import Run, RunEvent
 from runs.savings import StepTimes, estimate_savings, step_times
 
 P90, MAX = "rollout/response_length/p90", "rollout/response_length/max"
@@ -19,9 +21,11 @@ SPANS = [
     # then the trainer trains 2 s and pushes weights 1 s. The trainer's spans tile 10 s.
     span(1, "rollout-0", "generate", 0, 6), span(1, "rollout-0", "verify", 6, 7), span(1, "rollout-0", "idle", 7, 10),
     span(1, "trainer", "idle", 0, 7), span(1, "trainer", "train", 7, 9), span(1, "trainer", "sync", 9, 10),
-    # ...then the rollout worker evaluates 2 s while the trainer idles (left out: 12 − 2 = 10 s).
-    span(1, "rollout-0", "eval", 10, 12), span(1, "trainer", "idle", 10, 12),
-    # Step 2, colocated: generate 4 s, train 4 s, sync 0.5 s, then 2 s of evaluation (left out: 8.5 s).
+    # ...then the rollout worker evaluates 2 s, reported under step 1 but after its timeline
+    # closed: no trainer span covers it, and it is left out (the step stays 10 s).
+    span(1, "rollout-0", "eval", 10, 12),
+    # Step 2, on the trainer alone: generate 4 s, train 4 s, sync 0.5 s, then the trainer
+    # evaluates 2 s (left out: 8.5 s).
     span(2, "trainer", "generate", 100, 104), span(2, "trainer", "train", 104, 108), span(2, "trainer", "sync", 108, 108.5),
     span(2, "trainer", "eval", 108.5, 110.5),
     # Step 3 has spans but no lengths yet: not used.
@@ -90,3 +94,44 @@ def test_an_async_run_gets_no_estimate_and_an_april_run_no_april_part(teams, mak
     body = client.get(f"/api/runs/{async_run.pk}/savings/").json()
     assert body["applies"] is False and "synchronous runs" in body["reason"]
     assert client.get(f"/api/runs/{april_run.pk}/savings/").json()["april"] is None
+
+
+# --- a real engine run's telemetry -------------------------------------------------------------
+
+# Three steps on two prompts × 6 rollouts of the built-in task, in process, evaluating
+# after every step: the evaluations report spans under the steps they follow.
+EVALUATING = {
+    "dataset": {"eval_size": 2},
+    "rollout": {"prompts_per_step": 2, "n": 6, "max_new_tokens": 48},
+    "training": {"steps": 3, "eval_every": 1},
+    "resources": {"executor": "inprocess", "cpus": 1},
+}
+
+
+@pytest.mark.django_db
+def test_a_real_run_evaluating_every_step_gets_an_estimate_that_holds_together(teams, make_run, record):
+    sink = ListSink()
+    assert run_engine(parse_spec(EVALUATING), sink) == "succeeded"
+    run = make_run(teams.member, "sync", team=teams.team)
+    record(run.pk, sink.events)
+    assert {span.step for span in sink.of_kind("span") if span.phase == "eval"} == {0, 1, 2, 3}
+
+    spans = RunEvent.objects.filter(run=run, kind="span").values_list("payload", flat=True)
+    times = step_times(spans)
+    timed = {event.step: event.values["timing_s/step"] for event in sink.of_kind("metrics") if "timing_s/step" in event.values}
+    assert sorted(timed) == sorted(times) == [1, 2, 3]  # the evaluation before the first step is no step
+    for step, t in times.items():
+        # The measured step is the step the engine timed, evaluation apart, and its
+        # generation and training happened in it, one after the other.
+        assert t.step_s == pytest.approx(timed[step], abs=1e-6)
+        assert t.gen_s > 0 and t.train_s > 0
+        assert t.gen_s + t.train_s <= t.step_s
+
+    body = teams.client(teams.viewer).get(f"/api/runs/{run.pk}/savings/").json()
+    measured = body["measured"]
+    assert body["steps"] == 3
+    assert measured["step_s"] == pytest.approx(sum(timed.values()), abs=1e-5)
+    # Overlapping cannot beat the longer of the two phases, nor cutting the tail save
+    # more than all of generation.
+    assert body["async"]["step_s"] >= max(measured["gen_s"], measured["train_s"])
+    assert 0 <= body["april"]["saved_s"] <= measured["gen_s"]

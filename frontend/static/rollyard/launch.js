@@ -289,10 +289,13 @@
     if (mine !== asked) return; // a later edit's answer will come
     let problems = {};
     if (answer.status === 200) {
-      spec = answer.body.spec;
-      if (answer.body.resolved) resolved = answer.body.resolved;
       problems = answer.body.problems;
-      fill();
+      // spec null: the text holds no spec (not YAML, not a mapping); the form keeps the last one.
+      if (answer.body.spec !== null) {
+        spec = answer.body.spec;
+        if (answer.body.resolved) resolved = answer.body.resolved;
+        fill();
+      }
     } else {
       problems = (answer.body.error && answer.body.error.fields) || { spec: [answer.body.error ? answer.body.error.message : "invalid"] };
     }

@@ -7,6 +7,7 @@
   "use strict";
 
   const { cell, row, follow, utcTime } = window.RollyardLiveBoard;
+  const { count } = window.RollyardText;
   const dash = (value) => (value === null || value === undefined ? "—" : String(value));
 
   function link(href, text) {
@@ -53,7 +54,7 @@
     document.getElementById("queue-at").textContent = utcTime(board.at);
     document.querySelector("#pools-table tbody").replaceChildren(...board.pools.map((pool) => row([
       withChildren(cell(""), link(`?pool=${encodeURIComponent(pool.name)}`, pool.name)), cell(pool.accelerator),
-      cell(`${pool.in_use} / ${pool.capacity} ${pool.unit}`, "num"), cell(String(pool.queued), "num"),
+      cell(`${pool.in_use} / ${count(pool.capacity, pool.unit_one)}`, "num"), cell(String(pool.queued), "num"),
       cell(pool.active ? "" : "inactive", "muted"),
     ], { pool: pool.name })));
 
@@ -78,7 +79,7 @@
     fill("quotas-table", "quotas-empty", board.quotas.map((quota) => row([
       cell(quota.pool), cell(quota.holder), cell(dash(quota.max_concurrent_gpus), "num"),
       cell(dash(quota.max_gpus_per_run), "num"),
-      cell(quota.gpu_hours_per_period === null ? "—" : `${quota.gpu_hours_per_period} per ${quota.period_days} days`, "num"),
+      cell(quota.gpu_hours_per_period === null ? "—" : `${quota.gpu_hours_per_period} per ${count(quota.period_days, "day")}`, "num"),
     ])));
 
     const usage = (team) => (entry) => {

@@ -17,6 +17,7 @@
   "use strict";
 
   const R = window.Rollyard;
+  const { count } = window.RollyardText;
   const REDRAW_MS = 500;
   const REFRESH_MS = 3000;
   // A status change or checkpoint often comes with another (admitted, then running): one fetch.
@@ -79,7 +80,7 @@
     const done = run.status === "succeeded" ? total : Math.min(run.current_step || 0, total);
     $("run-progress").max = total || 1;
     $("run-progress").value = done;
-    $("run-progress-text").textContent = `${done} / ${total} steps`;
+    $("run-progress-text").textContent = `${done} / ${count(total, "step")}`;
     $("run-eta").textContent = eta();
     $("run-cancel").hidden = TERMINAL.includes(run.status);
     if (run.cancel_requested) {
@@ -361,7 +362,7 @@
       $("prompt-table").dataset.rows = String(answer.results.length);
       $("prompt-table-empty").hidden = answer.results.length > 0;
       const pages = Math.max(1, Math.ceil(this.count / PROMPTS_PAGE));
-      $("prompt-page").textContent = `page ${Math.floor(this.offset / PROMPTS_PAGE) + 1} of ${pages} · ${this.count} prompts`;
+      $("prompt-page").textContent = `page ${Math.floor(this.offset / PROMPTS_PAGE) + 1} of ${pages} · ${count(this.count, "prompt")}`;
       $("prompt-prev").disabled = this.offset === 0;
       $("prompt-next").disabled = this.offset + PROMPTS_PAGE >= this.count;
     },
@@ -447,7 +448,7 @@
         const meta = document.createElement("div");
         meta.className = "sample-meta";
         // The verifiers score 1 (right) or 0 (wrong), before shaping.
-        meta.textContent = `${s.prompt_id} · step ${s.step} (${s.split}) · ${s.reward > 0 ? "✓ right" : "✗ wrong"}, reward ${s.reward} · ${s.length} tokens · ${s.status} · policy v${s.first_version}–v${s.last_version}`;
+        meta.textContent = `${s.prompt_id} · step ${s.step} (${s.split}) · ${s.reward > 0 ? "✓ right" : "✗ wrong"}, reward ${s.reward} · ${count(s.length, "token")} · ${s.status} · policy v${s.first_version}–v${s.last_version}`;
         const text = document.createElement("pre");
         text.className = "sample-text";
         text.textContent = s.response;

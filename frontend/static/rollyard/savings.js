@@ -6,6 +6,7 @@
 (function () {
   "use strict";
 
+  const { count } = window.RollyardText;
   const config = JSON.parse(document.getElementById("run-config").textContent);
   const card = document.getElementById("savings");
   const empty = document.getElementById("savings-empty");
@@ -66,7 +67,7 @@
         data.async.phase_speedup === null ? "" : `generation + training ×${data.async.phase_speedup.toFixed(2)} faster`),
     );
     document.getElementById("savings-measured").textContent =
-      `Over ${data.steps} steps: ${seconds(m.gen_s)} generating, ${seconds(m.train_s)} training, ` +
+      `Over ${count(data.steps, "step")}: ${seconds(m.gen_s)} generating, ${seconds(m.train_s)} training, ` +
       `${seconds(m.step_s)} in all (evaluation left out).`;
     document.getElementById("savings-assumptions").replaceChildren(...data.assumptions.map((text) => {
       const li = document.createElement("li");

@@ -57,8 +57,11 @@ def catalog_error_response(exc: Exception) -> Response | None:
         code, http_status = "invalid_request", status.HTTP_400_BAD_REQUEST
     else:
         return None
-    fields = {exc.field: [str(exc)]} if isinstance(exc, services.CatalogError) and exc.field else {}
-    return Response({"error": {"code": code, "message": str(exc), "fields": fields, **extra}}, status=http_status)
+    message = str(exc)
+    if isinstance(exc, services.SomeRowsBad):
+        message += " (fix them, or upload again with skip_bad_rows to keep only the good rows)"
+    fields = {exc.field: [message]} if isinstance(exc, services.CatalogError) and exc.field else {}
+    return Response({"error": {"code": code, "message": message, "fields": fields, **extra}}, status=http_status)
 
 
 class CatalogErrors:

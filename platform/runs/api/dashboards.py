@@ -6,13 +6,12 @@ technique, search) used by the list page, and a synchronous run's savings estima
 from typing import Any
 
 import django_filters
-import yaml
 from django.contrib.auth import get_user_model
 from django.db.models import Q, QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -23,6 +22,7 @@ from engine.spec import SpecError
 from quotas import services as quotas
 from quotas.models import DEFAULT_POOL, DEFAULT_PRIORITY
 from quotas.services import RequestRefused
+from rollyard.spec_text import load_spec_text
 from runs import launch, savings, selectors
 from runs.api.filters import RunFilter
 from runs.api.views import launch_team, validated_query
@@ -39,16 +39,26 @@ class ValidateSerializer(serializers.Serializer):
     team = serializers.CharField(required=False, allow_null=True, max_length=150)
     pool = serializers.CharField(max_length=50, default=DEFAULT_POOL)
 
-    def validate(self, attrs: dict) -> dict:
-        if "text" in attrs:
-            try:
-                attrs["spec"] = yaml.safe_load(attrs.pop("text")) or {}  # YAML is a superset of JSON
-            except yaml.YAMLError as exc:
-                raise ValidationError({"text": [f"not valid YAML or JSON: {exc}"]}) from None
-        if not isinstance(attrs.get("spec", {}), dict):
-            raise ValidationError({"spec": ["must be a mapping of spec settings"]})
-        attrs.setdefault("spec", {})
-        return attrs
+
+class ValidationAnswerSerializer(serializers.Serializer):
+    valid = serializers.BooleanField(help_text="true when a launch of this spec would be accepted")
+    problems = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()),
+        help_text='reasons by field ("rollout.n", "pool", ...); "text" (or "spec") when the submission holds no '
+        'spec: YAML that does not parse, as "line L, column C: <problem>", or not a mapping',
+    )
+    spec = serializers.JSONField(allow_null=True, help_text="the submitted spec as data; null when it holds none")
+    resolved = serializers.JSONField(allow_null=True, help_text="the spec with every default; null when not valid")
+
+
+def submitted_spec(body: dict[str, Any]) -> dict[str, Any]:
+    """The spec a validate request carries: `text` read as YAML, else `spec`, else {}.
+    Raises SpecError on the key that holds it when it is not YAML or not a mapping."""
+    field = "text" if "text" in body else "spec"
+    spec = load_spec_text(body["text"], field) if field == "text" else body.get("spec", {})
+    if not isinstance(spec, dict):
+        raise SpecError([(field, f"must be a mapping of spec settings, got {type(spec).__name__}")])
+    return spec
 
 
 def check_launch(user, spec_data: dict[str, Any], team, pool: str) -> dict[str, Any]:
@@ -73,19 +83,19 @@ def check_launch(user, spec_data: dict[str, Any], team, pool: str) -> dict[str, 
 class SpecValidateView(APIView):
     @extend_schema(
         request=ValidateSerializer,
-        responses={200: OpenApiTypes.OBJECT},
-        description='{"valid": bool, "problems": {field: [reason, ...]}, "spec": the submitted spec as data, '
-        '"resolved": the spec with every default (null when not valid)}. A spec with problems is a 200: '
-        "the answer is the validation; a body that is not a spec (bad YAML, not a mapping) is a 400.",
+        responses={200: ValidationAnswerSerializer},
+        description="Every problem of what was submitted is a 200 with valid false, the answer being the "
+        "validation: a bad field, a pool or quota that refuses it, and text that is not YAML or not a mapping. "
+        "A 400 is a malformed request only (a text over 200,000 characters, a pool name over 50).",
     )
     def post(self, request: Request) -> Response:
         """Validate a spec as a launch would, storing nothing (the launch form, live)."""
         body = ValidateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        spec = body.validated_data["spec"]
         problems: dict[str, list[str]] = {}
-        resolved = None
+        spec = resolved = None
         try:
+            spec = submitted_spec(body.validated_data)
             resolved = check_launch(request.user, spec, launch_team(request.user, body.validated_data.get("team")),
                                     body.validated_data["pool"])
         except (SpecError, RequestRefused) as exc:

@@ -146,7 +146,10 @@ class ForkSerializer(serializers.Serializer):
     overrides = serializers.DictField(
         required=False, default=dict, help_text="spec settings laid over the parent's (nested mappings merge)"
     )
-    name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    name = serializers.CharField(
+        max_length=200, required=False, allow_blank=True, default="",
+        help_text='the fork\'s name; default: the overrides\' "name", else "<parent> (fork @<step>)"',
+    )
     retention = serializers.DictField(required=False, help_text="retention overrides; default: the parent's policy")
 
 
