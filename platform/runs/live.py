@@ -60,8 +60,8 @@ def publish(run_id: int, message: dict[str, Any]) -> None:
 
 
 def row(run: Any) -> dict[str, Any]:
-    """What the runs list shows of a run that changes while it runs (a Run, or an object
-    with its fields): status, progress and the summary columns (null: not reported yet)."""
+    """What the runs list shows of a Run that changes while it runs: status, progress and
+    the summary columns (null: not reported yet)."""
     summary = run.summary if isinstance(run.summary, dict) else {}
     return {
         "id": run.pk,
