@@ -94,7 +94,12 @@ def visible_to(user: User, queryset: QuerySet[Model], team_field: str = "team") 
         return queryset.none()
     if user.is_staff:
         return queryset
-    member_of = Membership.objects.filter(user=user).values("team_id")
+    # The ids, read first (one indexed query), not a subquery: with one team's id as a
+    # constant PostgreSQL reads the (team, created_at, id) index in order and stops at a
+    # page; with a subquery it walks every team's runs newest first, checking each against
+    # the user's teams, so a small team's page costs in proportion to all runs
+    # (bench.list_visibility: 1.7 → 0.12 ms for 2,000 of 200,000).
+    member_of = list(Membership.objects.filter(user=user).values_list("team_id", flat=True))
     return queryset.filter(**{f"{team_field}__in": member_of})
 
 

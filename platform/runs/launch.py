@@ -22,7 +22,7 @@ from quotas import selectors as quota_selectors
 from quotas import services as quotas
 from quotas.models import DEFAULT_POOL, DEFAULT_PRIORITY
 from rollyard.params import NUL_REASON, nul_fields
-from runs import alerts, rollups
+from runs import alerts, live, rollups
 from runs.lifecycle import RunPermissionDenied, User
 from runs.models import Checkpoint, MetricPoint, Run, RunStatus, RunStatusChange
 from runs.spec_paths import check_spec_paths, parse_server_spec
@@ -99,6 +99,8 @@ def create_run(
         catalog.record_run_inputs(run, catalog_inputs)
         alerts.create_rules(run, rules, user)
         quotas.queue(run.pk, team, user, pool_row, spec.resources.gpus, priority, requested_at=now)
+        # The team's runs lists show "N new runs" (runs.live); robust: the run is stored.
+        transaction.on_commit(lambda: live.publish_created(run), robust=True)
     return run
 
 

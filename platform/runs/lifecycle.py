@@ -130,8 +130,16 @@ def _publish_status_on_commit(run: Run) -> None:
         "started_at": _iso(run.started_at),
         "finished_at": _iso(run.finished_at),
     }
+    run_row = live.row(run)
+    if run.status in RunStatus.TERMINAL:
+        live.forget_progress(run.pk)
+
+    def publish() -> None:
+        live.publish(run.pk, message)
+        live.publish_row(run_row)  # the runs list hears of every status change
+
     # robust: the change is committed; a Redis hiccup must not fail the caller (a driver).
-    transaction.on_commit(lambda: live.publish(run.pk, message), robust=True)
+    transaction.on_commit(publish, robust=True)
 
 
 def _iso(moment: datetime | None) -> str | None:

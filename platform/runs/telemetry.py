@@ -41,7 +41,8 @@ def record_events(run_id: int, attempt_id: int, events: Sequence[Event], batch: 
     that name and step, by this attempt or an earlier one, is replaced) and refresh run.summary and
     current_step (stamping step_advanced_at when it grows) and are folded into the run's
     chart buckets (runs.rollups); a Heartbeat moves
-    last_heartbeat_at and current_step; a Checkpoint becomes a Checkpoint row (its folder's
+    last_heartbeat_at and current_step; the run's row on the runs list hears of the new
+    step and summary at most every runs.live.PROGRESS_INTERVAL_S; a Checkpoint becomes a Checkpoint row (its folder's
     size measured here, on the worker that wrote it); difficulty and samples events go to
     their own tables (runs.prompts); every other event (Heartbeat,
     Checkpoint and Status included, for the log) becomes a RunEvent row. Status events
@@ -129,6 +130,10 @@ def record_events(run_id: int, attempt_id: int, events: Sequence[Event], batch: 
 
         message = {"type": "run.events", "events": payloads}
         transaction.on_commit(lambda: live.publish(run_id, message), robust=True)
+        # The runs list: the row's step and summary columns, throttled per run.
+        if live.progress_due(run_id):
+            run_row = live.row(run)
+            transaction.on_commit(lambda: live.publish_row(run_row), robust=True)
 
 
 _UPSERT_POINTS = (

@@ -138,6 +138,7 @@ def test_launch_through_the_form_watch_drill_down_cancel_and_compare(live_stack,
                                    "rollout": {"prompts_per_step": 2, "n": 2, "max_new_tokens": 32}})
         page.goto(f"{live_stack.base_url}/runs/{second.id}/#learning")
         page.wait_for_function("() => Number(document.querySelector('#chart-reward').dataset.points) > 0", timeout=300_000)
+        page.once("dialog", lambda dialog: dialog.accept())  # "Cancel run #N (to-cancel)?"
         page.click("#run-cancel-button")
         expect(page.locator("#run-status")).to_have_text("cancelled", ignore_case=True, timeout=120_000)
         assert Run.objects.get(pk=second.id).status == "cancelled"
@@ -302,6 +303,7 @@ def test_the_run_page_tabs_live_from_recorded_events(live_stack, chromium_path, 
 
         page.click("#tab-overview")
         shoot(page, "run-overview")
+        page.once("dialog", lambda dialog: dialog.accept())  # the cancel's confirm()
         page.click("#run-cancel-button")
         expect(page.locator("#run-cancel-button")).to_have_text("Cancelling…", timeout=10_000)
         assert Run.objects.get(pk=run.id).cancel_requested

@@ -36,9 +36,10 @@ def test_a_valid_spec_creates_a_queued_run_with_its_resolved_spec(api_alice, dja
     assert body["spec"]["rollout"]["prompts_per_step"] == 16
     assert body["spec"]["algorithm"]["clip_eps_low"] == 0.2
     assert body["spec"]["name"] == "mine"
-    # Two side effects wait for the commit: an admission sweep of the run's pool, and the
-    # queue and quota pages' push (quotas.live: a run joined a queue).
-    assert len(callbacks) == 2 and publish_change in callbacks
+    # Three side effects wait for the commit: an admission sweep of the run's pool, the
+    # queue and quota pages' push (quotas.live: a run joined a queue), and the team's runs
+    # lists' "new run" push (runs.live.publish_created).
+    assert len(callbacks) == 3 and publish_change in callbacks
     run = Run.objects.get()
     assert list(run.status_changes.values_list("from_status", "to_status")) == [("", "queued")]
 

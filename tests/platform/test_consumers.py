@@ -17,7 +17,7 @@ from accounts.models import ApiToken, Role
 from accounts.services import add_member, create_token, default_team, revoke_token
 from engine.events import LengthHistogram, Metrics
 from rollyard.asgi import application
-from runs import alerts, lifecycle
+from runs import alerts, launch, lifecycle, live
 from runs.models import AlertKind, Run, RunStatus
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
@@ -388,3 +388,100 @@ async def test_an_alert_that_opens_or_resolves_is_pushed_live(record):
     [closed] = (await communicator.receive_json_from(timeout=10))["alerts"]
     assert closed["id"] == stuck.pk and closed["resolved_at"] is not None
     await communicator.disconnect()
+
+
+# --- the runs list: /ws/runs/ -----------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def fresh_progress_throttle(monkeypatch):
+    """Run ids restart in every test database: an earlier test's run #1 must not hold back
+    this one's first progress frame."""
+    monkeypatch.setattr(live, "_progress_sent_at", {})
+
+
+async def watching(communicator: WebsocketCommunicator, run_ids: list[int]) -> dict:
+    """Connect the list socket, watch `run_ids` and return its "rows" answer."""
+    hello = await hello_of(communicator)
+    assert "teams" in hello
+    await communicator.send_json_to({"type": "watch", "runs": run_ids})
+    rows = await communicator.receive_json_from(timeout=10)
+    assert rows["type"] == "rows", rows
+    return rows
+
+
+async def test_the_list_socket_watches_only_runs_the_user_may_see():
+    alice, alice_token = await user_with_token("alice")
+    bob, _ = await user_with_token("bob")
+    alices, bobs = await run_of(alice, RunStatus.RUNNING), await run_of(bob)
+
+    communicator = socket(f"/ws/runs/?token={alice_token}")
+    rows = await watching(communicator, [alices.id, bobs.id, bobs.id + 1000])
+
+    # Bob's run and a missing one are left out alike.
+    assert rows["rows"] == [{"id": alices.id, "status": "running", "cancel_requested": False, "current_step": 0,
+                             "total_steps": 3, "summary": {"reward/mean": None, "acc/mean": None}}]
+    await database_sync_to_async(lifecycle.transition)(bobs.id, RunStatus.CANCELLED, "by bob")
+    assert await communicator.receive_nothing(timeout=0.5)
+
+
+async def test_a_watched_row_hears_status_changes_and_throttled_progress(record):
+    alice, token = await user_with_token("alice")
+    run = await run_of(alice, RunStatus.RUNNING)
+    communicator = socket("/ws/runs/", (b"cookie", await session_cookie_of(alice)))
+    await watching(communicator, [run.id])
+
+    await database_sync_to_async(record)(run.id, [Metrics(step=1, values={"reward/mean": 0.25, "acc/mean": 0.5})])
+    first = await communicator.receive_json_from(timeout=10)
+    assert first == {"type": "row", "row": {"id": run.id, "status": "running", "cancel_requested": False,
+                                             "current_step": 1, "total_steps": 3,
+                                             "summary": {"reward/mean": 0.25, "acc/mean": 0.5}}}
+    # A second batch within PROGRESS_INTERVAL_S (3 s) of the first: stored, not sent to the list.
+    await database_sync_to_async(record)(run.id, [Metrics(step=2, values={"reward/mean": 0.75})])
+    assert await communicator.receive_nothing(timeout=0.5)
+
+    # A status change is sent at once, with the progress the throttle held back.
+    await database_sync_to_async(lifecycle.request_cancel)(alice, run)
+    cancelling = await communicator.receive_json_from(timeout=10)
+    assert cancelling["row"] | {"summary": None} == {"id": run.id, "status": "running", "cancel_requested": True,
+                                                     "current_step": 2, "total_steps": 3, "summary": None}
+    assert cancelling["row"]["summary"] == {"reward/mean": 0.75, "acc/mean": 0.5}
+    await database_sync_to_async(lifecycle.transition)(run.id, RunStatus.CANCELLED, "cancel requested")
+    assert (await communicator.receive_json_from(timeout=10))["row"]["status"] == "cancelled"
+
+
+async def test_a_run_launched_in_the_team_reaches_its_members_lists_only():
+    alice, alice_token = await user_with_token("alice")
+    viewer, viewer_token = await user_with_token("victor")
+    outsider, outsider_token = await user_with_token("olga")
+    team = await database_sync_to_async(default_team)(alice)
+    await database_sync_to_async(add_member)(team, viewer, Role.VIEWER)
+    viewers, outsiders = socket(f"/ws/runs/?token={viewer_token}"), socket(f"/ws/runs/?token={outsider_token}")
+    await watching(viewers, [])
+    await watching(outsiders, [])
+
+    run = await database_sync_to_async(launch.create_run)(alice, {"name": "fresh", "training": {"steps": 5}}, team=team)
+
+    created = await viewers.receive_json_from(timeout=10)
+    assert created["type"] == "created"
+    assert {key: created["run"][key] for key in ("id", "team", "team_id", "owner", "name", "status")} == {
+        "id": run.id, "team": team.name, "team_id": team.id, "owner": "alice", "name": "fresh", "status": "queued"}
+    assert await outsiders.receive_nothing(timeout=0.5)
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ({"type": "subscribe"}, 'expected {"type": "watch", "runs": [run id, ...]}'),
+        ({"type": "watch", "runs": "1,2"}, "watch: runs must be a list of run ids (whole numbers)"),
+        ({"type": "watch", "runs": [1, "2"]}, "watch: runs must be a list of run ids (whole numbers)"),
+        ({"type": "watch", "runs": [True]}, "watch: runs must be a list of run ids (whole numbers)"),
+        ({"type": "watch", "runs": list(range(101))}, "watch: at most 100 runs, not 101"),
+    ],
+)
+async def test_a_watch_the_server_cannot_read_is_answered_with_the_problem(message, error):
+    _, token = await user_with_token("alice")
+    communicator = socket(f"/ws/runs/?token={token}")
+    await hello_of(communicator)
+    await communicator.send_json_to(message)
+    assert await communicator.receive_json_from(timeout=10) == {"type": "error", "error": error}

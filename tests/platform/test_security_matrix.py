@@ -574,6 +574,8 @@ async def check_socket_matrix(path: str, expect: dict[str, Outcome | str], teams
 # Each websocket route's rule: the first frame per role, a message type or a close code.
 # The board sockets are for anyone signed in, who hears only what the page shows them.
 SOCKET_RULES = {
+    # The runs list's socket is for anyone signed in; which rows it may watch is the next test.
+    "ws/runs/": roles(4401, "hello", "hello", "hello", "hello", "hello"),
     "ws/runs/<int:run_id>/": roles(4401, "hello", "hello", "hello", 4403, "hello"),
     "ws/queue/": roles(4401, "queue", "queue", "queue", "queue", "queue"),
     "ws/quotas/": roles(4401, "quotas", "quotas", "quotas", "quotas", "quotas"),
@@ -591,6 +593,26 @@ async def test_the_run_websocket_follows_the_matrix(teams, staff, make_run, sett
     settings.ROLLYARD_WS_AUTH_TIMEOUT_S = 0.2
     run = await sync_to_async(make_run)(teams.member, "watched", team=teams.team)
     await check_socket_matrix(f"/ws/runs/{run.pk}/", SOCKET_RULES["ws/runs/<int:run_id>/"], teams, staff)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_runs_list_websocket_follows_the_matrix(teams, staff, make_run, settings):
+    """Anyone signed in opens it; a watch of the team's run is answered with its row for
+    the team's roles and staff, and with no row for the outsider (as for a missing run)."""
+    from rollyard.asgi import application
+
+    settings.ROLLYARD_WS_AUTH_TIMEOUT_S = 0.2
+    await check_socket_matrix("/ws/runs/", SOCKET_RULES["ws/runs/"], teams, staff)
+    run = await sync_to_async(make_run)(teams.member, "watched", team=teams.team)
+    users = {"viewer": teams.viewer, "member": teams.member, "admin": teams.admin, "outsider": teams.outsider, "staff": staff}
+    for role, user in users.items():
+        communicator = WebsocketCommunicator(application, f"/ws/runs/?token={(await sync_to_async(create_token)(user, 'ws'))[1]}")
+        await communicator.connect(timeout=10)
+        assert (await communicator.receive_json_from(timeout=10))["type"] == "hello"
+        await communicator.send_json_to({"type": "watch", "runs": [run.pk]})
+        rows = (await communicator.receive_json_from(timeout=10))["rows"]
+        assert [row["id"] for row in rows] == ([] if role == "outsider" else [run.pk]), role
+        await communicator.disconnect()
 
 
 @pytest.mark.parametrize("route", ["ws/queue/", "ws/quotas/"])
