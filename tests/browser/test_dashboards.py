@@ -71,9 +71,9 @@ def test_launch_through_the_form_watch_drill_down_cancel_and_compare(live_stack,
         page.click("button[type=submit], input[type=submit]")
         page.wait_for_url("**/runs/new/", timeout=30_000)
 
-        # The form, built from the schema: a bad value is named at its field, live. The
-        # page's first check leaves the state "idle" until its answer comes, so wait for a
-        # verdict, not merely for "not pending".
+        # The form, built from the schema: a bad value is named at its field, live. First
+        # the verdict of the page's own first check (the state starts "idle", so "not
+        # pending" is no verdict).
         expect(page.locator("#validation-state")).to_have_attribute("data-state", re.compile("^(valid|invalid)$"), timeout=30_000)
         assert page.locator("#validation-state").get_attribute("data-state") == "valid", page.inner_text("#live-errors")
         page.fill("#field-rollout-n", "1")
