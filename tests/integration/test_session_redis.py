@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
