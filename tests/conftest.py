@@ -1,8 +1,10 @@
 """Fixtures shared by every test folder.
 
 Services come from the environment: REDIS_URL and DATABASE_URL point at the real
-PostgreSQL and Redis in CI; unset, the embedded defaults (SQLite and an embedded Redis
-started here) let the suite run on a machine with nothing installed but Python.
+PostgreSQL and Redis in CI; unset, SQLite and an embedded Redis let the suite run on a
+machine with nothing installed but Python. That Redis is the session's own, started on a
+free port by devstack.pytest_plugin before Django reads its settings (a conftest comes
+too late for that), which sets REDIS_URL to it: everything here reads REDIS_URL.
 """
 
 import os
@@ -16,7 +18,7 @@ from django.conf import settings
 from django.db import connection
 
 from devstack.processes import free_port, start_web, start_worker, stack_env, stop, wait_for_http
-from devstack.services import ensure_redis, redis_url
+from devstack.services import redis_url
 from rollyard.defaults import VAR_DIR
 from rollyard.task_names import RUNS_QUEUE
 
@@ -42,16 +44,6 @@ def own_cache_namespace(settings) -> None:
     import uuid
 
     settings.CACHES = {"default": {**settings.CACHES["default"], "KEY_PREFIX": f"test-{uuid.uuid4().hex}"}}
-
-
-@pytest.fixture(scope="session", autouse=True)
-def redis_server():
-    """A Redis that answers at settings' REDIS_URL for the whole session."""
-    process = ensure_redis()
-    yield
-    if process is not None:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 # A live stack for end-to-end and browser tests: Daphne and a Celery worker as real

@@ -13,13 +13,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
-from urllib.parse import urlparse, urlunparse
+from urllib.parse import urlparse
 
 import httpx
 import pytest
 
 from devstack.processes import STOP_GRACE_S, free_port
-from devstack.services import answers_ping, redis_url
+from devstack.services import answers_ping, redis_url, separate_redis_database
 from rollyard.defaults import EMBEDDED_REDIS_URL, REPO_ROOT
 
 pytestmark = pytest.mark.timeout(300)
@@ -27,13 +27,6 @@ pytestmark = pytest.mark.timeout(300)
 # After the grace period `stop` kills; what is left is the kernel's part (a SIGKILLed
 # process is gone within milliseconds) and this test's polling.
 STOP_MARGIN_S = 5.0
-
-
-def separate_redis_database(url: str) -> str:
-    """The same Redis, another database number: the demo's worker and queue must not meet
-    the test session's live stack, which serves another database."""
-    parsed = urlparse(url)
-    return urlunparse(parsed._replace(path="/9"))
 
 
 # --------------------------------------------------------------- processes, from /proc
@@ -150,10 +143,12 @@ def test_the_demo_command_serves_a_running_run_and_stops_everything_it_started(t
     if way.embedded_redis:
         embedded = urlparse(EMBEDDED_REDIS_URL)
         if answers_ping(embedded.hostname, embedded.port):
-            pytest.skip(f"something already answers at {embedded.netloc} (another session's embedded Redis?): "
+            pytest.skip(f"something already answers at {embedded.netloc} (a running demo's Redis?): "
                         "the demo would use it instead of starting its own")  # fmt: skip
         env.pop("REDIS_URL", None)
     else:
+        # The session's Redis, another database: the demo's worker and queue must not meet
+        # the session's live stack.
         env["REDIS_URL"] = separate_redis_database(redis_url())
     port = free_port()
     output = tmp_path / "demo.log"

@@ -10,13 +10,12 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
 
 import pytest
 from django.contrib.auth import get_user_model
 
 from devstack.processes import start_worker, stop
-from devstack.services import redis_url
+from devstack.services import redis_url, separate_redis_database
 from runs import launch
 from runs.models import Checkpoint, MetricPoint, Run, RunAttempt, RunEvent
 from rollyard import dispatch
@@ -40,15 +39,6 @@ SPEC = {
 }
 
 
-def broker_of_its_own() -> str:
-    """Another database of the same Redis: the session's live stack (started by other
-    tests) has a worker on the shared broker that would otherwise take our run, and we
-    would kill a worker that never had it."""
-    parsed = urlparse(redis_url())
-    database = int(parsed.path.strip("/") or 0)
-    return urlunparse(parsed._replace(path=f"/{(database + 8) % 16}"))
-
-
 @pytest.fixture
 def start_killable_worker(stack_process_env, settings, tmp_path, monkeypatch) -> Callable[[str], object]:
     """Starts Celery workers (runs and housekeeping queues) on a broker of their own,
@@ -56,7 +46,10 @@ def start_killable_worker(stack_process_env, settings, tmp_path, monkeypatch) ->
     to that broker too. Stops whatever is left at the end."""
     runs_dir = tmp_path / "runs"
     settings.ROLLYARD_RUNS_DIR = runs_dir
-    broker = broker_of_its_own()
+    # Another database of the session's Redis: the session's live stack (started by other
+    # tests) has a worker on its broker that would otherwise take our run, and we would
+    # kill a worker that never had it.
+    broker = separate_redis_database(redis_url())
     env = {**stack_process_env, "ROLLYARD_RUNS_DIR": str(runs_dir), "REDIS_URL": broker}
     with app.connection_for_write(broker) as connection:  # messages an earlier session left
         for queue in (RUNS_QUEUE, "celery"):

@@ -277,13 +277,19 @@
   let asked = 0;
   function schedule(body) {
     window.clearTimeout(timer);
+    asked++; // an answer still on its way is about the spec before this edit: drop it, or it would undo the edit
+    showPending();
+    timer = window.setTimeout(() => validate(body).catch(console.error), VALIDATE_MS);
+  }
+
+  function showPending() {
     $("validation-state").dataset.state = "pending";
     $("validation-state").textContent = "checking…";
-    timer = window.setTimeout(() => validate(body).catch(console.error), VALIDATE_MS);
   }
 
   async function validate(body) {
     const mine = ++asked;
+    showPending();
     const team = $("team") ? $("team").value : null;
     const answer = await R.postJSON(config.validate_url, Object.assign({ pool: $("pool").value, team }, body));
     if (mine !== asked) return; // a later edit's answer will come
