@@ -24,6 +24,8 @@ LAYERS: list[tuple[str, list[str]]] = [
             "rollyard.params",
             "rollyard.paths",
             "rollyard.pagination",
+            "rollyard.spec_text",
+            "rollyard.text",
             "rollyard.task_names",
             "rollyard.celery",
             "rollyard.dispatch",

@@ -291,7 +291,10 @@
     const mine = ++asked;
     showPending();
     const team = $("team") ? $("team").value : null;
-    const answer = await R.postJSON(config.validate_url, Object.assign({ pool: $("pool").value, team }, body));
+    // No pool listed yet (none made, as on a fresh install): leave it to the server's default,
+    // which the launch creates, rather than send a blank name.
+    const pool = $("pool").value || undefined;
+    const answer = await R.postJSON(config.validate_url, Object.assign({ pool, team }, body));
     if (mine !== asked) return; // a later edit's answer will come
     let problems = {};
     if (answer.status === 200) {
