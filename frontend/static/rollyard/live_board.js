@@ -29,6 +29,16 @@ window.RollyardLiveBoard = (function () {
     return `${new Date(iso).toISOString().slice(11, 19)} UTC`;
   }
 
+  // A live socket closed: signed out (4401) it stays closed; otherwise `connect` runs
+  // again after a backoff that doubles with each failed `attempt`, up to 10 s.
+  function reconnectAfter(event, state, attempt, connect) {
+    if (event.code === 4401) { state.dataset.state = "closed"; state.textContent = "signed out: reload to log in"; return; }
+    const delay = Math.min(10000, 500 * 2 ** attempt);
+    state.dataset.state = "reconnecting";
+    state.textContent = `reconnecting in ${Math.round(delay / 1000)} s…`;
+    window.setTimeout(connect, delay);
+  }
+
   function follow(wsPath, type, state, draw) {
     let attempt = 0;
     let shown = null;
@@ -47,16 +57,10 @@ window.RollyardLiveBoard = (function () {
         receivedAt = Date.now();
         draw(data, 0);
       };
-      socket.onclose = (event) => {
-        if (event.code === 4401) { state.dataset.state = "closed"; state.textContent = "signed out: reload to log in"; return; }
-        const delay = Math.min(10000, 500 * 2 ** attempt++);
-        state.dataset.state = "reconnecting";
-        state.textContent = `reconnecting in ${Math.round(delay / 1000)} s…`;
-        window.setTimeout(connect, delay);
-      };
+      socket.onclose = (event) => reconnectAfter(event, state, attempt++, connect);
     }
     connect();
   }
 
-  return { cell, row, follow, utcTime };
+  return { cell, row, follow, reconnectAfter, utcTime };
 })();

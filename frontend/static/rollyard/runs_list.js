@@ -72,6 +72,7 @@
     newRuns.hidden = false;
   }
 
+  const { reconnectAfter } = window.RollyardLiveBoard;
   let attempt = 0;
   function connect() {
     const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
@@ -93,13 +94,7 @@
         state.textContent = `live updates refused: ${data.error}`;
       }
     };
-    socket.onclose = (event) => {
-      if (event.code === 4401) { state.dataset.state = "closed"; state.textContent = "signed out: reload to log in"; return; }
-      const delay = Math.min(10000, 500 * 2 ** attempt++);
-      state.dataset.state = "reconnecting";
-      state.textContent = `reconnecting in ${Math.round(delay / 1000)} s…`;
-      window.setTimeout(connect, delay);
-    };
+    socket.onclose = (event) => reconnectAfter(event, state, attempt++, connect);
   }
   connect();
 })();
